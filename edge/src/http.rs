@@ -1,0 +1,79 @@
+//! Responses: problem+json, stored responses, and the headers every response
+//! carries (the echoed key, CORS).
+
+use chargeonce_protocol::{
+    EdgeConfig, IdempotencyKey, Problem, StoredResponse, PROBLEM_CONTENT_TYPE,
+};
+use worker::{Headers, Response, Result};
+
+/// Headers a browser script may read from our responses.
+const EXPOSED_HEADERS: &str = "Idempotent-Replayed, Retry-After, Idempotency-Key";
+
+/// A problem+json response, with `Retry-After` when the problem has one.
+pub fn problem(problem: &Problem) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", PROBLEM_CONTENT_TYPE)?;
+    if let Some(secs) = problem.retry_after_secs {
+        headers.set("Retry-After", &secs.to_string())?;
+    }
+    Ok(Response::from_bytes(problem.to_json().into_bytes())?
+        .with_status(problem.status())
+        .with_headers(headers))
+}
+
+/// A final result, byte for byte as stored; `replayed` adds
+/// `Idempotent-Replayed: true`.
+pub fn stored(response: &StoredResponse, replayed: bool) -> Result<Response> {
+    let headers = Headers::new();
+    headers.set("Content-Type", &response.content_type)?;
+    if replayed {
+        headers.set("Idempotent-Replayed", "true")?;
+    }
+    Ok(Response::from_bytes(response.body.clone().into_bytes())?
+        .with_status(response.status)
+        .with_headers(headers))
+}
+
+/// Echoes the key, so a client (and a log reader) can tie a response to the
+/// attempt that produced it.
+pub fn with_key(mut response: Response, key: Option<&IdempotencyKey>) -> Result<Response> {
+    if let Some(key) = key {
+        response
+            .headers_mut()
+            .set("Idempotency-Key", key.as_str())?;
+    }
+    Ok(response)
+}
+
+/// Answers a CORS preflight for the orders route.
+pub fn preflight(config: &EdgeConfig, origin: Option<&str>) -> Result<Response> {
+    match origin {
+        Some(origin) if config.allows_origin(origin) => {
+            let headers = Headers::new();
+            headers.set("Access-Control-Allow-Methods", "POST")?;
+            headers.set(
+                "Access-Control-Allow-Headers",
+                "Content-Type, Idempotency-Key",
+            )?;
+            headers.set("Access-Control-Max-Age", "600")?;
+            Ok(Response::empty()?.with_status(204).with_headers(headers))
+        }
+        // No CORS headers: the browser refuses the real request.
+        _ => Ok(Response::empty()?.with_status(204)),
+    }
+}
+
+/// Adds CORS headers for an allowed origin; a disallowed one gets none.
+pub fn with_cors(
+    mut response: Response,
+    config: &EdgeConfig,
+    origin: Option<&str>,
+) -> Result<Response> {
+    let headers = response.headers_mut();
+    headers.append("Vary", "Origin")?;
+    if let Some(origin) = origin.filter(|o| config.allows_origin(o)) {
+        headers.set("Access-Control-Allow-Origin", origin)?;
+        headers.set("Access-Control-Expose-Headers", EXPOSED_HEADERS)?;
+    }
+    Ok(response)
+}

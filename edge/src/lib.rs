@@ -1,0 +1,50 @@
+//! # ChargeOnce's edge
+//!
+//! A Cloudflare Worker that deduplicates `POST /v1/orders` by
+//! `Idempotency-Key` before the payment backend sees it. Every rule it follows
+//! lives in `chargeonce-protocol`; this crate is the shell that does the I/O:
+//!
+//! - [`orders`]: the request path, from the bytes on the wire to the response.
+//! - [`key_lock`]: the Durable Object that makes claims atomic, one per key.
+//! - [`replay_cache`]: the Workers KV copy of final results, read first.
+//! - [`backend`]: the HTTP call to the payment backend, with its timeout.
+//! - [`http`]: responses, headers and CORS.
+
+pub mod backend;
+pub mod http;
+// The #[durable_object] macro generates public glue without docs.
+#[allow(missing_docs)]
+pub mod key_lock;
+pub mod orders;
+pub mod replay_cache;
+
+use chargeonce_protocol::{EdgeConfig, Problem, ProblemType, ORDERS_PATH};
+use worker::{event, Context, Env, Method, Request, Response, Result};
+
+/// The Worker's entry point.
+///
+/// Routing is a plain match rather than `worker::Router` because the Router
+/// answers unknown paths and methods with plain-text bodies, and the contract
+/// wants problem+json for every error.
+#[event(fetch)]
+pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    let config = match EdgeConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string())) {
+        Ok(config) => config,
+        Err(e) => {
+            worker::console_error!("configuration error: {e}");
+            return http::problem(&Problem::new(ProblemType::EdgeMisconfigured, e.to_string()));
+        }
+    };
+    let path = req.path();
+    let origin = req.headers().get("Origin").ok().flatten();
+    let response = match (path.as_str(), req.method()) {
+        (ORDERS_PATH, Method::Options) => http::preflight(&config, origin.as_deref()),
+        (ORDERS_PATH, _) => orders::handle(req, &env, &ctx, &config).await,
+        ("/healthz", Method::Get | Method::Head) => Response::ok("ok"),
+        _ => http::problem(&Problem::new(
+            ProblemType::NotFound,
+            format!("there is nothing at {path}; orders are placed with POST {ORDERS_PATH}"),
+        )),
+    }?;
+    http::with_cors(response, &config, origin.as_deref())
+}

@@ -1,0 +1,182 @@
+//! The edge's settings, parsed from the Worker's environment variables with
+//! defaults and bounds, so a bad deployment fails loudly and early.
+
+use crate::backend::BackendKind;
+use thiserror::Error;
+
+/// Workers KV refuses an `expirationTtl` below 60 seconds.
+pub const KV_MIN_TTL_SECS: u64 = 60;
+
+/// The edge's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// Which backend API to speak (`PAYMENT_BACKEND`).
+    pub backend: BackendKind,
+    /// Where the backend is (`PAYMENT_BACKEND_URL`).
+    pub backend_url: String,
+    /// How long a final result is kept and replayed (`IDEMPOTENCY_TTL_SECS`).
+    pub ttl_secs: u64,
+    /// How long a claim holds the key (`CLAIM_LEASE_SECS`).
+    pub lease_secs: u64,
+    /// How long the edge waits for the backend (`BACKEND_TIMEOUT_MS`).
+    pub backend_timeout_ms: u64,
+    /// Browser origins allowed to call the API (`ALLOWED_ORIGINS`, comma separated).
+    pub allowed_origins: Vec<String>,
+}
+
+/// A setting the edge cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A variable holds a value of the wrong form.
+    #[error("{name}={value:?} is not valid: {expected}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What it holds.
+        value: String,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// The lease would run out while a forwarded request may still be in
+    /// flight, letting a second worker forward the same key concurrently.
+    #[error("CLAIM_LEASE_SECS ({lease_secs} s) must be longer than BACKEND_TIMEOUT_MS ({timeout_ms} ms)")]
+    LeaseShorterThanTimeout {
+        /// The lease.
+        lease_secs: u64,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+}
+
+impl EdgeConfig {
+    /// Reads the settings through `var`, which returns a variable's value if set.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let backend = match var("PAYMENT_BACKEND").as_deref().map(str::trim) {
+            None | Some("" | "stripe") => BackendKind::Stripe,
+            Some("passthrough") => BackendKind::Passthrough,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "PAYMENT_BACKEND",
+                    value: other.into(),
+                    expected: "\"stripe\" or \"passthrough\"",
+                })
+            }
+        };
+        let backend_url = var("PAYMENT_BACKEND_URL")
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "https://api.stripe.com".into());
+        if !(backend_url.starts_with("https://") || backend_url.starts_with("http://")) {
+            return Err(ConfigError::Invalid {
+                name: "PAYMENT_BACKEND_URL",
+                value: backend_url,
+                expected: "an http:// or https:// URL",
+            });
+        }
+        let number =
+            |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+                match var(name) {
+                    None => Ok(default),
+                    Some(v) if v.trim().is_empty() => Ok(default),
+                    Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                        ConfigError::Invalid {
+                            name,
+                            value: v,
+                            expected: "a whole number greater than 0",
+                        },
+                    ),
+                }
+            };
+        let config = Self {
+            backend,
+            backend_url,
+            ttl_secs: number("IDEMPOTENCY_TTL_SECS", 86_400)?.max(KV_MIN_TTL_SECS),
+            lease_secs: number("CLAIM_LEASE_SECS", 30)?,
+            backend_timeout_ms: number("BACKEND_TIMEOUT_MS", 10_000)?,
+            allowed_origins: var("ALLOWED_ORIGINS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+        };
+        if config.lease_secs * 1000 <= config.backend_timeout_ms {
+            return Err(ConfigError::LeaseShorterThanTimeout {
+                lease_secs: config.lease_secs,
+                timeout_ms: config.backend_timeout_ms,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Whether a browser at `origin` may call the API.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*" || o == origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<EdgeConfig, ConfigError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        EdgeConfig::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.backend, BackendKind::Stripe);
+        assert_eq!(c.backend_url, "https://api.stripe.com");
+        assert_eq!(
+            (c.ttl_secs, c.lease_secs, c.backend_timeout_ms),
+            (86_400, 30, 10_000)
+        );
+        assert!(c.allowed_origins.is_empty());
+    }
+
+    #[test]
+    fn ttl_never_goes_below_kvs_minimum() {
+        assert_eq!(
+            config(&[("IDEMPOTENCY_TTL_SECS", "5")]).unwrap().ttl_secs,
+            60
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = config(&[("CLAIM_LEASE_SECS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("CLAIM_LEASE_SECS"), "{err}");
+        assert!(config(&[("PAYMENT_BACKEND", "paypal")]).is_err());
+        assert!(config(&[("PAYMENT_BACKEND_URL", "ftp://x")]).is_err());
+    }
+
+    #[test]
+    fn lease_must_outlast_the_backend_timeout() {
+        assert_eq!(
+            config(&[("CLAIM_LEASE_SECS", "10")]).unwrap_err(),
+            ConfigError::LeaseShorterThanTimeout {
+                lease_secs: 10,
+                timeout_ms: 10_000
+            }
+        );
+    }
+
+    #[test]
+    fn origins_are_an_exact_allow_list() {
+        let c = config(&[(
+            "ALLOWED_ORIGINS",
+            "https://shop.example, http://127.0.0.1:8787/",
+        )])
+        .unwrap();
+        assert!(c.allows_origin("https://shop.example"));
+        assert!(c.allows_origin("http://127.0.0.1:8787"));
+        assert!(!c.allows_origin("https://evil.example"));
+    }
+}

@@ -1,0 +1,362 @@
+//! The order a client asks the edge to charge: the wire type of
+//! `POST /v1/orders`, its validation, and its canonical form.
+//!
+//! Validation collects every problem at once so a client fixes its request in
+//! one round trip. The canonical form is what the fingerprint hashes, so two
+//! bodies that differ only in key order or whitespace are the same order.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+/// The largest amount accepted, in minor units: Stripe's own limit for most
+/// currencies (eight digits).
+pub const MAX_AMOUNT: u64 = 99_999_999;
+
+/// The longest string accepted in a text field, in bytes.
+pub const MAX_FIELD_LEN: usize = 255;
+
+/// A validated order. Fields are in alphabetical order because that is the
+/// order [`Order::canonical_json`] writes them in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Amount in the currency's minor units (cents), 1 to [`MAX_AMOUNT`].
+    pub amount: u64,
+    /// ISO 4217 code in lower case, as Stripe takes it (`usd`).
+    pub currency: String,
+    /// The merchant's customer id, which scopes the idempotency key.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub customer: Option<String>,
+    /// The merchant's reference for this order.
+    pub order_ref: String,
+    /// The payment method to charge (`pm_card_visa`).
+    pub payment_method: String,
+}
+
+/// One field's problem, reported as RFC 9457's `invalid_params` member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldProblem {
+    /// The JSON member's name.
+    pub name: String,
+    /// What is wrong with it, in words a developer can act on.
+    pub reason: String,
+}
+
+/// Why a request body is not a valid order.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum OrderError {
+    /// The body does not parse as JSON (including bad UTF-8 and nesting
+    /// deeper than the parser's limit).
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an object.
+    #[error("the body must be a JSON object, not {0}")]
+    NotAnObject(&'static str),
+    /// One or more fields are missing, of the wrong type or out of range.
+    #[error("{}", describe(.0))]
+    InvalidFields(Vec<FieldProblem>),
+}
+
+fn describe(problems: &[FieldProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{}: {}", p.name, p.reason))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Order {
+    /// Parses and validates a request body.
+    pub fn from_json(body: &[u8]) -> Result<Self, OrderError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| OrderError::NotJson(e.to_string()))?;
+        let Value::Object(mut fields) = value else {
+            return Err(OrderError::NotAnObject(json_type(&value)));
+        };
+        let mut problems = Vec::new();
+        let order_ref = take_text(&mut fields, "order_ref", true, &mut problems);
+        let amount = take_amount(&mut fields, &mut problems);
+        let currency = take_currency(&mut fields, &mut problems);
+        let payment_method = take_text(&mut fields, "payment_method", true, &mut problems);
+        let customer = take_text(&mut fields, "customer", false, &mut problems);
+        // Unknown members are refused rather than ignored: a client that sends
+        // `"ammount"` must hear about it, not be charged the default.
+        let mut unknown: Vec<_> = fields.keys().cloned().collect();
+        unknown.sort();
+        problems.extend(unknown.into_iter().map(|name| FieldProblem {
+            name,
+            reason: "is not a field of an order".into(),
+        }));
+        match (order_ref, amount, currency, payment_method) {
+            (Some(order_ref), Some(amount), Some(currency), Some(payment_method))
+                if problems.is_empty() =>
+            {
+                Ok(Self {
+                    amount,
+                    currency,
+                    customer,
+                    order_ref,
+                    payment_method,
+                })
+            }
+            _ => Err(OrderError::InvalidFields(problems)),
+        }
+    }
+
+    /// The canonical body: compact JSON with members in a fixed order and the
+    /// optional customer left out when absent.
+    pub fn canonical_json(&self) -> String {
+        serde_json::to_string(self).expect("an Order holds only strings and integers")
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn problem(problems: &mut Vec<FieldProblem>, name: &str, reason: impl Into<String>) {
+    problems.push(FieldProblem {
+        name: name.into(),
+        reason: reason.into(),
+    });
+}
+
+fn take_text(
+    fields: &mut Map<String, Value>,
+    name: &str,
+    required: bool,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<String> {
+    match fields.remove(name) {
+        None | Some(Value::Null) if !required => None,
+        None => {
+            problem(problems, name, "is required");
+            None
+        }
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            problem(problems, name, "must not be empty");
+            None
+        }
+        Some(Value::String(s)) if s.len() > MAX_FIELD_LEN => {
+            problem(
+                problems,
+                name,
+                format!("must be at most {MAX_FIELD_LEN} bytes, not {}", s.len()),
+            );
+            None
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            problem(problems, name, "must not contain control characters");
+            None
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(other) => {
+            problem(
+                problems,
+                name,
+                format!("must be a string, not {}", json_type(&other)),
+            );
+            None
+        }
+    }
+}
+
+fn take_amount(fields: &mut Map<String, Value>, problems: &mut Vec<FieldProblem>) -> Option<u64> {
+    const REASON: &str = "must be an integer number of minor units (cents)";
+    match fields.remove("amount") {
+        None => {
+            problem(problems, "amount", "is required");
+            None
+        }
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
+            (Some(0), _) | (None, Some(_)) => {
+                problem(problems, "amount", "must be greater than 0");
+                None
+            }
+            (Some(a), _) if a > MAX_AMOUNT => {
+                problem(problems, "amount", format!("must be at most {MAX_AMOUNT}"));
+                None
+            }
+            (Some(a), _) => Some(a),
+            (None, None) if n.as_f64().is_some_and(|f| f <= 0.0) => {
+                problem(problems, "amount", "must be greater than 0");
+                None
+            }
+            (None, None) => {
+                problem(problems, "amount", format!("{REASON}, not {n}"));
+                None
+            }
+        },
+        Some(other) => {
+            problem(
+                problems,
+                "amount",
+                format!("{REASON}, not {}", json_type(&other)),
+            );
+            None
+        }
+    }
+}
+
+fn take_currency(
+    fields: &mut Map<String, Value>,
+    problems: &mut Vec<FieldProblem>,
+) -> Option<String> {
+    match fields.remove("currency") {
+        None => {
+            problem(problems, "currency", "is required");
+            None
+        }
+        Some(Value::String(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_lowercase()) => {
+            Some(s)
+        }
+        Some(Value::String(_)) => {
+            problem(
+                problems,
+                "currency",
+                "must be a three-letter ISO 4217 code in lower case, such as \"usd\"",
+            );
+            None
+        }
+        Some(other) => {
+            problem(
+                problems,
+                "currency",
+                format!("must be a string, not {}", json_type(&other)),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"{"order_ref":"ord_1","amount":1999,"currency":"usd","payment_method":"pm_card_visa","customer":"cus_1"}"#;
+
+    fn reasons(body: &str) -> Vec<(String, String)> {
+        match Order::from_json(body.as_bytes()) {
+            Err(OrderError::InvalidFields(p)) => {
+                p.into_iter().map(|p| (p.name, p.reason)).collect()
+            }
+            other => panic!("expected field problems for {body}, got {other:?}"),
+        }
+    }
+
+    fn names(body: &str) -> Vec<String> {
+        reasons(body).into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn a_valid_order_parses() {
+        let order = Order::from_json(VALID.as_bytes()).unwrap();
+        assert_eq!(order.amount, 1999);
+        assert_eq!(order.customer.as_deref(), Some("cus_1"));
+    }
+
+    #[test]
+    fn customer_is_optional_and_null_means_absent() {
+        let body = r#"{"order_ref":"o","amount":1,"currency":"eur","payment_method":"pm","customer":null}"#;
+        assert_eq!(Order::from_json(body.as_bytes()).unwrap().customer, None);
+    }
+
+    #[test]
+    fn canonical_form_ignores_member_order_and_whitespace() {
+        let shuffled = r#"{ "customer":"cus_1", "payment_method":"pm_card_visa",
+            "currency":"usd", "amount":1999, "order_ref":"ord_1" }"#;
+        let a = Order::from_json(VALID.as_bytes()).unwrap().canonical_json();
+        let b = Order::from_json(shuffled.as_bytes())
+            .unwrap()
+            .canonical_json();
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            r#"{"amount":1999,"currency":"usd","customer":"cus_1","order_ref":"ord_1","payment_method":"pm_card_visa"}"#
+        );
+    }
+
+    #[test]
+    fn every_missing_field_is_reported_at_once() {
+        assert_eq!(
+            names("{}"),
+            ["order_ref", "amount", "currency", "payment_method"]
+        );
+    }
+
+    #[test]
+    fn amounts_must_be_positive_integers_within_the_limit() {
+        for bad in ["0", "-5", "19.99", "1e3", "\"1999\"", "100000000", "-0.5"] {
+            let body = VALID.replace("1999", bad);
+            assert_eq!(names(&body), ["amount"], "amount {bad} must be refused");
+        }
+        let body = VALID.replace("1999", "99999999");
+        assert!(Order::from_json(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn currency_must_be_three_lowercase_letters() {
+        for bad in ["USD", "us", "usdd", "u5d", ""] {
+            let body = VALID.replace("\"usd\"", &format!("\"{bad}\""));
+            assert_eq!(
+                names(&body),
+                ["currency"],
+                "currency {bad:?} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn text_fields_refuse_wrong_types_empty_control_and_oversized_values() {
+        assert_eq!(
+            reasons(&VALID.replace("\"ord_1\"", "42")),
+            [("order_ref".into(), "must be a string, not a number".into())]
+        );
+        assert_eq!(names(&VALID.replace("\"ord_1\"", "\"  \"")), ["order_ref"]);
+        assert_eq!(
+            names(&VALID.replace("\"ord_1\"", "\"a\\u0000b\"")),
+            ["order_ref"]
+        );
+        let long = format!("\"{}\"", "x".repeat(256));
+        assert_eq!(names(&VALID.replace("\"cus_1\"", &long)), ["customer"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let body = VALID.replace("{", r#"{"ammount":5,"#);
+        assert_eq!(
+            reasons(&body),
+            [("ammount".into(), "is not a field of an order".into())]
+        );
+    }
+
+    #[test]
+    fn non_objects_and_non_json_are_refused() {
+        assert_eq!(
+            Order::from_json(b"[1]"),
+            Err(OrderError::NotAnObject("an array"))
+        );
+        assert!(matches!(Order::from_json(b""), Err(OrderError::NotJson(_))));
+        assert!(matches!(
+            Order::from_json(b"{\"order_ref\":"),
+            Err(OrderError::NotJson(_))
+        ));
+        assert!(matches!(
+            Order::from_json(b"{\"order_ref\":\"\xff\"}"),
+            Err(OrderError::NotJson(_))
+        ));
+        let deep = "[".repeat(10_000);
+        assert!(matches!(
+            Order::from_json(deep.as_bytes()),
+            Err(OrderError::NotJson(_))
+        ));
+    }
+}

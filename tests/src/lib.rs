@@ -1,0 +1,4 @@
+//! ChargeOnce's test support: the payment simulator (`paysim`) that stands in for Stripe, and the
+//! helpers the black-box tests share.
+
+pub mod sim;

@@ -1,0 +1,415 @@
+//! Parsing and validating payment request bodies, for both endpoints, into one [`PaymentParams`].
+//!
+//! Everything rejected here is a parameter-validation error: like Stripe, the simulator answers
+//! it with a 400 and never stores it under an idempotency key. What passes is executed, even if the
+//! outcome is a decline or an unknown payment method.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::wire::ApiError;
+
+const FORM_MEDIA_TYPE: &str = "application/x-www-form-urlencoded";
+const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// A validated payment request, whichever endpoint it came through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PaymentParams {
+    pub amount: u64,
+    pub currency: String,
+    pub payment_method: String,
+    pub confirm: bool,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl PaymentParams {
+    /// The `metadata[order_ref]` the ledger reports.
+    pub fn order_ref(&self) -> Option<&str> {
+        self.metadata.get("order_ref").map(String::as_str)
+    }
+
+    /// The `metadata[customer]` the ledger reports.
+    pub fn customer(&self) -> Option<&str> {
+        self.metadata.get("customer").map(String::as_str)
+    }
+}
+
+/// The parameter set an idempotency key is bound to; equal sets replay, different ones conflict.
+///
+/// A map, so that the order of form fields or JSON members does not matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fingerprint(BTreeMap<String, String>);
+
+/// Parses a `POST /v1/payment_intents` form body.
+///
+/// Unknown parameters are ignored, as the edge may send Stripe parameters the simulator does not
+/// model, but they are part of the fingerprint, as Stripe compares every parameter.
+pub(crate) fn parse_form(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(PaymentParams, Fingerprint), ApiError> {
+    require_media_type(content_type, FORM_MEDIA_TYPE)?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "Invalid application/x-www-form-urlencoded body: {e}"
+        ))
+    })?;
+    let mut form = BTreeMap::new();
+    for (name, value) in pairs {
+        if form.contains_key(&name) {
+            return Err(ApiError::invalid_param(
+                &name,
+                format!("Received duplicate parameter: {name}"),
+            ));
+        }
+        form.insert(name, value);
+    }
+
+    let amount = parse_amount(required(&form, "amount")?)?;
+    let currency = parse_currency(required(&form, "currency")?)?;
+    let payment_method = required(&form, "payment_method")?.to_owned();
+    let confirm = optional_bool(&form, "confirm")?.unwrap_or(false);
+    let apm_enabled = optional_bool(&form, "automatic_payment_methods[enabled]")?;
+    let allow_redirects = form
+        .get("automatic_payment_methods[allow_redirects]")
+        .map(|v| match v.as_str() {
+            "always" | "never" => Ok(v.as_str()),
+            other => Err(ApiError::invalid_param(
+                "automatic_payment_methods[allow_redirects]",
+                format!("Invalid automatic_payment_methods[allow_redirects]: must be one of always or never, got '{other}'"),
+            )),
+        })
+        .transpose()?;
+    if allow_redirects.is_some() && apm_enabled.is_none() {
+        // Stripe requires `enabled` whenever the automatic_payment_methods hash is sent.
+        return Err(ApiError::invalid_param(
+            "automatic_payment_methods[enabled]",
+            "Missing required param: automatic_payment_methods[enabled].",
+        ));
+    }
+    let return_url = form.get("return_url").filter(|url| !url.is_empty());
+    if confirm && return_url.is_none() && allow_redirects != Some("never") {
+        return Err(ApiError::invalid_request(
+            "This PaymentIntent is configured to accept payment methods enabled in your Dashboard, \
+             some of which may require a full page redirect to succeed. If you wish to allow \
+             redirect-based payment methods, provide a `return_url` when confirming the \
+             PaymentIntent. If you do not want to accept redirect-based payment methods, set \
+             `automatic_payment_methods[enabled]` to `true` and \
+             `automatic_payment_methods[allow_redirects]` to `never`.",
+        ));
+    }
+    let metadata = form
+        .iter()
+        .filter_map(|(name, value)| {
+            let key = name.strip_prefix("metadata[")?.strip_suffix(']')?;
+            Some((key.to_owned(), value.clone()))
+        })
+        .collect();
+
+    let params = PaymentParams {
+        amount,
+        currency,
+        payment_method,
+        confirm,
+        metadata,
+    };
+    Ok((params, Fingerprint(form)))
+}
+
+/// Parses a `POST /v1/orders` JSON body; the order is always confirmed.
+///
+/// Unknown members are ignored and left out of the fingerprint, so only what decides the charge
+/// binds the idempotency key.
+pub(crate) fn parse_order_json(
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<(PaymentParams, Fingerprint), ApiError> {
+    require_media_type(content_type, JSON_MEDIA_TYPE)?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("Invalid JSON body: {e}")))?;
+    let Value::Object(object) = value else {
+        return Err(ApiError::invalid_request(
+            "Invalid JSON body: expected an object",
+        ));
+    };
+
+    let order_ref = json_string(&object, "order_ref")?
+        .ok_or_else(|| missing("order_ref"))?
+        .to_owned();
+    let amount = match object.get("amount") {
+        None | Some(Value::Null) => return Err(missing("amount")),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => match n.as_u64() {
+            Some(amount) if amount > 0 => amount,
+            _ => return Err(amount_too_small()),
+        },
+        Some(other) => {
+            return Err(ApiError::invalid_param(
+                "amount",
+                format!("Invalid integer: {other}"),
+            ))
+        }
+    };
+    let currency =
+        parse_currency(json_string(&object, "currency")?.ok_or_else(|| missing("currency"))?)?;
+    let payment_method = json_string(&object, "payment_method")?
+        .ok_or_else(|| missing("payment_method"))?
+        .to_owned();
+    let customer = json_string(&object, "customer")?.map(str::to_owned);
+
+    let mut metadata = BTreeMap::from([("order_ref".to_owned(), order_ref)]);
+    if let Some(customer) = customer {
+        metadata.insert("customer".to_owned(), customer);
+    }
+    let mut fingerprint = metadata.clone();
+    fingerprint.insert("amount".to_owned(), amount.to_string());
+    fingerprint.insert("currency".to_owned(), currency.clone());
+    fingerprint.insert("payment_method".to_owned(), payment_method.clone());
+
+    let params = PaymentParams {
+        amount,
+        currency,
+        payment_method,
+        confirm: true,
+        metadata,
+    };
+    Ok((params, Fingerprint(fingerprint)))
+}
+
+fn require_media_type(content_type: Option<&str>, expected: &str) -> Result<(), ApiError> {
+    let media_type = content_type
+        .and_then(|ct| ct.split(';').next())
+        .map(str::trim);
+    match media_type {
+        Some(mt) if mt.eq_ignore_ascii_case(expected) => Ok(()),
+        _ => Err(ApiError::invalid_request(format!(
+            "Invalid Content-Type {}: this endpoint expects {expected}",
+            content_type.map_or_else(|| "(none)".to_owned(), |ct| format!("'{ct}'"))
+        ))),
+    }
+}
+
+fn required<'a>(form: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    match form.get(name) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(missing(name)),
+    }
+}
+
+fn missing(name: &str) -> ApiError {
+    ApiError::invalid_param(name, format!("Missing required param: {name}."))
+}
+
+fn amount_too_small() -> ApiError {
+    ApiError::invalid_param("amount", "This value must be greater than or equal to 1.")
+}
+
+fn parse_amount(raw: &str) -> Result<u64, ApiError> {
+    // Stripe rejects signs, spaces and decimals alike as "Invalid integer".
+    if !raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        return Err(ApiError::invalid_param(
+            "amount",
+            format!("Invalid integer: {raw}"),
+        ));
+    }
+    match raw.parse::<i128>() {
+        Ok(n) if n < 1 => Err(amount_too_small()),
+        Ok(n) => u64::try_from(n)
+            .map_err(|_| ApiError::invalid_param("amount", format!("Invalid integer: {raw}"))),
+        Err(_) => Err(ApiError::invalid_param(
+            "amount",
+            format!("Invalid integer: {raw}"),
+        )),
+    }
+}
+
+fn parse_currency(raw: &str) -> Result<String, ApiError> {
+    if raw.len() == 3 && raw.bytes().all(|b| b.is_ascii_lowercase()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(ApiError::invalid_param(
+            "currency",
+            format!("Invalid currency: {raw}. A currency is three lowercase letters, such as usd."),
+        ))
+    }
+}
+
+fn optional_bool(form: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    form.get(name)
+        .map(|value| match value.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(ApiError::invalid_param(
+                name,
+                format!("Invalid boolean: {other}"),
+            )),
+        })
+        .transpose()
+}
+
+fn json_string<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ApiError::invalid_param(
+            name,
+            format!("Invalid {name}: expected a string, got {other}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+    const JSON: Option<&str> = Some("application/json; charset=utf-8");
+
+    fn form_error(body: &str) -> ApiError {
+        parse_form(FORM, body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn form_field_order_does_not_change_the_fingerprint() {
+        let a = "amount=100&currency=usd&payment_method=pm_card_visa&metadata[order_ref]=o1";
+        let b = "metadata%5Border_ref%5D=o1&payment_method=pm_card_visa&currency=usd&amount=100";
+        let (pa, fa) = parse_form(FORM, a.as_bytes()).unwrap();
+        let (pb, fb) = parse_form(FORM, b.as_bytes()).unwrap();
+        assert_eq!(pa, pb);
+        assert_eq!(fa, fb);
+        assert_eq!(pa.order_ref(), Some("o1"));
+        assert!(!pa.confirm);
+    }
+
+    #[test]
+    fn form_validation_names_the_param() {
+        for (body, param) in [
+            ("currency=usd&payment_method=pm_card_visa", "amount"),
+            (
+                "amount=0&currency=usd&payment_method=pm_card_visa",
+                "amount",
+            ),
+            (
+                "amount=-5&currency=usd&payment_method=pm_card_visa",
+                "amount",
+            ),
+            (
+                "amount=1.5&currency=usd&payment_method=pm_card_visa",
+                "amount",
+            ),
+            (
+                "amount=100&currency=USD&payment_method=pm_card_visa",
+                "currency",
+            ),
+            ("amount=100&payment_method=pm_card_visa", "currency"),
+            ("amount=100&currency=usd", "payment_method"),
+            (
+                "amount=100&currency=usd&payment_method=pm_card_visa&confirm=yes",
+                "confirm",
+            ),
+            (
+                "amount=1&amount=2&currency=usd&payment_method=pm_card_visa",
+                "amount",
+            ),
+        ] {
+            let error = form_error(body);
+            assert_eq!(error.kind, "invalid_request_error", "{body}");
+            assert_eq!(error.param.as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn confirm_needs_a_return_url_or_no_redirects() {
+        let base = "amount=100&currency=usd&payment_method=pm_card_visa&confirm=true";
+        let error = form_error(base);
+        assert!(error.message.contains("return_url"), "{}", error.message);
+        assert!(
+            error.message.contains("allow_redirects"),
+            "{}",
+            error.message
+        );
+
+        let with_url = format!("{base}&return_url=https%3A%2F%2Fshop.example%2Fdone");
+        assert!(parse_form(FORM, with_url.as_bytes()).unwrap().0.confirm);
+        let no_redirects = format!(
+            "{base}&automatic_payment_methods[enabled]=true&automatic_payment_methods[allow_redirects]=never"
+        );
+        assert!(parse_form(FORM, no_redirects.as_bytes()).is_ok());
+        let redirects = format!(
+            "{base}&automatic_payment_methods[enabled]=true&automatic_payment_methods[allow_redirects]=always"
+        );
+        assert!(parse_form(FORM, redirects.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn wrong_content_type_is_rejected() {
+        let body = b"amount=100&currency=usd&payment_method=pm_card_visa";
+        assert!(parse_form(Some("application/json"), body).is_err());
+        assert!(parse_form(None, body).is_err());
+        assert!(parse_order_json(FORM, b"{}").is_err());
+    }
+
+    #[test]
+    fn json_orders_ignore_unknown_members_in_the_fingerprint() {
+        let a = br#"{"order_ref":"o1","amount":100,"currency":"usd","payment_method":"pm_card_visa","trace":1}"#;
+        let b = br#"{"payment_method":"pm_card_visa","currency":"usd","amount":100,"order_ref":"o1","trace":2}"#;
+        let (pa, fa) = parse_order_json(JSON, a).unwrap();
+        let (_, fb) = parse_order_json(JSON, b).unwrap();
+        assert_eq!(fa, fb);
+        assert!(pa.confirm);
+        assert_eq!(pa.customer(), None);
+    }
+
+    #[test]
+    fn json_validation_names_the_param() {
+        for (body, param) in [
+            (
+                r#"{"amount":100,"currency":"usd","payment_method":"pm_card_visa"}"#,
+                "order_ref",
+            ),
+            (
+                r#"{"order_ref":"o","currency":"usd","payment_method":"pm_card_visa"}"#,
+                "amount",
+            ),
+            (
+                r#"{"order_ref":"o","amount":0,"currency":"usd","payment_method":"pm_card_visa"}"#,
+                "amount",
+            ),
+            (
+                r#"{"order_ref":"o","amount":-1,"currency":"usd","payment_method":"pm_card_visa"}"#,
+                "amount",
+            ),
+            (
+                r#"{"order_ref":"o","amount":1.5,"currency":"usd","payment_method":"pm_card_visa"}"#,
+                "amount",
+            ),
+            (
+                r#"{"order_ref":"o","amount":"100","currency":"usd","payment_method":"pm_card_visa"}"#,
+                "amount",
+            ),
+            (
+                r#"{"order_ref":"o","amount":100,"currency":"usdd","payment_method":"pm_card_visa"}"#,
+                "currency",
+            ),
+            (
+                r#"{"order_ref":"o","amount":100,"currency":"usd"}"#,
+                "payment_method",
+            ),
+            (
+                r#"{"order_ref":"o","amount":100,"currency":"usd","payment_method":"pm_card_visa","customer":7}"#,
+                "customer",
+            ),
+        ] {
+            let error = parse_order_json(JSON, body.as_bytes()).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some(param), "{body}");
+        }
+        assert!(parse_order_json(JSON, b"[]").unwrap_err().param.is_none());
+        assert!(parse_order_json(JSON, b"{").unwrap_err().param.is_none());
+    }
+}

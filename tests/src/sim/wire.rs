@@ -1,0 +1,121 @@
+//! The Stripe-shaped JSON the simulator answers with: PaymentIntents and `{"error":{...}}` bodies.
+//!
+//! This module only renders bytes; which body a request gets is decided in `state`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// Status codes the simulator answers with, named so the state machine reads like the spec.
+pub(crate) mod status {
+    pub const OK: u16 = 200;
+    pub const BAD_REQUEST: u16 = 400;
+    pub const UNAUTHORIZED: u16 = 401;
+    pub const PAYMENT_REQUIRED: u16 = 402;
+    pub const NOT_FOUND: u16 = 404;
+    pub const METHOD_NOT_ALLOWED: u16 = 405;
+    pub const CONFLICT: u16 = 409;
+    pub const PAYLOAD_TOO_LARGE: u16 = 413;
+    pub const SERVICE_UNAVAILABLE: u16 = 503;
+}
+
+/// A PaymentIntent as Stripe returns it, reduced to the fields ChargeOnce reads.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PaymentIntent {
+    pub id: String,
+    pub object: &'static str,
+    pub amount: u64,
+    pub currency: String,
+    pub status: &'static str,
+    pub payment_method: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub created: u64,
+}
+
+/// Stripe's error object, the value under `"error"`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ApiError {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<&'static str>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    // Boxed: only declines carry it, and it would triple the size of every `Result<_, ApiError>`.
+    pub payment_intent: Option<Box<PaymentIntent>>,
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: &'a ApiError,
+}
+
+impl ApiError {
+    fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: None,
+            decline_code: None,
+            message: message.into(),
+            param: None,
+            payment_intent: None,
+        }
+    }
+
+    /// An `invalid_request_error` without a param.
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new("invalid_request_error", message)
+    }
+
+    /// An `invalid_request_error` blaming one parameter.
+    pub fn invalid_param(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.to_owned()),
+            ..Self::invalid_request(message)
+        }
+    }
+
+    /// An `idempotency_error`.
+    pub fn idempotency(message: impl Into<String>) -> Self {
+        Self::new("idempotency_error", message)
+    }
+
+    /// An `api_error`, Stripe's type for failures on its side.
+    pub fn api(message: impl Into<String>) -> Self {
+        Self::new("api_error", message)
+    }
+
+    /// The decline Stripe answers for `pm_card_chargeDeclined`, carrying the failed PaymentIntent.
+    pub fn card_declined(intent: PaymentIntent) -> Self {
+        Self {
+            code: Some("card_declined"),
+            decline_code: Some("generic_decline"),
+            payment_intent: Some(Box::new(intent)),
+            ..Self::new("card_error", "Your card was declined.")
+        }
+    }
+
+    /// Stripe's answer to a payment method id it does not know.
+    pub fn no_such_payment_method(id: &str) -> Self {
+        Self {
+            code: Some("resource_missing"),
+            ..Self::invalid_param("payment_method", format!("No such PaymentMethod: '{id}'"))
+        }
+    }
+
+    /// The `{"error": ...}` body.
+    pub fn to_body(&self) -> Bytes {
+        json_bytes(&ErrorEnvelope { error: self })
+    }
+}
+
+/// Serializes a value the simulator built itself.
+pub(crate) fn json_bytes<T: Serialize>(value: &T) -> Bytes {
+    // Only our own structs of strings, integers and string maps reach here; they always serialize.
+    Bytes::from(serde_json::to_vec(value).expect("simulator types serialize to JSON"))
+}

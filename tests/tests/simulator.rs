@@ -1,0 +1,641 @@
+//! Black-box tests of paysim over real HTTP: in-process on 127.0.0.1:0, and once as the binary.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::Duration;
+
+use chargeonce_tests::sim::{Faults, Ledger, RunningSim, SimConfig, DEFAULT_SECRET};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const VISA: &str = "amount=1999&currency=usd&payment_method=pm_card_visa&confirm=true\
+    &automatic_payment_methods[enabled]=true&automatic_payment_methods[allow_redirects]=never\
+    &metadata[order_ref]=ord_42&metadata[customer]=cus_7";
+const DECLINED: &str = "amount=1999&currency=usd&payment_method=pm_card_chargeDeclined\
+    &confirm=true&return_url=https%3A%2F%2Fshop.example%2Fdone&metadata[order_ref]=ord_43";
+
+struct Harness {
+    sim: RunningSim,
+    http: Client,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let sim = RunningSim::start(SimConfig::default()).await.unwrap();
+        Self {
+            sim,
+            http: Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.sim.url())
+    }
+
+    async fn payment_intent(&self, form: &str, key: Option<&str>) -> Response {
+        payment_intent_with(&self.http, &self.sim.url(), form, key)
+            .await
+            .unwrap()
+    }
+
+    async fn order(&self, body: &Value, key: Option<&str>) -> Response {
+        let mut request = self
+            .http
+            .post(self.url("/v1/orders"))
+            .bearer_auth(DEFAULT_SECRET)
+            .json(body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn ledger(&self) -> Ledger {
+        let response = self
+            .http
+            .get(self.url("/__sim/ledger"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    async fn faults(&self, patch: Value) -> Faults {
+        let response = self
+            .http
+            .post(self.url("/__sim/faults"))
+            .json(&patch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{patch}");
+        response.json().await.unwrap()
+    }
+}
+
+async fn payment_intent_with(
+    http: &Client,
+    base: &str,
+    form: &str,
+    key: Option<&str>,
+) -> reqwest::Result<Response> {
+    let mut request = http
+        .post(format!("{base}/v1/payment_intents"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form.to_owned());
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await
+}
+
+/// A client that opens a new connection per request, so a dropped connection is never a pooled
+/// one that the client might transparently retry on.
+fn unpooled_client() -> Client {
+    Client::builder().pool_max_idle_per_host(0).build().unwrap()
+}
+
+fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+async fn error_of(response: Response) -> Value {
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    let body: Value = response.json().await.unwrap();
+    body["error"].clone()
+}
+
+#[tokio::test]
+async fn visa_payment_succeeds_and_is_in_the_ledger() {
+    let h = Harness::start().await;
+    let response = h.payment_intent(VISA, Some("key-visa")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(header(&response, "request-id").unwrap().starts_with("req_"));
+    assert_eq!(header(&response, "idempotent-replayed"), None);
+    let intent: Value = response.json().await.unwrap();
+    assert_eq!(intent["object"], "payment_intent");
+    assert_eq!(intent["status"], "succeeded");
+    assert_eq!(intent["amount"], 1999);
+    assert_eq!(intent["currency"], "usd");
+    assert_eq!(intent["payment_method"], "pm_card_visa");
+    assert_eq!(
+        intent["metadata"],
+        json!({"order_ref": "ord_42", "customer": "cus_7"})
+    );
+    let id = intent["id"].as_str().unwrap();
+    assert_eq!(id.len(), "pi_".len() + 24);
+
+    let ledger = h.ledger().await;
+    assert_eq!(ledger.charges.len(), 1);
+    let charge = &ledger.charges[0];
+    assert_eq!(charge.id, id);
+    assert_eq!((charge.amount, charge.currency.as_str()), (1999, "usd"));
+    assert_eq!(charge.idempotency_key.as_deref(), Some("key-visa"));
+    assert_eq!(charge.order_ref.as_deref(), Some("ord_42"));
+    assert_eq!(charge.customer.as_deref(), Some("cus_7"));
+    assert_eq!(Some(charge.created), intent["created"].as_u64());
+}
+
+#[tokio::test]
+async fn unconfirmed_intent_is_not_charged() {
+    let h = Harness::start().await;
+    let form = "amount=500&currency=eur&payment_method=pm_card_mastercard";
+    let response = h.payment_intent(form, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let intent: Value = response.json().await.unwrap();
+    assert_eq!(intent["status"], "requires_confirmation");
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
+async fn declined_card_gets_402_and_no_charge() {
+    let h = Harness::start().await;
+    let response = h.payment_intent(DECLINED, Some("key-decline")).await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "card_error");
+    assert_eq!(error["code"], "card_declined");
+    assert_eq!(error["decline_code"], "generic_decline");
+    assert_eq!(error["message"], "Your card was declined.");
+    assert_eq!(error["payment_intent"]["status"], "requires_payment_method");
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_payment_method_is_resource_missing() {
+    let h = Harness::start().await;
+    let form = VISA.replace("pm_card_visa", "pm_card_amex");
+    let response = h.payment_intent(&form, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert_eq!(error["code"], "resource_missing");
+    assert_eq!(error["param"], "payment_method");
+    assert_eq!(error["message"], "No such PaymentMethod: 'pm_card_amex'");
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
+async fn missing_or_wrong_api_key_gets_401() {
+    let h = Harness::start().await;
+    for auth in [
+        None,
+        Some("Bearer sk_test_wrong"),
+        Some("Basic c2tfdGVzdA=="),
+    ] {
+        let mut request = h
+            .http
+            .post(h.url("/v1/payment_intents"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(VISA);
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(header(&response, "request-id").is_some());
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.starts_with("Invalid API Key provided"), "{message}");
+    }
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
+async fn confirm_without_return_url_gets_400() {
+    let h = Harness::start().await;
+    let form = "amount=1999&currency=usd&payment_method=pm_card_visa&confirm=true";
+    let response = h.payment_intent(form, Some("key-no-url")).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(error["message"].as_str().unwrap().contains("return_url"));
+    assert!(h.ledger().await.charges.is_empty());
+
+    // A validation error is not stored: the key is still free for a valid request.
+    let response = h.payment_intent(VISA, Some("key-no-url")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "idempotent-replayed"), None);
+}
+
+#[tokio::test]
+async fn invalid_params_get_400_naming_the_param() {
+    let h = Harness::start().await;
+    for (form, param) in [
+        ("currency=usd&payment_method=pm_card_visa", "amount"),
+        (
+            "amount=abc&currency=usd&payment_method=pm_card_visa",
+            "amount",
+        ),
+        (
+            "amount=100&currency=dollars&payment_method=pm_card_visa",
+            "currency",
+        ),
+        ("amount=100&currency=usd", "payment_method"),
+    ] {
+        let response = h.payment_intent(form, None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{form}");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "invalid_request_error", "{form}");
+        assert_eq!(error["param"], param, "{form}");
+    }
+}
+
+#[tokio::test]
+async fn same_key_same_params_replays_byte_identical() {
+    let h = Harness::start().await;
+    let first = h.payment_intent(VISA, Some("key-replay")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first_id = header(&first, "request-id").unwrap().to_owned();
+    let first_body = first.bytes().await.unwrap();
+
+    // Same parameters in another order are the same request.
+    let reordered: String = VISA.split('&').rev().collect::<Vec<_>>().join("&");
+    let second = h.payment_intent(&reordered, Some("key-replay")).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(header(&second, "idempotent-replayed"), Some("true"));
+    assert_ne!(header(&second, "request-id").unwrap(), first_id);
+    assert_eq!(second.bytes().await.unwrap(), first_body);
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn declines_are_replayed_too() {
+    let h = Harness::start().await;
+    let first = h.payment_intent(DECLINED, Some("key-d")).await;
+    assert_eq!(first.status(), StatusCode::PAYMENT_REQUIRED);
+    let first_body = first.bytes().await.unwrap();
+    let second = h.payment_intent(DECLINED, Some("key-d")).await;
+    assert_eq!(second.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(header(&second, "idempotent-replayed"), Some("true"));
+    assert_eq!(second.bytes().await.unwrap(), first_body);
+}
+
+#[tokio::test]
+async fn same_key_other_params_is_an_idempotency_error() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.payment_intent(VISA, Some("key-x")).await.status(),
+        StatusCode::OK
+    );
+    let other = VISA.replace("amount=1999", "amount=2999");
+    let response = h.payment_intent(&other, Some("key-x")).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "idempotency_error");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Keys for idempotent requests can only be used with the same parameters"));
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_same_key_during_latency_gets_one_success_and_409s() {
+    let h = Harness::start().await;
+    h.faults(json!({"latency_ms": 1000})).await;
+    let base = h.sim.url();
+    let attempts: Vec<_> = (0..3)
+        .map(|_| {
+            let (http, base) = (h.http.clone(), base.clone());
+            tokio::spawn(async move {
+                let response = payment_intent_with(&http, &base, VISA, Some("key-race"))
+                    .await
+                    .unwrap();
+                let status = response.status();
+                (status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        let (status, body) = attempt.await.unwrap();
+        if status == StatusCode::CONFLICT {
+            assert_eq!(body["error"]["type"], "idempotency_error");
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("another in-progress request"), "{message}");
+        }
+        statuses.push(status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT, StatusCode::CONFLICT]
+    );
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn naive_backend_charges_twice_for_the_same_key() {
+    let h = Harness::start().await;
+    let faults = h.faults(json!({"honor_idempotency": false})).await;
+    assert!(!faults.honor_idempotency);
+    let a = h.payment_intent(VISA, Some("key-naive")).await;
+    let b = h.payment_intent(VISA, Some("key-naive")).await;
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(header(&b, "idempotent-replayed"), None);
+    let charges = h.ledger().await.charges;
+    assert_eq!(charges.len(), 2);
+    assert_ne!(charges[0].id, charges[1].id);
+    assert!(charges
+        .iter()
+        .all(|c| c.idempotency_key.as_deref() == Some("key-naive")));
+}
+
+#[tokio::test]
+async fn fail_next_answers_503_once_then_the_retry_charges() {
+    let h = Harness::start().await;
+    assert_eq!(h.faults(json!({"fail_next": 1})).await.fail_next, 1);
+    let failed = h.payment_intent(VISA, Some("key-503")).await;
+    assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_of(failed).await["type"], "api_error");
+    assert!(h.ledger().await.charges.is_empty());
+
+    let retried = h.payment_intent(VISA, Some("key-503")).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(header(&retried, "idempotent-replayed"), None);
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn drop_after_commit_loses_the_response_and_the_retry_replays() {
+    let h = Harness::start().await;
+    h.faults(json!({"drop_after_commit_next": 1})).await;
+    let lost = payment_intent_with(&unpooled_client(), &h.sim.url(), VISA, Some("key-drop")).await;
+    let error = lost.expect_err("the response must be lost");
+    assert!(error.status().is_none(), "{error:?}");
+    let charges = h.ledger().await.charges;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(h.faults(json!({})).await.drop_after_commit_next, 0);
+
+    let retried = h.payment_intent(VISA, Some("key-drop")).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(header(&retried, "idempotent-replayed"), Some("true"));
+    let intent: Value = retried.json().await.unwrap();
+    assert_eq!(intent["id"], charges[0].id.as_str());
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn drop_after_commit_on_a_naive_backend_charges_again_on_retry() {
+    let h = Harness::start().await;
+    h.faults(json!({"drop_after_commit_next": 1, "honor_idempotency": false}))
+        .await;
+    let lost = payment_intent_with(&unpooled_client(), &h.sim.url(), VISA, Some("key-drop")).await;
+    assert!(lost.is_err());
+    let retried = h.payment_intent(VISA, Some("key-drop")).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(h.ledger().await.charges.len(), 2);
+}
+
+#[tokio::test]
+async fn dropped_connection_carries_no_http_response_at_all() {
+    let h = Harness::start().await;
+    h.faults(json!({"drop_after_commit_next": 1})).await;
+    let addr = h.sim.addr();
+    let received = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = format!(
+            "POST /v1/payment_intents HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {DEFAULT_SECRET}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Content-Length: {}\r\n\r\n{VISA}",
+            VISA.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut received = Vec::new();
+        // EOF (or a reset) with nothing read is the point; a timeout would fail the test.
+        match stream.read_to_end(&mut received) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the connection to close, got {e}"),
+        }
+        received
+    })
+    .await
+    .unwrap();
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn reset_clears_ledger_keys_and_faults() {
+    let h = Harness::start().await;
+    assert_eq!(
+        h.payment_intent(VISA, Some("key-r")).await.status(),
+        StatusCode::OK
+    );
+    h.faults(json!({"honor_idempotency": false, "fail_next": 2, "latency_ms": 5}))
+        .await;
+    let response = h.http.post(h.url("/__sim/reset")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(header(&response, "request-id").is_some());
+
+    assert!(h.ledger().await.charges.is_empty());
+    let faults: Faults = h
+        .http
+        .get(h.url("/__sim/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(faults, Faults::default());
+    assert!(faults.honor_idempotency);
+    // The key was forgotten: the same request executes again instead of replaying.
+    let again = h.payment_intent(VISA, Some("key-r")).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(header(&again, "idempotent-replayed"), None);
+}
+
+#[tokio::test]
+async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
+    let h = Harness::start().await;
+    h.faults(json!({"fail_next": 2})).await;
+    let merged = h.faults(json!({"latency_ms": 10})).await;
+    assert_eq!(
+        merged,
+        Faults {
+            honor_idempotency: true,
+            fail_next: 2,
+            drop_after_commit_next: 0,
+            latency_ms: 10
+        }
+    );
+    for bad in [
+        json!({"fail_nxt": 1}),
+        json!({"fail_next": "1"}),
+        json!([1]),
+    ] {
+        let response = h
+            .http
+            .post(h.url("/__sim/faults"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let message = error_of(response).await["message"].to_string();
+        assert!(message.contains("Invalid faults"), "{message}");
+    }
+    assert_eq!(h.faults(json!({})).await, merged);
+}
+
+#[tokio::test]
+async fn json_orders_twin_charges_replays_and_declines() {
+    let h = Harness::start().await;
+    let order = json!({
+        "order_ref": "ord_9", "amount": 4200, "currency": "eur",
+        "payment_method": "pm_card_mastercard", "customer": "cus_9", "note": "ignored"
+    });
+    let first = h.order(&order, Some("key-o")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first_body = first.bytes().await.unwrap();
+    let intent: Value = serde_json::from_slice(&first_body).unwrap();
+    assert_eq!(intent["status"], "succeeded");
+    assert_eq!(
+        intent["metadata"],
+        json!({"order_ref": "ord_9", "customer": "cus_9"})
+    );
+
+    let replay = h.order(&order, Some("key-o")).await;
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+
+    let mut other = order.clone();
+    other["amount"] = json!(1);
+    let conflict = h.order(&other, Some("key-o")).await;
+    assert_eq!(conflict.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(conflict).await["type"], "idempotency_error");
+
+    let mut declined = order.clone();
+    declined["payment_method"] = json!("pm_card_chargeDeclined");
+    let response = h.order(&declined, Some("key-o2")).await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(error_of(response).await["code"], "card_declined");
+
+    let mut invalid = order.clone();
+    invalid["amount"] = json!(0);
+    let response = h.order(&invalid, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_of(response).await["param"], "amount");
+
+    let charges = h.ledger().await.charges;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0].order_ref.as_deref(), Some("ord_9"));
+    assert_eq!(charges[0].customer.as_deref(), Some("cus_9"));
+    assert_eq!(charges[0].id, intent["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn unknown_paths_404_and_wrong_methods_405() {
+    let h = Harness::start().await;
+    let response = h.http.get(h.url("/v1/charges")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(header(&response, "request-id").is_some());
+    let error = error_of(response).await;
+    assert_eq!(error["type"], "invalid_request_error");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Unrecognized request URL"));
+
+    let response = h
+        .http
+        .get(h.url("/v1/payment_intents"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("POST"));
+    assert_eq!(error_of(response).await["type"], "invalid_request_error");
+    let response = h.http.delete(h.url("/__sim/faults")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn bodies_over_one_mib_get_413() {
+    let h = Harness::start().await;
+    let padding = "x".repeat(1024 * 1024);
+    let response = h
+        .http
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Content-Type", "application/json")
+        .body(format!(r#"{{"pad":"{padding}"}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_of(response).await["type"], "invalid_request_error");
+}
+
+#[tokio::test]
+async fn paysim_binary_announces_its_port_serves_and_exits_on_sigterm() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paysim"))
+        .args(["--listen", "127.0.0.1:0", "--secret", "sk_test_binary"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        BufReader::new(stdout).lines().next_line().await
+    })
+    .await
+    .expect("paysim announces itself")
+    .unwrap()
+    .expect("a line on stdout");
+    let base = line
+        .strip_prefix("paysim listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"));
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(!base.ends_with(":0"), "{line}");
+
+    let http = Client::new();
+    let response = http
+        .post(format!("{base}/v1/payment_intents"))
+        .bearer_auth("sk_test_binary")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(VISA)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let wrong = payment_intent_with(&http, base, VISA, None).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let ledger: Ledger = http
+        .get(format!("{base}/__sim/ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger.charges.len(), 1);
+
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("paysim exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
