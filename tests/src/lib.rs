@@ -2,3 +2,4 @@
 //! helpers the black-box tests share.
 
 pub mod sim;
+pub mod stack;

