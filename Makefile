@@ -1,7 +1,7 @@
 # The two commands: `make dev` runs the stack locally, `make test` runs every
 # test. Both install what they need first (scripts/setup.sh, cached in $TOOLS).
 SHELL := /bin/bash
-TOOLS ?= $(HOME)/.cache/chargeonce-tools
+TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
 .PHONY: dev test setup build lint deploy-check
