@@ -2,7 +2,7 @@
 //! carries (the echoed key, CORS).
 
 use chargeonce_protocol::{
-    EdgeConfig, IdempotencyKey, Problem, StoredResponse, PROBLEM_CONTENT_TYPE,
+    EdgeConfig, IdempotencyKey, Problem, ProblemType, StoredResponse, PROBLEM_CONTENT_TYPE,
 };
 use worker::{Headers, Response, Result};
 
@@ -13,6 +13,10 @@ const EXPOSED_HEADERS: &str = "Idempotent-Replayed, Retry-After, Idempotency-Key
 pub fn problem(problem: &Problem) -> Result<Response> {
     let headers = Headers::new();
     headers.set("Content-Type", PROBLEM_CONTENT_TYPE)?;
+    if problem.kind == ProblemType::MethodNotAllowed {
+        // RFC 9110 requires Allow with a 405; only the orders route sends one.
+        headers.set("Allow", "POST, OPTIONS")?;
+    }
     if let Some(secs) = problem.retry_after_secs {
         headers.set("Retry-After", &secs.to_string())?;
     }

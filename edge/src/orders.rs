@@ -49,6 +49,8 @@ pub async fn handle(
         content_length: content_length.as_deref(),
         idempotency_key: key.as_deref(),
     };
+    // Parsed here as well as in the contract's checks because the key is
+    // echoed even on errors that come before the key check (405, 415, 413).
     let echoed = IdempotencyKey::parse(key.as_deref()).ok();
     let response = match answer(&mut req, head, env, ctx, config).await {
         Answer::Problem(problem) => http::problem(&problem),

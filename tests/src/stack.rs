@@ -50,6 +50,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
 pub struct StackOptions {
     /// Extra Worker variables (`--var NAME:VALUE`), overriding wrangler.toml.
     pub vars: Vec<(String, String)>,
+    /// Appended to the simulator's URL to make `PAYMENT_BACKEND_URL` (the
+    /// passthrough adapter posts to the URL itself, e.g. `/v1/orders`).
+    pub backend_path: String,
 }
 
 /// A running simulator and edge.
@@ -100,8 +103,12 @@ impl Stack {
         let (sim, sim_url) = start_paysim(paysim, secret, dir.path())?;
         let edge_port = free_port()?;
         let mut vars = vec![
-            ("PAYMENT_BACKEND_URL".to_owned(), sim_url.clone()),
+            (
+                "PAYMENT_BACKEND_URL".to_owned(),
+                format!("{sim_url}{}", options.backend_path),
+            ),
             ("STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
+            ("PASSTHROUGH_SECRET".to_owned(), secret.to_owned()),
         ];
         vars.extend(options.vars.iter().cloned());
         let wrangler = match start_wrangler(edge_port, &vars, dir.path()) {

@@ -17,6 +17,7 @@ use futures_util::future::join_all;
 use libtest_mimic::{Arguments, Failed, Trial};
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,7 +81,25 @@ fn order(order_ref: &str, amount: u64) -> Value {
     json!({"order_ref": order_ref, "amount": amount, "currency": "usd", "payment_method": "pm_card_visa"})
 }
 
+fn paysim() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_paysim"))
+}
+
 impl Suite {
+    fn new(stack: Stack) -> Self {
+        Self {
+            stack,
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+        }
+    }
+
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
@@ -487,6 +506,9 @@ fn malformed_requests_get_their_status_and_are_never_forwarded(s: &Suite) {
                 String::from_utf8_lossy(&reply.body)
             );
             reply.problem(status);
+            if status == 405 {
+                assert_eq!(reply.header("Allow"), Some("POST, OPTIONS"), "{name}");
+            }
         }
         let ledger = s.ledger().await;
         assert!(
@@ -580,6 +602,39 @@ macro_rules! named {
     };
 }
 
+fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
+    // Its own stack: the backend adapter is a deployment setting.
+    let options = StackOptions {
+        vars: vec![("PAYMENT_BACKEND".into(), "passthrough".into())],
+        backend_path: "/v1/orders".into(),
+    };
+    let s =
+        Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a passthrough stack"));
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false})).await;
+        let mut body = order("pass-1", 2500);
+        body["customer"] = json!("cus_pass");
+        let first = s.post("pass-key-000000001", &body).await;
+        assert_eq!(
+            first.status,
+            200,
+            "body: {}",
+            String::from_utf8_lossy(&first.body)
+        );
+        let again = s.post("pass-key-000000001", &body).await;
+        assert!(again.replayed());
+        assert_eq!(again.body, first.body);
+        let charges = s.charges("pass-1").await;
+        assert_eq!(charges.len(), 1);
+        assert_eq!(
+            charges[0].idempotency_key.as_deref(),
+            Some("pass-key-000000001")
+        );
+        assert_eq!(charges[0].customer.as_deref(), Some("cus_pass"));
+        assert_eq!(charges[0].amount, 2500);
+    });
+}
+
 fn main() {
     let args = Arguments::from_args();
     let options = StackOptions {
@@ -588,29 +643,16 @@ fn main() {
             ("CLAIM_LEASE_SECS".into(), "5".into()),
             ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
         ],
+        ..StackOptions::default()
     };
-    let stack = match Stack::start(
-        std::path::Path::new(env!("CARGO_BIN_EXE_paysim")),
-        DEFAULT_SECRET,
-        &options,
-    ) {
+    let stack = match Stack::start(paysim(), DEFAULT_SECRET, &options) {
         Ok(stack) => stack,
         Err(e) => {
             eprintln!("could not start the stack: {e}");
             std::process::exit(1);
         }
     };
-    let suite = Arc::new(Suite {
-        stack,
-        rt: tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime"),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client"),
-    });
+    let suite = Arc::new(Suite::new(stack));
     let tests = named![
         two_hundred_parallel_duplicates_charge_once_with_a_naive_backend,
         a_response_lost_after_the_charge_is_replayed_on_retry,
@@ -625,6 +667,7 @@ fn main() {
         an_invalid_order_names_each_bad_field,
         unknown_paths_get_a_404_problem,
         cors_answers_allowed_origins_only,
+        the_passthrough_backend_gets_the_json_body_and_the_key,
     ];
     let trials = tests
         .into_iter()
