@@ -14,7 +14,10 @@
 //!    are final.
 //! 7. [`problem`]: RFC 9457 problem+json bodies for every error.
 //! 8. [`config`]: the edge's settings.
+//! 9. [`attempt`]: the client's side: one checkout attempt, its key, and its
+//!    retries.
 
+pub mod attempt;
 pub mod backend;
 pub mod config;
 pub mod fingerprint;
@@ -24,6 +27,7 @@ pub mod problem;
 pub mod record;
 pub mod request;
 
+pub use attempt::{Answer, Attempt, IgnoreReason, Next, Phase, RetryPolicy, RetryReason, Submit};
 pub use backend::{BackendKind, BackendOutcome, BackendRequest, TransportFailure};
 pub use config::{ConfigError, EdgeConfig};
 pub use fingerprint::Fingerprint;
