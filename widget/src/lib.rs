@@ -1,0 +1,103 @@
+//! ChargeOnce's Place Order widget, compiled to wasm and loaded by a
+//! storefront as the ES module `/pkg/chargeonce.js`.
+//!
+//! This crate is the browser shell around `chargeonce-protocol`'s
+//! [`Attempt`](chargeonce_protocol::Attempt), which holds every rule (when a
+//! key is made, kept or replaced; when to retry and how long to wait). Here:
+//!
+//! - [`options`]: the order, read from the host's `data-*` attributes.
+//! - [`controller`]: one widget, driving the attempt with real I/O.
+//! - [`transport`]: `fetch` with a timeout, and `navigator.onLine`.
+//! - [`storage`]: the attempt in `sessionStorage`, the key shared in
+//!   `localStorage`.
+//! - [`events`]: the DOM events a storefront can listen to.
+//! - [`view`]: the button and its status line, in an open shadow root so the
+//!   page's CSS cannot restyle it and ours cannot leak out.
+
+pub mod controller;
+pub mod events;
+pub mod options;
+pub mod storage;
+pub mod transport;
+pub mod view;
+
+use controller::Widget;
+use leptos::prelude::*;
+use transport::Ports;
+use wasm_bindgen::prelude::*;
+use web_sys::{HtmlElement, ShadowRootInit, ShadowRootMode};
+
+/// Mounts the widget on every `[data-chargeonce]` element of the page as soon
+/// as the module is instantiated, so a storefront needs only the markup and
+/// the `<script type="module">` that loads us. Safe to call again: elements
+/// that already carry a widget are skipped.
+///
+/// # Errors
+///
+/// The first element that cannot be mounted (see [`mount`]).
+#[wasm_bindgen(start)]
+pub fn mount_all() -> Result<(), JsValue> {
+    let document = window().document().ok_or("no document")?;
+    let hosts = document.query_selector_all("[data-chargeonce]")?;
+    for index in 0..hosts.length() {
+        if let Some(host) = hosts
+            .get(index)
+            .and_then(|node| node.dyn_into::<HtmlElement>().ok())
+        {
+            if host.shadow_root().is_none() {
+                mount_with_ports(host, Ports::default())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mounts the widget on `element` (exported to JS as `mount(element,
+/// options)`), for hosts added after the page loaded. `options` may set any
+/// of `endpoint`, `orderRef`, `amount`, `currency`, `paymentMethod`,
+/// `customer`, `label`, `retryBaseMs`, `retryCapMs`, `maxRetries` and
+/// `timeoutMs`; they are written to the element's `data-*` attributes, which
+/// the widget reads at each click.
+///
+/// # Errors
+///
+/// The browser's `NotSupportedError` if `element` cannot take a shadow root or
+/// already has one (a second mount on the same element).
+#[wasm_bindgen]
+pub fn mount(element: HtmlElement, options: Option<js_sys::Object>) -> Result<(), JsValue> {
+    if let Some(options) = options {
+        for (option, attribute) in options::ATTRIBUTES {
+            let value = js_sys::Reflect::get(&options, &JsValue::from_str(option))?;
+            if !value.is_undefined() && !value.is_null() {
+                let text = value
+                    .as_string()
+                    .unwrap_or_else(|| value.as_f64().map(|n| n.to_string()).unwrap_or_default());
+                element.set_attribute(attribute, &text)?;
+            }
+        }
+    }
+    mount_with_ports(element, Ports::default())
+}
+
+/// Mounts the widget on `element` with the given I/O ports; the browser tests
+/// pass scripted ones.
+///
+/// # Errors
+///
+/// As [`mount`].
+pub fn mount_with_ports(element: HtmlElement, ports: Ports) -> Result<(), JsValue> {
+    let label = options::label(&element);
+    let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
+    let widget = Widget::new(element, ports);
+    widget.resume();
+    // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it
+    // (insertBefore, appendChild), which a ShadowRoot has: its own `<Portal
+    // use_shadow>` mounts into a shadow root with this same cast.
+    leptos::mount::mount_to(shadow.unchecked_into(), move || {
+        view! { <view::PlaceOrder widget label /> }
+    })
+    // The widget lives as long as its element; unmounting would only empty
+    // the shadow root of an element the page owns.
+    .forget();
+    Ok(())
+}

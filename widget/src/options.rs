@@ -1,0 +1,110 @@
+//! What one widget places: read from its host element's `data-*` attributes
+//! at the moment of the click, so a storefront that updates `data-amount`
+//! when the cart changes gets a new payload (and so a new key).
+
+use chargeonce_protocol::{Fingerprint, Order, RetryPolicy, ORDERS_PATH};
+use web_sys::HtmlElement;
+
+/// The button's text when the host has no `data-label`.
+pub const DEFAULT_LABEL: &str = "Place order";
+
+/// Where orders go when the host has no `data-endpoint`.
+pub const DEFAULT_ENDPOINT: &str = ORDERS_PATH;
+
+/// The `data-*` attributes the widget reads, and the `mount()` option names
+/// that set them.
+pub const ATTRIBUTES: &[(&str, &str)] = &[
+    ("endpoint", "data-endpoint"),
+    ("orderRef", "data-order-ref"),
+    ("amount", "data-amount"),
+    ("currency", "data-currency"),
+    ("paymentMethod", "data-payment-method"),
+    ("customer", "data-customer"),
+    ("label", "data-label"),
+    ("retryBaseMs", "data-retry-base-ms"),
+    ("retryCapMs", "data-retry-cap-ms"),
+    ("maxRetries", "data-max-retries"),
+    ("timeoutMs", "data-timeout-ms"),
+];
+
+/// One order, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    /// Where to POST it.
+    pub endpoint: String,
+    /// The validated order.
+    pub order: Order,
+    /// The body to send: the order's canonical JSON.
+    pub body: String,
+    /// The payload's fingerprint, which decides whether the key is kept.
+    pub fingerprint: Fingerprint,
+}
+
+fn attr(host: &HtmlElement, name: &str) -> Option<String> {
+    host.get_attribute(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The button's label.
+pub fn label(host: &HtmlElement) -> String {
+    attr(host, "data-label").unwrap_or_else(|| DEFAULT_LABEL.to_owned())
+}
+
+/// The order reference, which names the attempt's storage slot.
+pub fn order_ref(host: &HtmlElement) -> Option<String> {
+    attr(host, "data-order-ref")
+}
+
+/// Reads and validates the order with the same rules the edge applies, so a
+/// misconfigured page hears about it before anything is sent.
+pub fn checkout(host: &HtmlElement) -> Result<Checkout, String> {
+    let amount = match attr(host, "data-amount") {
+        Some(text) => match text.parse::<u64>() {
+            Ok(n) => serde_json::Value::from(n),
+            Err(_) => {
+                return Err(format!(
+                    "data-amount must be a whole number of cents, not {text:?}"
+                ))
+            }
+        },
+        None => serde_json::Value::Null,
+    };
+    let mut fields = serde_json::Map::new();
+    fields.insert("order_ref".into(), attr(host, "data-order-ref").into());
+    fields.insert("amount".into(), amount);
+    fields.insert("currency".into(), attr(host, "data-currency").into());
+    fields.insert(
+        "payment_method".into(),
+        attr(host, "data-payment-method").into(),
+    );
+    if let Some(customer) = attr(host, "data-customer") {
+        fields.insert("customer".into(), customer.into());
+    }
+    // Absent attributes became nulls: drop them so the protocol says "is
+    // required" rather than "must be a string, not null".
+    fields.retain(|_, v| !v.is_null());
+    let json = serde_json::Value::Object(fields).to_string();
+    let order = Order::from_json(json.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(Checkout {
+        endpoint: attr(host, "data-endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
+        body: order.canonical_json(),
+        fingerprint: Fingerprint::of("POST", ORDERS_PATH, &order),
+        order,
+    })
+}
+
+/// The retry policy, with any `data-*` overrides.
+pub fn retry_policy(host: &HtmlElement) -> RetryPolicy {
+    let number = |name: &str| attr(host, name).and_then(|v| v.parse::<u64>().ok());
+    let defaults = RetryPolicy::default();
+    RetryPolicy {
+        base_ms: number("data-retry-base-ms").unwrap_or(defaults.base_ms),
+        cap_ms: number("data-retry-cap-ms").unwrap_or(defaults.cap_ms),
+        max_retries: number("data-max-retries")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(defaults.max_retries),
+        request_timeout_ms: number("data-timeout-ms").unwrap_or(defaults.request_timeout_ms),
+        ..defaults
+    }
+}

@@ -1,0 +1,162 @@
+//! The widget's I/O ports: sending an order and knowing whether the browser
+//! is online. The real ones use `fetch` and `navigator.onLine`; the browser
+//! tests script both, so every retry path runs in a real page without a
+//! server.
+
+use futures_util::future::{select, Either, LocalBoxFuture};
+use gloo_timers::future::TimeoutFuture;
+use std::rc::Rc;
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{AbortController, Headers, Request, RequestInit, Response};
+
+/// One order request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPost {
+    /// Where to send it.
+    pub endpoint: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// The JSON body.
+    pub body: String,
+    /// How long to wait for the answer before giving up on this request.
+    pub timeout_ms: u64,
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    /// The status.
+    pub status: u16,
+    /// The body, as text.
+    pub body: String,
+    /// Whether `Idempotent-Replayed: true` was sent.
+    pub replayed: bool,
+    /// `Retry-After` in seconds, if sent as a number.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Why a request produced no answer. Both mean the outcome is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// The network failed (or the browser refused the request).
+    Network(String),
+    /// No answer within the timeout; the request was aborted.
+    Timeout,
+}
+
+/// Sends order requests.
+pub trait Transport {
+    /// Sends `post` and waits for the whole answer or its failure.
+    fn send(&self, post: OrderPost) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>>;
+}
+
+/// Knows whether the browser is online.
+pub trait Network {
+    /// `navigator.onLine`.
+    fn is_online(&self) -> bool;
+    /// Resolves at the next `online` event (at once if already online).
+    fn wait_online(&self) -> LocalBoxFuture<'static, ()>;
+}
+
+/// The real transport: `fetch`, aborted by an `AbortController` at the timeout.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Fetch;
+
+impl Transport for Fetch {
+    fn send(&self, post: OrderPost) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>> {
+        Box::pin(async move {
+            let network = |e: JsValue| NoAnswer::Network(js_error(&e));
+            let window = web_sys::window().ok_or_else(|| NoAnswer::Network("no window".into()))?;
+            let controller = AbortController::new().map_err(network)?;
+            let headers = Headers::new().map_err(network)?;
+            headers
+                .set("Content-Type", "application/json")
+                .map_err(network)?;
+            headers.set("Idempotency-Key", &post.key).map_err(network)?;
+            let init = RequestInit::new();
+            init.set_method("POST");
+            init.set_headers(&headers);
+            init.set_body(&JsValue::from_str(&post.body));
+            init.set_signal(Some(&controller.signal()));
+            let request = Request::new_with_str_and_init(&post.endpoint, &init).map_err(network)?;
+            let exchange = Box::pin(async move {
+                let response: Response = JsFuture::from(window.fetch_with_request(&request))
+                    .await
+                    .map_err(network)?
+                    .unchecked_into();
+                let header = |name: &str| response.headers().get(name).ok().flatten();
+                let replayed = header("Idempotent-Replayed").as_deref() == Some("true");
+                let retry_after_secs = header("Retry-After").and_then(|v| v.trim().parse().ok());
+                let text = JsFuture::from(response.text().map_err(network)?)
+                    .await
+                    .map_err(network)?;
+                Ok(HttpAnswer {
+                    status: response.status(),
+                    body: text.as_string().unwrap_or_default(),
+                    replayed,
+                    retry_after_secs,
+                })
+            });
+            let deadline = TimeoutFuture::new(u32::try_from(post.timeout_ms).unwrap_or(u32::MAX));
+            match select(exchange, deadline).await {
+                Either::Left((answer, _)) => answer,
+                Either::Right(((), _)) => {
+                    controller.abort();
+                    Err(NoAnswer::Timeout)
+                }
+            }
+        })
+    }
+}
+
+/// The real network: `navigator.onLine` and the window's `online` event.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Browser;
+
+impl Network for Browser {
+    fn is_online(&self) -> bool {
+        web_sys::window().is_none_or(|w| w.navigator().on_line())
+    }
+
+    fn wait_online(&self) -> LocalBoxFuture<'static, ()> {
+        let (tx, rx) = futures_channel::oneshot::channel::<()>();
+        let listener = web_sys::window().map(|window| {
+            let mut tx = Some(tx);
+            gloo_events::EventListener::once(&window, "online", move |_| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            })
+        });
+        Box::pin(async move {
+            let _listener = listener;
+            let _ = rx.await;
+        })
+    }
+}
+
+/// The ports one widget uses.
+#[derive(Clone)]
+pub struct Ports {
+    /// How orders are sent.
+    pub transport: Rc<dyn Transport>,
+    /// How connectivity is known.
+    pub network: Rc<dyn Network>,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            transport: Rc::new(Fetch),
+            network: Rc::new(Browser),
+        }
+    }
+}
+
+fn js_error(value: &JsValue) -> String {
+    value
+        .dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .unwrap_or_else(|| format!("{value:?}"))
+}
