@@ -16,11 +16,12 @@
 //! only when the payload changes or after a final answer (the order was
 //! placed, or definitively refused).
 
-use serde::{Deserialize, Serialize};
+/// The first line of [`Attempt::encode`]'s form; a change of format bumps it.
+const STORAGE_VERSION: &str = "chargeonce-attempt/1";
 
 /// How a client retries. The defaults follow Stripe's clients: 0.5 s
 /// doubling to 5 s, with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// The first backoff ceiling, in ms.
     pub base_ms: u64,
@@ -66,8 +67,7 @@ impl RetryPolicy {
 }
 
 /// Where an attempt stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// A request is on its way (or was, when the page was unloaded).
     Sending,
@@ -101,8 +101,7 @@ pub enum Phase {
 }
 
 /// Why a retry was needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryReason {
     /// No answer: connection failure or timeout.
     ConnectionLost,
@@ -110,10 +109,27 @@ pub enum RetryReason {
     ServerBusy,
 }
 
+impl RetryReason {
+    /// The reason's name (`connection_lost`, `server_busy`), as events
+    /// report it and [`Attempt::encode`] stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionLost => "connection_lost",
+            Self::ServerBusy => "server_busy",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::ConnectionLost, Self::ServerBusy]
+            .into_iter()
+            .find(|r| r.as_str() == name)
+    }
+}
+
 /// One checkout attempt: the key, what it is for, and where it stands.
-/// Serialisable, so the widget can keep it in `sessionStorage` and resume it
-/// after a reload with the same key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// [`Attempt::encode`] and [`Attempt::decode`] let the widget keep it in
+/// `sessionStorage` and resume it after a reload with the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     key: String,
     fingerprint: String,
@@ -131,6 +147,11 @@ pub struct Answer<'a> {
     pub status: u16,
     /// The body, as text.
     pub body: &'a str,
+    /// The server's words for a refusal, if the shell found any in the body:
+    /// a problem+json `detail` or a Stripe-style `error.message`. (The
+    /// shell reads the JSON; the widget uses the browser's parser, which
+    /// keeps a Rust one out of its bundle.)
+    pub message: Option<&'a str>,
     /// Whether `Idempotent-Replayed: true` was sent.
     pub replayed: bool,
     /// The `Retry-After` header, in seconds, if any.
@@ -143,6 +164,7 @@ impl<'a> Answer<'a> {
         Self {
             status,
             body,
+            message: None,
             replayed: false,
             retry_after_secs: None,
         }
@@ -274,7 +296,10 @@ impl Attempt {
             status @ 400..=499 => {
                 self.phase = Phase::Refused {
                     status,
-                    message: refusal_message(status, answer.body),
+                    message: answer
+                        .message
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("the order was refused ({status})")),
                 };
                 Next::Stop
             }
@@ -366,6 +391,70 @@ impl Attempt {
         )
     }
 
+    /// A compact text form for browser storage: six lines of fields, then
+    /// the placed body or the refusal message (which may span lines).
+    ///
+    /// Written by hand rather than with serde_json because the widget ships
+    /// this code to browsers, and a JSON reader doubles its bundle.
+    pub fn encode(&self) -> String {
+        let (phase, rest) = match &self.phase {
+            Phase::Sending => ("sending".to_owned(), ""),
+            Phase::Backoff { until_ms, reason } => {
+                (format!("backoff {until_ms} {}", reason.as_str()), "")
+            }
+            Phase::Offline => ("offline".to_owned(), ""),
+            Phase::Placed { body, replayed } => {
+                (format!("placed {}", u8::from(*replayed)), body.as_str())
+            }
+            Phase::Refused { status, message } => (format!("refused {status}"), message.as_str()),
+            Phase::Unconfirmed => ("unconfirmed".to_owned(), ""),
+        };
+        format!(
+            "{STORAGE_VERSION}\n{}\n{}\n{}\n{}\n{phase}\n{rest}",
+            self.key, self.fingerprint, self.sends, self.started_at_ms
+        )
+    }
+
+    /// Reads [`Self::encode`]'s form; `None` for anything else (another
+    /// version, a damaged entry), which the widget treats as no attempt.
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut lines = text.splitn(7, '\n');
+        if lines.next()? != STORAGE_VERSION {
+            return None;
+        }
+        let key = lines.next().filter(|k| !k.is_empty())?.to_owned();
+        let fingerprint = lines.next()?.to_owned();
+        let sends = lines.next()?.parse().ok()?;
+        let started_at_ms = lines.next()?.parse().ok()?;
+        let mut phase = lines.next()?.split(' ');
+        let rest = lines.next()?.to_owned();
+        let phase = match (phase.next()?, phase.next(), phase.next()) {
+            ("sending", None, None) => Phase::Sending,
+            ("backoff", Some(until), Some(reason)) => Phase::Backoff {
+                until_ms: until.parse().ok()?,
+                reason: RetryReason::from_name(reason)?,
+            },
+            ("offline", None, None) => Phase::Offline,
+            ("placed", Some(replayed @ ("0" | "1")), None) => Phase::Placed {
+                body: rest,
+                replayed: replayed == "1",
+            },
+            ("refused", Some(status), None) => Phase::Refused {
+                status: status.parse().ok()?,
+                message: rest,
+            },
+            ("unconfirmed", None, None) => Phase::Unconfirmed,
+            _ => return None,
+        };
+        Some(Self {
+            key,
+            fingerprint,
+            phase,
+            sends,
+            started_at_ms,
+        })
+    }
+
     fn send_or_wait(&mut self, online: bool) -> Next {
         if online {
             self.phase = Phase::Sending;
@@ -397,17 +486,6 @@ impl Attempt {
         self.phase = Phase::Backoff { until_ms, reason };
         Next::Wait
     }
-}
-
-/// A readable message for a refusal: the `detail` of a problem+json body or
-/// the `error.message` of a Stripe-style body, else a generic one.
-fn refusal_message(status: u16, body: &str) -> String {
-    let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    value["detail"]
-        .as_str()
-        .or_else(|| value["error"]["message"].as_str())
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("the order was refused ({status})"))
 }
 
 #[cfg(test)]
@@ -535,10 +613,11 @@ mod tests {
     fn a_decline_is_final_and_the_next_submit_gets_a_new_key() {
         let mut a = fresh(0);
         let body = r#"{"error":{"type":"card_error","message":"Your card was declined."}}"#;
-        assert_eq!(
-            a.handle_response(&Answer::new(402, body), 5, 0.0, &policy()),
-            Next::Stop
-        );
+        let answer = Answer {
+            message: Some("Your card was declined."),
+            ..Answer::new(402, body)
+        };
+        assert_eq!(a.handle_response(&answer, 5, 0.0, &policy()), Next::Stop);
         assert_eq!(
             a.phase(),
             &Phase::Refused {
@@ -557,12 +636,11 @@ mod tests {
     }
 
     #[test]
-    fn problem_details_are_shown_for_other_refusals() {
+    fn a_refusal_without_the_servers_words_gets_a_generic_message() {
         let mut a = fresh(0);
-        let body = r#"{"type":"x","title":"Invalid order","status":422,"detail":"amount: must be greater than 0"}"#;
-        let _ = a.handle_response(&Answer::new(422, body), 5, 0.0, &policy());
+        let _ = a.handle_response(&Answer::new(422, "not json"), 5, 0.0, &policy());
         assert!(
-            matches!(a.phase(), Phase::Refused { message, .. } if message == "amount: must be greater than 0")
+            matches!(a.phase(), Phase::Refused { message, .. } if message == "the order was refused (422)")
         );
     }
 
@@ -677,8 +755,7 @@ mod tests {
     #[test]
     fn a_reload_mid_flight_resumes_with_the_same_key() {
         let a = fresh(0);
-        let stored = serde_json::to_string(&a).unwrap();
-        let mut reloaded: Attempt = serde_json::from_str(&stored).unwrap();
+        let mut reloaded = Attempt::decode(&a.encode()).unwrap();
         assert_eq!(
             reloaded.resume(1_000, true),
             Next::Send {
@@ -691,12 +768,51 @@ mod tests {
     fn a_reload_after_placing_shows_the_order_as_placed() {
         let mut a = fresh(0);
         let _ = a.handle_response(&Answer::new(200, r#"{"id":"pi_1"}"#), 1, 0.0, &policy());
-        let mut reloaded: Attempt =
-            serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        let mut reloaded = Attempt::decode(&a.encode()).unwrap();
         assert_eq!(reloaded.resume(5, true), Next::Stop);
         assert!(
             matches!(reloaded.phase(), Phase::Placed { body, .. } if body == r#"{"id":"pi_1"}"#)
         );
+    }
+
+    #[test]
+    fn every_phase_survives_storage() {
+        let phases = [
+            Phase::Sending,
+            Phase::Backoff {
+                until_ms: 1_234,
+                reason: RetryReason::ServerBusy,
+            },
+            Phase::Offline,
+            Phase::Placed {
+                body: "{\"id\":\"pi_1\",\n\"x\":1}".into(),
+                replayed: true,
+            },
+            Phase::Refused {
+                status: 402,
+                message: "Your card\nwas declined.".into(),
+            },
+            Phase::Unconfirmed,
+        ];
+        for phase in phases {
+            let a = Attempt { phase, ..fresh(7) };
+            assert_eq!(Attempt::decode(&a.encode()).as_ref(), Some(&a));
+        }
+    }
+
+    #[test]
+    fn damaged_or_foreign_storage_reads_as_no_attempt() {
+        let good = fresh(0).encode();
+        assert!(Attempt::decode(&good).is_some());
+        for bad in [
+            "",
+            "{\"key\":\"k\"}",
+            &good.replace("chargeonce-attempt/1", "chargeonce-attempt/0"),
+            &good.replace("sending", "flying"),
+            &good.replacen("\n1\n", "\nmany\n", 1),
+        ] {
+            assert_eq!(Attempt::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

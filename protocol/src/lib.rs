@@ -32,7 +32,7 @@ pub use backend::{BackendKind, BackendOutcome, BackendRequest, TransportFailure}
 pub use config::{ConfigError, EdgeConfig};
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, ScopedKey};
-pub use order::{Order, OrderError};
+pub use order::{Order, OrderDraft, OrderError};
 pub use problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 pub use record::{ClaimToken, CompleteOutcome, Completed, Decision, KeyRecord, StoredResponse};
 pub use request::{

@@ -66,33 +66,91 @@ fn describe(problems: &[FieldProblem]) -> String {
         .join("; ")
 }
 
-impl Order {
-    /// Parses and validates a request body.
-    pub fn from_json(body: &[u8]) -> Result<Self, OrderError> {
-        let value: Value =
-            serde_json::from_slice(body).map_err(|e| OrderError::NotJson(e.to_string()))?;
-        let Value::Object(mut fields) = value else {
-            return Err(OrderError::NotAnObject(json_type(&value)));
+/// An order as a client assembled it, before validation: every field may be
+/// missing. The widget fills one from its `data-*` attributes; the edge gets
+/// one from the request body through [`Order::from_json`]. Both then run the
+/// same checks in [`OrderDraft::validate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderDraft {
+    /// See [`Order::order_ref`].
+    pub order_ref: Option<String>,
+    /// See [`Order::amount`].
+    pub amount: Option<u64>,
+    /// See [`Order::currency`].
+    pub currency: Option<String>,
+    /// See [`Order::payment_method`].
+    pub payment_method: Option<String>,
+    /// See [`Order::customer`].
+    pub customer: Option<String>,
+}
+
+impl OrderDraft {
+    /// Checks every field, reporting every problem at once.
+    pub fn validate(self) -> Result<Order, OrderError> {
+        self.validate_after(Vec::new())
+    }
+
+    /// Checks every field; `problems` already holds problems found while
+    /// reading the fields (wrong JSON types), which are not reported again
+    /// as missing.
+    fn validate_after(self, mut problems: Vec<FieldProblem>) -> Result<Order, OrderError> {
+        let reported =
+            |problems: &[FieldProblem], name: &str| problems.iter().any(|p| p.name == name);
+        let required =
+            |problems: &mut Vec<FieldProblem>, name: &str, value: Option<String>| match value {
+                None if reported(problems, name) => None,
+                None => {
+                    problem(problems, name, "is required");
+                    None
+                }
+                Some(text) => check_text(problems, name, text),
+            };
+        let order_ref = required(&mut problems, "order_ref", self.order_ref);
+        let amount = match self.amount {
+            None if reported(&problems, "amount") => None,
+            None => {
+                problem(&mut problems, "amount", "is required");
+                None
+            }
+            Some(0) => {
+                problem(&mut problems, "amount", "must be greater than 0");
+                None
+            }
+            Some(a) if a > MAX_AMOUNT => {
+                problem(
+                    &mut problems,
+                    "amount",
+                    format!("must be at most {MAX_AMOUNT}"),
+                );
+                None
+            }
+            Some(a) => Some(a),
         };
-        let mut problems = Vec::new();
-        let order_ref = take_text(&mut fields, "order_ref", true, &mut problems);
-        let amount = take_amount(&mut fields, &mut problems);
-        let currency = take_currency(&mut fields, &mut problems);
-        let payment_method = take_text(&mut fields, "payment_method", true, &mut problems);
-        let customer = take_text(&mut fields, "customer", false, &mut problems);
-        // Unknown members are refused rather than ignored: a client that sends
-        // `"ammount"` must hear about it, not be charged the default.
-        let mut unknown: Vec<_> = fields.keys().cloned().collect();
-        unknown.sort();
-        problems.extend(unknown.into_iter().map(|name| FieldProblem {
-            name,
-            reason: "is not a field of an order".into(),
-        }));
+        let currency = match self.currency {
+            None if reported(&problems, "currency") => None,
+            None => {
+                problem(&mut problems, "currency", "is required");
+                None
+            }
+            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_lowercase()) => Some(c),
+            Some(_) => {
+                problem(
+                    &mut problems,
+                    "currency",
+                    "must be a three-letter ISO 4217 code in lower case, such as \"usd\"",
+                );
+                None
+            }
+        };
+        let payment_method = required(&mut problems, "payment_method", self.payment_method);
+        let customer = self
+            .customer
+            .and_then(|c| check_text(&mut problems, "customer", c));
         match (order_ref, amount, currency, payment_method) {
             (Some(order_ref), Some(amount), Some(currency), Some(payment_method))
                 if problems.is_empty() =>
             {
-                Ok(Self {
+                Ok(Order {
                     amount,
                     currency,
                     customer,
@@ -102,6 +160,34 @@ impl Order {
             }
             _ => Err(OrderError::InvalidFields(problems)),
         }
+    }
+}
+
+impl Order {
+    /// Parses and validates a request body.
+    pub fn from_json(body: &[u8]) -> Result<Self, OrderError> {
+        let value: Value =
+            serde_json::from_slice(body).map_err(|e| OrderError::NotJson(e.to_string()))?;
+        let Value::Object(mut fields) = value else {
+            return Err(OrderError::NotAnObject(json_type(&value)));
+        };
+        let mut problems = Vec::new();
+        let draft = OrderDraft {
+            order_ref: take_string(&mut fields, "order_ref", &mut problems),
+            amount: take_amount(&mut fields, &mut problems),
+            currency: take_string(&mut fields, "currency", &mut problems),
+            payment_method: take_string(&mut fields, "payment_method", &mut problems),
+            customer: take_string(&mut fields, "customer", &mut problems),
+        };
+        // Unknown members are refused rather than ignored: a client that sends
+        // `"ammount"` must hear about it, not be charged the default.
+        let mut unknown: Vec<_> = fields.keys().cloned().collect();
+        unknown.sort();
+        problems.extend(unknown.into_iter().map(|name| FieldProblem {
+            name,
+            reason: "is not a field of an order".into(),
+        }));
+        draft.validate_after(problems)
     }
 
     /// The canonical body: compact JSON with members in a fixed order and the
@@ -129,34 +215,32 @@ fn problem(problems: &mut Vec<FieldProblem>, name: &str, reason: impl Into<Strin
     });
 }
 
-fn take_text(
+/// The rules for free text: present, short, printable.
+fn check_text(problems: &mut Vec<FieldProblem>, name: &str, text: String) -> Option<String> {
+    if text.trim().is_empty() {
+        problem(problems, name, "must not be empty");
+    } else if text.len() > MAX_FIELD_LEN {
+        problem(
+            problems,
+            name,
+            format!("must be at most {MAX_FIELD_LEN} bytes, not {}", text.len()),
+        );
+    } else if text.chars().any(char::is_control) {
+        problem(problems, name, "must not contain control characters");
+    } else {
+        return Some(text);
+    }
+    None
+}
+
+/// A string member; `null` reads as absent.
+fn take_string(
     fields: &mut Map<String, Value>,
     name: &str,
-    required: bool,
     problems: &mut Vec<FieldProblem>,
 ) -> Option<String> {
     match fields.remove(name) {
-        None | Some(Value::Null) if !required => None,
-        None => {
-            problem(problems, name, "is required");
-            None
-        }
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            problem(problems, name, "must not be empty");
-            None
-        }
-        Some(Value::String(s)) if s.len() > MAX_FIELD_LEN => {
-            problem(
-                problems,
-                name,
-                format!("must be at most {MAX_FIELD_LEN} bytes, not {}", s.len()),
-            );
-            None
-        }
-        Some(Value::String(s)) if s.chars().any(char::is_control) => {
-            problem(problems, name, "must not contain control characters");
-            None
-        }
+        None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(other) => {
             problem(
@@ -169,68 +253,28 @@ fn take_text(
     }
 }
 
+/// The amount member: a JSON integer. Negative and fractional numbers are
+/// reported here, since a `u64` cannot carry them to the typed checks.
 fn take_amount(fields: &mut Map<String, Value>, problems: &mut Vec<FieldProblem>) -> Option<u64> {
     const REASON: &str = "must be an integer number of minor units (cents)";
     match fields.remove("amount") {
-        None => {
-            problem(problems, "amount", "is required");
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            if let Some(a) = n.as_u64() {
+                return Some(a);
+            }
+            if n.as_i64().is_some() || n.as_f64().is_some_and(|f| f <= 0.0) {
+                problem(problems, "amount", "must be greater than 0");
+            } else {
+                problem(problems, "amount", format!("{REASON}, not {n}"));
+            }
             None
         }
-        Some(Value::Number(n)) => match (n.as_u64(), n.as_i64()) {
-            (Some(0), _) | (None, Some(_)) => {
-                problem(problems, "amount", "must be greater than 0");
-                None
-            }
-            (Some(a), _) if a > MAX_AMOUNT => {
-                problem(problems, "amount", format!("must be at most {MAX_AMOUNT}"));
-                None
-            }
-            (Some(a), _) => Some(a),
-            (None, None) if n.as_f64().is_some_and(|f| f <= 0.0) => {
-                problem(problems, "amount", "must be greater than 0");
-                None
-            }
-            (None, None) => {
-                problem(problems, "amount", format!("{REASON}, not {n}"));
-                None
-            }
-        },
         Some(other) => {
             problem(
                 problems,
                 "amount",
                 format!("{REASON}, not {}", json_type(&other)),
-            );
-            None
-        }
-    }
-}
-
-fn take_currency(
-    fields: &mut Map<String, Value>,
-    problems: &mut Vec<FieldProblem>,
-) -> Option<String> {
-    match fields.remove("currency") {
-        None => {
-            problem(problems, "currency", "is required");
-            None
-        }
-        Some(Value::String(s)) if s.len() == 3 && s.bytes().all(|b| b.is_ascii_lowercase()) => {
-            Some(s)
-        }
-        Some(Value::String(_)) => {
-            problem(
-                problems,
-                "currency",
-                "must be a three-letter ISO 4217 code in lower case, such as \"usd\"",
-            );
-            None
-        }
-        Some(other) => {
-            problem(
-                problems,
-                "currency",
-                format!("must be a string, not {}", json_type(&other)),
             );
             None
         }
@@ -335,6 +379,33 @@ mod tests {
         assert_eq!(
             reasons(&body),
             [("ammount".into(), "is not a field of an order".into())]
+        );
+    }
+
+    #[test]
+    fn a_draft_is_checked_by_the_same_rules() {
+        let draft = OrderDraft {
+            order_ref: Some("ord_1".into()),
+            amount: Some(0),
+            currency: Some("USD".into()),
+            payment_method: None,
+            customer: Some("cus_1".into()),
+        };
+        let Err(OrderError::InvalidFields(problems)) = draft.validate() else {
+            panic!("the draft is invalid");
+        };
+        let names: Vec<_> = problems.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["amount", "currency", "payment_method"]);
+        let good = OrderDraft {
+            order_ref: Some("ord_1".into()),
+            amount: Some(1999),
+            currency: Some("usd".into()),
+            payment_method: Some("pm_card_visa".into()),
+            customer: Some("cus_1".into()),
+        };
+        assert_eq!(
+            good.validate().unwrap(),
+            Order::from_json(VALID.as_bytes()).unwrap()
         );
     }
 

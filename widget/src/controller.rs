@@ -12,9 +12,9 @@ use crate::transport::{NoAnswer, OrderPost, Ports};
 use chargeonce_protocol::{Answer, Attempt, Next, Phase, RetryPolicy, RetryReason, Submit};
 use gloo_timers::future::TimeoutFuture;
 use leptos::prelude::*;
-use serde_json::json;
 use std::cell::RefCell;
 use std::rc::Rc;
+use wasm_bindgen::JsValue;
 use web_sys::HtmlElement;
 
 /// What the view shows.
@@ -162,7 +162,7 @@ impl Widget {
         events::dispatch(
             &self.host,
             events::ATTEMPT,
-            &json!({"key": key, "attempt": attempt_no}),
+            &events::detail(&[("key", key.as_str().into()), ("attempt", attempt_no.into())]),
         );
         let post = OrderPost {
             endpoint: checkout.endpoint.clone(),
@@ -171,6 +171,10 @@ impl Widget {
             timeout_ms: policy.request_timeout_ms,
         };
         let result = self.ports.transport.send(post).await;
+        let message = result
+            .as_ref()
+            .ok()
+            .and_then(|http| server_message(&http.body));
         let (now, jitter, online) = (
             now_ms(),
             js_sys::Math::random(),
@@ -181,6 +185,7 @@ impl Widget {
                 &Answer {
                     status: http.status,
                     body: &http.body,
+                    message: message.as_deref(),
                     replayed: http.replayed,
                     retry_after_secs: http.retry_after_secs,
                 },
@@ -210,7 +215,16 @@ impl Widget {
         events::dispatch(
             &self.host,
             events::RETRY,
-            &json!({"key": key, "retry": retry, "of": policy.max_retries, "delay_ms": delay, "reason": reason}),
+            &events::detail(&[
+                ("key", key.as_str().into()),
+                ("retry", retry.into()),
+                ("of", policy.max_retries.into()),
+                ("delay_ms", (delay as f64).into()),
+                (
+                    "reason",
+                    reason.map_or(JsValue::NULL, |r| r.as_str().into()),
+                ),
+            ]),
         );
         self.render();
         TimeoutFuture::new(u32::try_from(delay).unwrap_or(u32::MAX)).await;
@@ -223,26 +237,32 @@ impl Widget {
             return;
         };
         let key = attempt.key();
-        match attempt.phase() {
-            Phase::Placed { body, replayed } => {
-                events::dispatch(
-                    &self.host,
-                    events::SUCCESS,
-                    &events::success(key, *replayed, body),
-                );
-            }
-            Phase::Refused { status, message } => events::dispatch(
-                &self.host,
-                events::FAILURE,
-                &json!({"key": key, "final": true, "status": status, "message": message}),
-            ),
-            Phase::Unconfirmed => events::dispatch(
-                &self.host,
-                events::FAILURE,
-                &json!({"key": key, "final": false, "status": null, "message": UNCONFIRMED}),
-            ),
-            _ => {}
-        }
+        let detail = match attempt.phase() {
+            Phase::Placed { body, replayed } => events::detail(&[
+                ("key", key.into()),
+                ("replayed", (*replayed).into()),
+                ("response", events::parsed(body)),
+            ]),
+            Phase::Refused { status, message } => events::detail(&[
+                ("key", key.into()),
+                ("final", true.into()),
+                ("status", (*status).into()),
+                ("message", message.as_str().into()),
+            ]),
+            Phase::Unconfirmed => events::detail(&[
+                ("key", key.into()),
+                ("final", false.into()),
+                ("status", JsValue::NULL),
+                ("message", UNCONFIRMED.into()),
+            ]),
+            _ => return,
+        };
+        let name = if matches!(attempt.phase(), Phase::Placed { .. }) {
+            events::SUCCESS
+        } else {
+            events::FAILURE
+        };
+        events::dispatch(&self.host, name, &detail);
     }
 
     fn with_attempt<T>(&self, f: impl FnOnce(&mut Attempt) -> T) -> T {
@@ -269,6 +289,18 @@ impl Widget {
             &options::retry_policy(&self.host),
         ));
     }
+}
+
+/// The server's words in an error body: a problem+json `detail`, or the
+/// `error.message` of a Stripe-style body. Read with the browser's JSON
+/// parser, which costs the bundle nothing.
+fn server_message(body: &str) -> Option<String> {
+    let value = js_sys::JSON::parse(body).ok()?;
+    let get =
+        |target: &JsValue, name: &str| js_sys::Reflect::get(target, &JsValue::from_str(name)).ok();
+    get(&value, "detail")
+        .and_then(|d| d.as_string())
+        .or_else(|| get(&get(&value, "error")?, "message")?.as_string())
 }
 
 /// The status line for an outcome the widget cannot vouch for either way.

@@ -1,7 +1,9 @@
 //! The DOM events a storefront listens to. Each is a bubbling, composed
-//! `CustomEvent` dispatched on the host element, with a JSON-shaped `detail`.
+//! `CustomEvent` dispatched on the host element, with a plain object as
+//! `detail`. The objects are built with `js_sys` rather than serialised from
+//! Rust, which keeps a JSON writer out of the bundle.
 
-use serde_json::{json, Value};
+use wasm_bindgen::JsValue;
 use web_sys::{CustomEvent, CustomEventInit, HtmlElement};
 
 /// A request is about to be sent: `{key, attempt}` (1 for the first send).
@@ -15,22 +17,28 @@ pub const SUCCESS: &str = "chargeonce:success";
 /// the same key.
 pub const FAILURE: &str = "chargeonce:failure";
 
+/// A plain JS object with these members.
+pub fn detail(members: &[(&str, JsValue)]) -> JsValue {
+    let object = js_sys::Object::new();
+    for (name, value) in members {
+        // Setting a property on a fresh plain object cannot fail.
+        let _ = js_sys::Reflect::set(&object, &JsValue::from_str(name), value);
+    }
+    object.into()
+}
+
+/// The backend's JSON body as a JS value (the text itself if it is not JSON).
+pub fn parsed(body: &str) -> JsValue {
+    js_sys::JSON::parse(body).unwrap_or_else(|_| JsValue::from_str(body))
+}
+
 /// Dispatches `name` on `host` with `detail`.
-pub fn dispatch(host: &HtmlElement, name: &str, detail: &Value) {
+pub fn dispatch(host: &HtmlElement, name: &str, detail: &JsValue) {
     let init = CustomEventInit::new();
     init.set_bubbles(true);
     init.set_composed(true);
-    if let Ok(detail) = js_sys::JSON::parse(&detail.to_string()) {
-        init.set_detail(&detail);
-    }
+    init.set_detail(detail);
     if let Ok(event) = CustomEvent::new_with_event_init_dict(name, &init) {
         let _ = host.dispatch_event(&event);
     }
-}
-
-/// The `detail` of a success event.
-pub fn success(key: &str, replayed: bool, body: &str) -> Value {
-    let response: Value =
-        serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_owned()));
-    json!({"key": key, "replayed": replayed, "response": response})
 }

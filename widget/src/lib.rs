@@ -69,9 +69,12 @@ pub fn mount(element: HtmlElement, options: Option<js_sys::Object>) -> Result<()
         for (option, attribute) in options::ATTRIBUTES {
             let value = js_sys::Reflect::get(&options, &JsValue::from_str(option))?;
             if !value.is_undefined() && !value.is_null() {
+                // Numbers go through JS's own formatting: Rust's float
+                // formatting would cost the bundle about 12 KB.
                 let text = value
                     .as_string()
-                    .unwrap_or_else(|| value.as_f64().map(|n| n.to_string()).unwrap_or_default());
+                    .or_else(|| js_sys::JSON::stringify(&value).ok().map(String::from))
+                    .unwrap_or_default();
                 element.set_attribute(attribute, &text)?;
             }
         }

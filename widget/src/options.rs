@@ -2,7 +2,7 @@
 //! at the moment of the click, so a storefront that updates `data-amount`
 //! when the cart changes gets a new payload (and so a new key).
 
-use chargeonce_protocol::{Fingerprint, Order, RetryPolicy, ORDERS_PATH};
+use chargeonce_protocol::{Fingerprint, Order, OrderDraft, RetryPolicy, ORDERS_PATH};
 use web_sys::HtmlElement;
 
 /// The button's text when the host has no `data-label`.
@@ -59,33 +59,22 @@ pub fn order_ref(host: &HtmlElement) -> Option<String> {
 /// Reads and validates the order with the same rules the edge applies, so a
 /// misconfigured page hears about it before anything is sent.
 pub fn checkout(host: &HtmlElement) -> Result<Checkout, String> {
-    let amount = match attr(host, "data-amount") {
-        Some(text) => match text.parse::<u64>() {
-            Ok(n) => serde_json::Value::from(n),
-            Err(_) => {
-                return Err(format!(
-                    "data-amount must be a whole number of cents, not {text:?}"
-                ))
-            }
-        },
-        None => serde_json::Value::Null,
-    };
-    let mut fields = serde_json::Map::new();
-    fields.insert("order_ref".into(), attr(host, "data-order-ref").into());
-    fields.insert("amount".into(), amount);
-    fields.insert("currency".into(), attr(host, "data-currency").into());
-    fields.insert(
-        "payment_method".into(),
-        attr(host, "data-payment-method").into(),
-    );
-    if let Some(customer) = attr(host, "data-customer") {
-        fields.insert("customer".into(), customer.into());
+    let amount =
+        match attr(host, "data-amount") {
+            Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                format!("data-amount must be a whole number of cents, not {text:?}")
+            })?),
+            None => None,
+        };
+    let order = OrderDraft {
+        order_ref: attr(host, "data-order-ref"),
+        amount,
+        currency: attr(host, "data-currency"),
+        payment_method: attr(host, "data-payment-method"),
+        customer: attr(host, "data-customer"),
     }
-    // Absent attributes became nulls: drop them so the protocol says "is
-    // required" rather than "must be a string, not null".
-    fields.retain(|_, v| !v.is_null());
-    let json = serde_json::Value::Object(fields).to_string();
-    let order = Order::from_json(json.as_bytes()).map_err(|e| e.to_string())?;
+    .validate()
+    .map_err(|e| e.to_string())?;
     Ok(Checkout {
         endpoint: attr(host, "data-endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned()),
         body: order.canonical_json(),

@@ -8,7 +8,6 @@
 //! works within the page, so failures here are ignored on purpose.
 
 use chargeonce_protocol::Attempt;
-use serde::{Deserialize, Serialize};
 use web_sys::Storage;
 
 const PREFIX: &str = "chargeonce:";
@@ -26,38 +25,32 @@ pub fn load_attempt(order_ref: &str) -> Option<Attempt> {
     let text = session()?
         .get_item(&format!("{PREFIX}attempt:{order_ref}"))
         .ok()??;
-    serde_json::from_str(&text).ok()
+    Attempt::decode(&text)
 }
 
 /// Saves this tab's attempt for `order_ref`.
 pub fn save_attempt(order_ref: &str, attempt: &Attempt) {
-    if let (Some(storage), Ok(text)) = (session(), serde_json::to_string(attempt)) {
-        let _ = storage.set_item(&format!("{PREFIX}attempt:{order_ref}"), &text);
+    if let Some(storage) = session() {
+        let _ = storage.set_item(&format!("{PREFIX}attempt:{order_ref}"), &attempt.encode());
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct SharedKey {
-    fingerprint: String,
-    key: String,
-}
-
-/// The key another tab is using for this exact payload, if any.
+/// The key another tab is using for this exact payload, if any. Stored as
+/// `fingerprint` and `key` on two lines.
 pub fn shared_key(order_ref: &str, fingerprint: &str) -> Option<String> {
     let text = local()?
         .get_item(&format!("{PREFIX}key:{order_ref}"))
         .ok()??;
-    let shared: SharedKey = serde_json::from_str(&text).ok()?;
-    (shared.fingerprint == fingerprint).then_some(shared.key)
+    let (stored_fingerprint, key) = text.split_once('\n')?;
+    (stored_fingerprint == fingerprint && !key.is_empty()).then(|| key.to_owned())
 }
 
 /// Publishes the key this tab uses for this payload.
 pub fn share_key(order_ref: &str, fingerprint: &str, key: &str) {
-    let shared = SharedKey {
-        fingerprint: fingerprint.to_owned(),
-        key: key.to_owned(),
-    };
-    if let (Some(storage), Ok(text)) = (local(), serde_json::to_string(&shared)) {
-        let _ = storage.set_item(&format!("{PREFIX}key:{order_ref}"), &text);
+    if let Some(storage) = local() {
+        let _ = storage.set_item(
+            &format!("{PREFIX}key:{order_ref}"),
+            &format!("{fingerprint}\n{key}"),
+        );
     }
 }

@@ -324,6 +324,17 @@ async fn a_decline_is_final_and_the_next_submit_uses_a_new_key() {
     page.click_place_order();
     page.until_status("Card declined").await;
     assert_eq!(page.keys_sent().len(), 1, "a decline is not retried");
+    {
+        let events = page.events.borrow();
+        let (name, detail) = events.last().unwrap();
+        assert_eq!(name, "chargeonce:failure");
+        assert_eq!(detail["final"], true);
+        assert_eq!(detail["status"], 402);
+        assert_eq!(
+            detail["message"], "Your card was declined.",
+            "the server's words are passed on"
+        );
+    }
     assert!(!page.button().disabled(), "the customer may try again");
     page.click_place_order();
     page.until_status("Order placed").await;
