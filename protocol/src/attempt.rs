@@ -98,6 +98,9 @@ pub enum Phase {
     /// Retries stopped without an answer. The charge may or may not have
     /// happened; the next submit retries with the same key.
     Unconfirmed,
+    /// Another tab is placing this order, so this one sent nothing. The next
+    /// submit tries again with the same key (which the tabs share).
+    OtherTab,
 }
 
 /// Why a retry was needed.
@@ -233,7 +236,7 @@ impl Attempt {
                     return (a.clone(), Submit::Ignore(IgnoreReason::AlreadyPlaced));
                 }
                 Phase::Refused { .. } => None,
-                Phase::Unconfirmed => Some(a.key.clone()),
+                Phase::Unconfirmed | Phase::OtherTab => Some(a.key.clone()),
             },
             None => None,
         };
@@ -333,6 +336,17 @@ impl Attempt {
         self.schedule(RetryReason::ConnectionLost, None, now_ms, jitter, policy)
     }
 
+    /// Handles finding that another tab holds this order (the widget asks
+    /// the browser's Web Locks before each run of sends). Nothing was sent;
+    /// the send this run counted is given back.
+    pub fn handle_held_elsewhere(&mut self) -> Next {
+        if self.phase == Phase::Sending {
+            self.sends = self.sends.saturating_sub(1);
+            self.phase = Phase::OtherTab;
+        }
+        Next::Stop
+    }
+
     /// When the next timer is due (Unix ms), if one is.
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.phase {
@@ -408,6 +422,7 @@ impl Attempt {
             }
             Phase::Refused { status, message } => (format!("refused {status}"), message.as_str()),
             Phase::Unconfirmed => ("unconfirmed".to_owned(), ""),
+            Phase::OtherTab => ("other_tab".to_owned(), ""),
         };
         format!(
             "{STORAGE_VERSION}\n{}\n{}\n{}\n{}\n{phase}\n{rest}",
@@ -444,6 +459,7 @@ impl Attempt {
                 message: rest,
             },
             ("unconfirmed", None, None) => Phase::Unconfirmed,
+            ("other_tab", None, None) => Phase::OtherTab,
             _ => return None,
         };
         Some(Self {
@@ -793,6 +809,7 @@ mod tests {
                 message: "Your card\nwas declined.".into(),
             },
             Phase::Unconfirmed,
+            Phase::OtherTab,
         ];
         for phase in phases {
             let a = Attempt { phase, ..fresh(7) };
@@ -813,6 +830,21 @@ mod tests {
         ] {
             assert_eq!(Attempt::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn another_tab_holding_the_order_stops_this_one_without_losing_the_key() {
+        let mut a = fresh(0);
+        assert_eq!(a.handle_held_elsewhere(), Next::Stop);
+        assert_eq!((a.phase(), a.sends()), (&Phase::OtherTab, 0));
+        assert!(!a.is_busy(), "the customer may click again");
+        let (_, action) = Attempt::submit(Some(a), FP, 5, true, || unreachable!("keep the key"));
+        assert_eq!(
+            action,
+            Submit::Send {
+                key: "key-1".into()
+            }
+        );
     }
 
     #[test]

@@ -135,6 +135,15 @@ impl Widget {
     /// Carries out the attempt's requests until it stops.
     async fn drive(self: Rc<Self>, checkout: Checkout, mut next: Next) {
         let policy = options::retry_policy(&self.host);
+        // Held for the whole run, so a second tab's click on the same order
+        // waits for this one's answer instead of racing it.
+        let lock_name = format!("chargeonce:{}", checkout.order.order_ref);
+        let Some(_lock) = self.ports.locks.try_lock(&lock_name).await else {
+            let _ = self.with_attempt(Attempt::handle_held_elsewhere);
+            self.save_and_render();
+            self.finish();
+            return;
+        };
         loop {
             // A widget removed from the page stops; its saved attempt is
             // resumed by whichever widget mounts for the order next.
@@ -249,11 +258,16 @@ impl Widget {
                 ("status", (*status).into()),
                 ("message", message.as_str().into()),
             ]),
-            Phase::Unconfirmed => events::detail(&[
+            Phase::Unconfirmed | Phase::OtherTab => events::detail(&[
                 ("key", key.into()),
                 ("final", false.into()),
                 ("status", JsValue::NULL),
-                ("message", UNCONFIRMED.into()),
+                (
+                    "message",
+                    view_state(Some(&attempt), None, &RetryPolicy::default())
+                        .status
+                        .into(),
+                ),
             ]),
             _ => return,
         };
@@ -307,6 +321,9 @@ fn server_message(body: &str) -> Option<String> {
 pub const UNCONFIRMED: &str =
     "We couldn't confirm your order. You have not been charged twice — try again";
 
+/// The status line when another tab is placing the same order.
+pub const OTHER_TAB: &str = "This order is being placed in another tab.";
+
 /// What the customer sees for an attempt.
 pub fn view_state(
     attempt: Option<&Attempt>,
@@ -335,6 +352,7 @@ pub fn view_state(
         Phase::Refused { status: 402, .. } => ("Card declined".to_owned(), true),
         Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
         Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
+        Phase::OtherTab => (OTHER_TAB.to_owned(), true),
     };
     ViewState {
         status,

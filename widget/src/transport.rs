@@ -1,6 +1,7 @@
-//! The widget's I/O ports: sending an order and knowing whether the browser
-//! is online. The real ones use `fetch` and `navigator.onLine`; the browser
-//! tests script both, so every retry path runs in a real page without a
+//! The widget's I/O ports: sending an order, knowing whether the browser is
+//! online, and holding an order against other tabs. The real ones use
+//! `fetch`, `navigator.onLine` and the Web Locks API; the browser tests
+//! script the first two, so every retry path runs in a real page without a
 //! server.
 
 use futures_util::future::{select, Either, LocalBoxFuture};
@@ -136,6 +137,76 @@ impl Network for Browser {
     }
 }
 
+/// A lock held on an order; dropping it lets the next tab in.
+pub struct HeldLock {
+    release: Option<js_sys::Function>,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            let _ = release.call0(&JsValue::UNDEFINED);
+        }
+    }
+}
+
+/// Holds an order against other tabs of the same site.
+pub trait Locks {
+    /// Takes the lock called `name` if no one holds it; `None` if another
+    /// holder (another tab) does.
+    fn try_lock(&self, name: &str) -> LocalBoxFuture<'static, Option<HeldLock>>;
+}
+
+/// The Web Locks API (`navigator.locks`). Where a browser lacks it, every
+/// lock is granted: the key shared through `localStorage` still makes a
+/// second tab's request a duplicate that the edge answers without charging.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WebLocks;
+
+impl Locks for WebLocks {
+    fn try_lock(&self, name: &str) -> LocalBoxFuture<'static, Option<HeldLock>> {
+        let granted_anyway = || Some(HeldLock { release: None });
+        let Some(locks) = web_sys::window()
+            .and_then(|w| js_sys::Reflect::get(&w.navigator(), &JsValue::from_str("locks")).ok())
+            .filter(|locks| !locks.is_undefined())
+        else {
+            return Box::pin(async move { granted_anyway() });
+        };
+        let (tx, rx) = futures_channel::oneshot::channel::<Option<js_sys::Function>>();
+        // The lock is held until the promise this callback returns settles;
+        // its `resolve` becomes the HeldLock's release.
+        let callback =
+            wasm_bindgen::closure::Closure::once_into_js(move |lock: JsValue| -> js_sys::Promise {
+                if lock.is_null() {
+                    let _ = tx.send(None);
+                    return js_sys::Promise::resolve(&JsValue::UNDEFINED);
+                }
+                let mut release = None;
+                let held = js_sys::Promise::new(&mut |resolve, _reject| release = Some(resolve));
+                let _ = tx.send(release);
+                held
+            });
+        let options = js_sys::Object::new();
+        let _ = js_sys::Reflect::set(&options, &JsValue::from_str("ifAvailable"), &JsValue::TRUE);
+        let requested = js_sys::Reflect::get(&locks, &JsValue::from_str("request"))
+            .ok()
+            .and_then(|request| request.dyn_into::<js_sys::Function>().ok())
+            .map(|request| request.call3(&locks, &JsValue::from_str(name), &options, &callback));
+        Box::pin(async move {
+            match requested {
+                Some(Ok(_)) => match rx.await {
+                    Ok(Some(release)) => Some(HeldLock {
+                        release: Some(release),
+                    }),
+                    Ok(None) => None,
+                    Err(_) => granted_anyway(),
+                },
+                _ => granted_anyway(),
+            }
+        })
+    }
+}
+
 /// The ports one widget uses.
 #[derive(Clone)]
 pub struct Ports {
@@ -143,6 +214,8 @@ pub struct Ports {
     pub transport: Rc<dyn Transport>,
     /// How connectivity is known.
     pub network: Rc<dyn Network>,
+    /// How other tabs are kept out.
+    pub locks: Rc<dyn Locks>,
 }
 
 impl Default for Ports {
@@ -150,6 +223,7 @@ impl Default for Ports {
         Self {
             transport: Rc::new(Fetch),
             network: Rc::new(Browser),
+            locks: Rc::new(WebLocks),
         }
     }
 }

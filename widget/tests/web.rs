@@ -11,7 +11,9 @@
 // allow-unwrap-in-tests does not reach them; a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-use chargeonce_widget::transport::{HttpAnswer, Network, NoAnswer, OrderPost, Ports, Transport};
+use chargeonce_widget::transport::{
+    HttpAnswer, Network, NoAnswer, OrderPost, Ports, Transport, WebLocks,
+};
 use futures_util::future::LocalBoxFuture;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
@@ -165,6 +167,9 @@ impl Page {
         let ports = Ports {
             transport: transport.clone(),
             network: network.clone(),
+            // The browser's real Web Locks: two widgets on one page stand in
+            // for two tabs of one site.
+            locks: Rc::new(WebLocks),
         };
         chargeonce_widget::mount_with_ports(host.clone(), ports).unwrap();
         Self {
@@ -233,6 +238,17 @@ impl Page {
         );
     }
 
+    /// Waits (real time, bounded) until `n` requests were sent.
+    async fn until_sent(&self, n: usize) {
+        for _ in 0..300 {
+            if self.keys_sent().len() >= n {
+                return;
+            }
+            sleep(5).await;
+        }
+        panic!("{} requests sent, not {n}", self.keys_sent().len());
+    }
+
     fn unmount(&self) {
         self.host.remove();
     }
@@ -269,7 +285,7 @@ async fn enter_then_click_sends_one_request() {
     let enter = web_sys::KeyboardEvent::new("keydown").unwrap();
     button.dispatch_event(&enter).unwrap();
     button.click();
-    leptos::task::tick().await;
+    page.until_sent(1).await;
     assert!(button.disabled(), "the button is disabled while in flight");
     assert_eq!(button.get_attribute("aria-busy").as_deref(), Some("true"));
     button.click();
@@ -386,10 +402,13 @@ async fn a_remount_mid_attempt_resumes_with_the_same_key() {
     let order_ref = unique_ref();
     let first = Page::mount(&order_ref, vec![Script::Hang]);
     first.click_place_order();
-    leptos::task::tick().await;
+    first.until_sent(1).await;
     let key = first.keys_sent()[0].clone();
-    // The page goes away mid-flight, as on a reload.
+    // The page goes away mid-flight, as on a reload. A removed widget keeps
+    // its order's lock until its request ends (a reloaded page's locks go
+    // with it at once), so give it that long.
     first.unmount();
+    sleep(150).await;
     let second = Page::mount(&order_ref, vec![Script::Answer(200, OK)]);
     second.until_status("Order placed").await;
     assert_eq!(second.keys_sent(), [key]);
@@ -476,6 +495,28 @@ async fn events_carry_the_key_and_the_answer() {
     assert_eq!(events[3].1["response"]["id"], "pi_1");
     drop(events);
     page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_second_tab_on_the_same_order_does_not_submit_in_parallel() {
+    let order_ref = unique_ref();
+    let first = Page::mount(&order_ref, vec![Script::Hang, Script::Answer(200, OK)]);
+    let second = Page::mount(&order_ref, vec![Script::Answer(200, OK)]);
+    first.click_place_order();
+    sleep(20).await;
+    second.click_place_order();
+    second
+        .until_status("This order is being placed in another tab.")
+        .await;
+    assert!(second.keys_sent().is_empty(), "the second tab sent nothing");
+    first.until_status("Order placed").await;
+    // Once the first tab is done, the second may go: with the shared key, so
+    // the edge would answer it with the first tab's charge.
+    second.click_place_order();
+    second.until_status("Order placed").await;
+    assert_eq!(second.keys_sent(), [first.keys_sent()[0].clone()]);
+    first.unmount();
+    second.unmount();
 }
 
 #[wasm_bindgen_test]
