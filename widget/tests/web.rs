@@ -293,41 +293,32 @@ async fn enter_then_click_sends_one_request() {
     page.unmount();
 }
 
-#[wasm_bindgen_test]
-async fn a_503_then_200_sends_two_requests_with_one_key() {
-    let page = Page::mount(
-        &unique_ref(),
-        vec![Script::Answer(503, "{}"), Script::Answer(200, OK)],
-    );
+/// Mounts with `script`, clicks once, waits for the order to be placed and
+/// returns the keys the requests carried.
+async fn keys_until_placed(script: Vec<Script>) -> Vec<String> {
+    let page = Page::mount(&unique_ref(), script);
     page.click_place_order();
     page.until_status("Order placed").await;
-    let keys = page.keys_sent();
-    assert_eq!(keys.len(), 2);
-    assert_eq!(keys[0], keys[1]);
     page.unmount();
+    page.keys_sent()
+}
+
+#[wasm_bindgen_test]
+async fn a_503_then_200_sends_two_requests_with_one_key() {
+    let keys = keys_until_placed(vec![Script::Answer(503, "{}"), Script::Answer(200, OK)]).await;
+    assert_eq!((keys.len(), &keys[0]), (2, &keys[1]));
 }
 
 #[wasm_bindgen_test]
 async fn a_409_is_retried_with_the_same_key() {
-    let page = Page::mount(
-        &unique_ref(),
-        vec![Script::Answer(409, "{}"), Script::Answer(200, OK)],
-    );
-    page.click_place_order();
-    page.until_status("Order placed").await;
-    let keys = page.keys_sent();
+    let keys = keys_until_placed(vec![Script::Answer(409, "{}"), Script::Answer(200, OK)]).await;
     assert_eq!((keys.len(), &keys[0]), (2, &keys[1]));
-    page.unmount();
 }
 
 #[wasm_bindgen_test]
 async fn a_timeout_is_retried_with_the_same_key() {
-    let page = Page::mount(&unique_ref(), vec![Script::Hang, Script::Answer(200, OK)]);
-    page.click_place_order();
-    page.until_status("Order placed").await;
-    let keys = page.keys_sent();
+    let keys = keys_until_placed(vec![Script::Hang, Script::Answer(200, OK)]).await;
     assert_eq!((keys.len(), &keys[0]), (2, &keys[1]));
-    page.unmount();
 }
 
 #[wasm_bindgen_test]
@@ -360,36 +351,37 @@ async fn a_decline_is_final_and_the_next_submit_uses_a_new_key() {
     page.unmount();
 }
 
-#[wasm_bindgen_test]
-async fn a_changed_payload_gets_a_new_key() {
+/// The status line the issue asks for when the outcome is unknown.
+const UNCONFIRMED: &str =
+    "We couldn't confirm your order. You have not been charged twice — try again";
+
+/// A page whose first click ended unconfirmed (a 500); the next answer is 200.
+async fn unconfirmed_page() -> Page {
     let page = Page::mount(
         &unique_ref(),
         vec![Script::Answer(500, "{}"), Script::Answer(200, OK)],
     );
     page.click_place_order();
-    page.until_status(
-        "We couldn't confirm your order. You have not been charged twice — try again",
-    )
-    .await;
+    page.until_status(UNCONFIRMED).await;
+    page
+}
+
+#[wasm_bindgen_test]
+async fn a_changed_payload_gets_a_new_key() {
+    let page = unconfirmed_page().await;
     page.host.set_attribute("data-amount", "2999").unwrap();
     page.click_place_order();
     page.until_status("Order placed").await;
     let sent = page.transport.sent.borrow();
     assert_ne!(sent[0].0.key, sent[1].0.key);
     assert!(sent[1].0.body.contains("\"amount\":2999"));
+    drop(sent);
+    page.unmount();
 }
 
 #[wasm_bindgen_test]
 async fn an_unconfirmed_order_is_retried_with_the_same_key() {
-    let page = Page::mount(
-        &unique_ref(),
-        vec![Script::Answer(500, "{}"), Script::Answer(200, OK)],
-    );
-    page.click_place_order();
-    page.until_status(
-        "We couldn't confirm your order. You have not been charged twice — try again",
-    )
-    .await;
+    let page = unconfirmed_page().await;
     page.click_place_order();
     page.until_status("Order placed").await;
     let keys = page.keys_sent();
