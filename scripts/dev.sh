@@ -36,7 +36,8 @@ CI=true WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false \
   "$tools/npm/node_modules/.bin/wrangler" dev --local \
     --ip 127.0.0.1 --port "$EDGE_PORT" --inspector-port "$INSPECTOR_PORT" \
     --persist-to "$STATE_DIR" \
-    --var "PAYMENT_BACKEND_URL:http://127.0.0.1:$SIM_PORT" &
+    --var "PAYMENT_BACKEND_URL:http://127.0.0.1:$SIM_PORT" \
+    --var "DEV_SIMULATOR_URL:http://127.0.0.1:$SIM_PORT" &
 pids+=($!)
 
 for _ in $(seq 1 240); do

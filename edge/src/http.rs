@@ -2,7 +2,8 @@
 //! carries (the echoed key, CORS).
 
 use chargeonce_protocol::{
-    EdgeConfig, IdempotencyKey, Problem, ProblemType, StoredResponse, PROBLEM_CONTENT_TYPE,
+    EdgeConfig, IdempotencyKey, Problem, ProblemType, StoredResponse, ORDERS_PATH,
+    PROBLEM_CONTENT_TYPE,
 };
 use worker::{Headers, Response, Result};
 
@@ -23,6 +24,14 @@ pub fn problem(problem: &Problem) -> Result<Response> {
     Ok(Response::from_bytes(problem.to_json().into_bytes())?
         .with_status(problem.status())
         .with_headers(headers))
+}
+
+/// The 404 for any path the Worker does not serve.
+pub fn not_found(path: &str) -> Result<Response> {
+    problem(&Problem::new(
+        ProblemType::NotFound,
+        format!("there is nothing at {path}; orders are placed with POST {ORDERS_PATH}"),
+    ))
 }
 
 /// A final result, byte for byte as stored; `replayed` adds

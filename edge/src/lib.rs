@@ -9,8 +9,10 @@
 //! - [`replay_cache`]: the Workers KV copy of final results, read first.
 //! - [`backend`]: the HTTP call to the payment backend, with its timeout.
 //! - [`http`]: responses, headers and CORS.
+//! - [`dev_simulator`]: the simulator's test hooks, in local development only.
 
 pub mod backend;
+pub mod dev_simulator;
 pub mod http;
 // The #[durable_object] macro generates public glue without docs.
 #[allow(missing_docs)]
@@ -41,10 +43,8 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         (ORDERS_PATH, Method::Options) => http::preflight(&config, origin.as_deref()),
         (ORDERS_PATH, _) => orders::handle(req, &env, &ctx, &config).await,
         ("/healthz", Method::Get | Method::Head) => Response::ok("ok"),
-        _ => http::problem(&Problem::new(
-            ProblemType::NotFound,
-            format!("there is nothing at {path}; orders are placed with POST {ORDERS_PATH}"),
-        )),
+        (p, _) if p.starts_with("/__sim/") => dev_simulator::handle(req, &config).await,
+        _ => http::not_found(&path),
     }?;
     http::with_cors(response, &config, origin.as_deref())
 }

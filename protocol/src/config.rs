@@ -22,6 +22,11 @@ pub struct EdgeConfig {
     pub backend_timeout_ms: u64,
     /// Browser origins allowed to call the API (`ALLOWED_ORIGINS`, comma separated).
     pub allowed_origins: Vec<String>,
+    /// The payment simulator whose `/__sim/*` test hooks the Worker passes
+    /// through for the demo page (`DEV_SIMULATOR_URL`). Only `make dev` and
+    /// the tests set it, with `--var`; wrangler.toml never does, so a
+    /// deployed Worker has no such routes.
+    pub dev_simulator_url: Option<String>,
 }
 
 /// A setting the edge cannot run with.
@@ -63,17 +68,23 @@ impl EdgeConfig {
                 })
             }
         };
-        let backend_url = var("PAYMENT_BACKEND_URL")
-            .map(|u| u.trim().to_owned())
-            .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| "https://api.stripe.com".into());
-        if !(backend_url.starts_with("https://") || backend_url.starts_with("http://")) {
-            return Err(ConfigError::Invalid {
-                name: "PAYMENT_BACKEND_URL",
-                value: backend_url,
-                expected: "an http:// or https:// URL",
-            });
-        }
+        let url = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match var(name)
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+            {
+                Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) => {
+                    Err(ConfigError::Invalid {
+                        name,
+                        value: u,
+                        expected: "an http:// or https:// URL",
+                    })
+                }
+                other => Ok(other),
+            }
+        };
+        let backend_url =
+            url("PAYMENT_BACKEND_URL")?.unwrap_or_else(|| "https://api.stripe.com".into());
         let number =
             |name: &'static str, default: u64| -> Result<u64, ConfigError> {
                 match var(name) {
@@ -88,7 +99,10 @@ impl EdgeConfig {
                     ),
                 }
             };
+        let dev_simulator_url =
+            url("DEV_SIMULATOR_URL")?.map(|u| u.trim_end_matches('/').to_owned());
         let config = Self {
+            dev_simulator_url,
             backend,
             backend_url,
             ttl_secs: number("IDEMPOTENCY_TTL_SECS", 86_400)?.max(KV_MIN_TTL_SECS),
@@ -139,6 +153,20 @@ mod tests {
             (86_400, 30, 10_000)
         );
         assert!(c.allowed_origins.is_empty());
+        assert_eq!(
+            c.dev_simulator_url, None,
+            "no simulator routes unless asked for"
+        );
+    }
+
+    #[test]
+    fn the_dev_simulator_url_must_be_a_url() {
+        let c = config(&[("DEV_SIMULATOR_URL", "http://127.0.0.1:8790/")]).unwrap();
+        assert_eq!(
+            c.dev_simulator_url.as_deref(),
+            Some("http://127.0.0.1:8790")
+        );
+        assert!(config(&[("DEV_SIMULATOR_URL", "127.0.0.1:8790")]).is_err());
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct StackOptions {
     /// Appended to the simulator's URL to make `PAYMENT_BACKEND_URL` (the
     /// passthrough adapter posts to the URL itself, e.g. `/v1/orders`).
     pub backend_path: String,
+    /// Whether the Worker passes the simulator's `/__sim/*` hooks through,
+    /// as under `make dev` (`DEV_SIMULATOR_URL`).
+    pub dev_simulator_routes: bool,
 }
 
 /// A running simulator and edge.
@@ -110,6 +113,9 @@ impl Stack {
             ("STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
             ("PASSTHROUGH_SECRET".to_owned(), secret.to_owned()),
         ];
+        if options.dev_simulator_routes {
+            vars.push(("DEV_SIMULATOR_URL".to_owned(), sim_url.clone()));
+        }
         vars.extend(options.vars.iter().cloned());
         let wrangler = match start_wrangler(edge_port, &vars, dir.path()) {
             Ok(child) => child,

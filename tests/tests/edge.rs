@@ -607,6 +607,8 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
     let options = StackOptions {
         vars: vec![("PAYMENT_BACKEND".into(), "passthrough".into())],
         backend_path: "/v1/orders".into(),
+        // As deployed: no simulator routes.
+        dev_simulator_routes: false,
     };
     let s =
         Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a passthrough stack"));
@@ -632,6 +634,49 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
         );
         assert_eq!(charges[0].customer.as_deref(), Some("cus_pass"));
         assert_eq!(charges[0].amount, 2500);
+        let hidden = s
+            .send(s.http.get(format!("{}/__sim/ledger", s.stack.edge_url)))
+            .await;
+        hidden.problem(404);
+    });
+}
+
+fn the_simulator_hooks_pass_through_the_edge_in_development(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false})).await;
+        assert_eq!(
+            s.post("hooks-key-00000001", &order("hooks-1", 800))
+                .await
+                .status,
+            200
+        );
+        let edge = |path: &str| format!("{}/__sim/{path}", s.stack.edge_url);
+        let ledger = s.send(s.http.get(edge("ledger"))).await;
+        assert_eq!(ledger.status, 200);
+        assert_eq!(ledger.json()["charges"][0]["order_ref"], "hooks-1");
+        let faults = s
+            .send(s.http.post(edge("faults")).body(r#"{"latency_ms": 5}"#))
+            .await;
+        assert_eq!(faults.json()["latency_ms"], 5);
+        let direct: Value = s
+            .http
+            .get(format!("{}/__sim/faults", s.stack.sim_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            direct["latency_ms"], 5,
+            "the edge set the simulator's faults"
+        );
+        assert_eq!(s.send(s.http.post(edge("reset"))).await.status, 204);
+        assert!(s.ledger().await.charges.is_empty());
+        // Only the three hooks, with their methods.
+        s.send(s.http.get(edge("reset"))).await.problem(404);
+        s.send(s.http.post(edge("ledger"))).await.problem(404);
+        s.send(s.http.get(edge("charges"))).await.problem(404);
     });
 }
 
@@ -643,6 +688,7 @@ fn main() {
             ("CLAIM_LEASE_SECS".into(), "5".into()),
             ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
         ],
+        dev_simulator_routes: true,
         ..StackOptions::default()
     };
     let stack = match Stack::start(paysim(), DEFAULT_SECRET, &options) {
@@ -668,6 +714,7 @@ fn main() {
         unknown_paths_get_a_404_problem,
         cors_answers_allowed_origins_only,
         the_passthrough_backend_gets_the_json_body_and_the_key,
+        the_simulator_hooks_pass_through_the_edge_in_development,
     ];
     let trials = tests
         .into_iter()

@@ -1,0 +1,52 @@
+//! `/__sim/*`: the payment simulator's test hooks (ledger, faults, reset),
+//! passed through so the demo page can show the ledger and inject chaos from
+//! the Worker's own origin.
+//!
+//! Only when `DEV_SIMULATOR_URL` is set, which `make dev` and the tests do
+//! with `--var` and wrangler.toml never does: a deployed Worker answers these
+//! paths with the same 404 as any unknown path.
+
+use crate::http;
+use chargeonce_protocol::{EdgeConfig, Problem, ProblemType};
+use worker::{
+    wasm_bindgen::JsValue, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+};
+
+/// Handles a request under `/__sim/`.
+pub async fn handle(mut req: Request, config: &EdgeConfig) -> Result<Response> {
+    let path = req.path();
+    let method = req.method();
+    let allowed = matches!(
+        (path.as_str(), &method),
+        ("/__sim/ledger", Method::Get)
+            | ("/__sim/faults", Method::Get | Method::Post)
+            | ("/__sim/reset", Method::Post)
+    );
+    let Some(base) = config.dev_simulator_url.as_deref().filter(|_| allowed) else {
+        return http::not_found(&path);
+    };
+    let mut init = RequestInit::new();
+    init.with_method(method.clone());
+    if method == Method::Post {
+        let headers = Headers::new();
+        headers.set("Content-Type", "application/json")?;
+        init.with_headers(headers)
+            .with_body(Some(JsValue::from_str(&req.text().await?)));
+    }
+    let forwarded = Request::new_with_init(&format!("{base}{path}"), &init)?;
+    match Fetch::Request(forwarded).send().await {
+        Ok(mut res) => {
+            let headers = Headers::new();
+            if let Some(content_type) = res.headers().get("Content-Type")? {
+                headers.set("Content-Type", &content_type)?;
+            }
+            Ok(Response::from_bytes(res.bytes().await?)?
+                .with_status(res.status_code())
+                .with_headers(headers))
+        }
+        Err(e) => http::problem(&Problem::new(
+            ProblemType::BackendError,
+            format!("the payment simulator at {base} could not be reached: {e}"),
+        )),
+    }
+}
