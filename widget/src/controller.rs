@@ -12,10 +12,10 @@ use crate::transport::{NoAnswer, OrderPost, Ports};
 use chargeonce_protocol::{Answer, Attempt, Next, Phase, RetryPolicy, RetryReason, Submit};
 use gloo_timers::future::TimeoutFuture;
 use leptos::prelude::*;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use wasm_bindgen::JsValue;
-use web_sys::HtmlElement;
+use wasm_bindgen::{closure::Closure, JsCast, JsValue};
+use web_sys::{HtmlElement, MutationObserver, MutationObserverInit};
 
 /// What the view shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct Widget {
     attempt: RefCell<Option<Attempt>>,
     /// Why the last retry was needed, for the status line of the next send.
     last_reason: RefCell<Option<RetryReason>>,
+    /// The status of the last answer (`None` for no answer), for the retry event.
+    last_status: Cell<Option<u16>>,
     view: RwSignal<ViewState>,
 }
 
@@ -53,9 +55,11 @@ impl Widget {
             ports,
             attempt: RefCell::new(attempt),
             last_reason: RefCell::new(None),
+            last_status: Cell::new(None),
             view: RwSignal::new(ViewState::default()),
         });
         widget.render();
+        widget.watch_attributes();
         widget
     }
 
@@ -233,6 +237,10 @@ impl Widget {
                     "reason",
                     reason.map_or(JsValue::NULL, |r| r.as_str().into()),
                 ),
+                (
+                    "status",
+                    self.last_status.get().map_or(JsValue::NULL, JsValue::from),
+                ),
             ]),
         );
         self.render();
@@ -296,12 +304,39 @@ impl Widget {
 
     fn render(&self) {
         let attempt = self.attempt.borrow();
+        // An order placed for a cart that has since changed: the button is
+        // for the next order now.
+        let current = attempt.as_ref().filter(|a| {
+            !matches!(a.phase(), Phase::Placed { .. })
+                || options::checkout(&self.host)
+                    .is_ok_and(|c| c.fingerprint.as_str() == a.fingerprint())
+        });
         let reason = *self.last_reason.borrow();
         self.view.set(view_state(
-            attempt.as_ref(),
+            current,
             reason,
             &options::retry_policy(&self.host),
         ));
+    }
+
+    /// Re-renders whenever the page changes the host's attributes (the
+    /// cart's amount, say), for as long as the element lives.
+    fn watch_attributes(self: &Rc<Self>) {
+        let widget = Rc::downgrade(self);
+        let on_change = Closure::<dyn FnMut()>::new(move || {
+            if let Some(widget) = widget.upgrade() {
+                widget.render();
+            }
+        });
+        let Ok(observer) = MutationObserver::new(on_change.as_ref().unchecked_ref()) else {
+            return;
+        };
+        let init = MutationObserverInit::new();
+        init.set_attributes(true);
+        if observer.observe_with_options(&self.host, &init).is_ok() {
+            // The observer calls it for the element's lifetime.
+            on_change.forget();
+        }
     }
 }
 

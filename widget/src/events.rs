@@ -8,7 +8,8 @@ use web_sys::{CustomEvent, CustomEventInit, HtmlElement};
 
 /// A request is about to be sent: `{key, attempt}` (1 for the first send).
 pub const ATTEMPT: &str = "chargeonce:attempt";
-/// A retry was scheduled: `{key, retry, of, delay_ms, reason}`.
+/// A retry was scheduled: `{key, retry, of, delay_ms, reason, status}`
+/// (`status` is the answer's, or `null` when there was none).
 pub const RETRY: &str = "chargeonce:retry";
 /// The order was placed: `{key, replayed, response}` (the backend's JSON).
 pub const SUCCESS: &str = "chargeonce:success";

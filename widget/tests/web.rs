@@ -351,6 +351,26 @@ async fn a_decline_is_final_and_the_next_submit_uses_a_new_key() {
     page.unmount();
 }
 
+#[wasm_bindgen_test]
+async fn a_changed_cart_after_a_placed_order_can_be_ordered_under_a_new_key() {
+    let page = Page::mount(&unique_ref(), vec![]);
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    assert!(page.button().disabled());
+    // The cart changes: the page updates the amount, and the button is for
+    // the next order.
+    page.host.set_attribute("data-amount", "3998").unwrap();
+    sleep(10).await;
+    assert!(!page.button().disabled(), "a new cart can be ordered");
+    assert_eq!(page.status_text(), "");
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+    page.unmount();
+}
+
 /// The status line the issue asks for when the outcome is unknown.
 const UNCONFIRMED: &str =
     "We couldn't confirm your order. You have not been charged twice — try again";
@@ -482,6 +502,7 @@ async fn events_carry_the_key_and_the_answer() {
     assert_eq!(events[0].1["key"], key.as_str());
     assert_eq!(events[1].1["reason"], "connection_lost");
     assert_eq!(events[1].1["retry"], 1);
+    assert_eq!(events[1].1["status"], Value::Null, "no answer, no status");
     assert_eq!(events[3].1["key"], key.as_str());
     assert_eq!(events[3].1["replayed"], true);
     assert_eq!(events[3].1["response"]["id"], "pi_1");
