@@ -23,6 +23,7 @@ pub mod view;
 
 use controller::Widget;
 use leptos::prelude::*;
+use std::rc::Rc;
 use transport::Ports;
 use wasm_bindgen::prelude::*;
 use web_sys::{HtmlElement, ShadowRootInit, ShadowRootMode};
@@ -92,15 +93,19 @@ pub fn mount_with_ports(element: HtmlElement, ports: Ports) -> Result<(), JsValu
     let label = options::label(&element);
     let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
     let widget = Widget::new(element, ports);
-    widget.resume();
+    let view_widget = Rc::clone(&widget);
     // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it
     // (insertBefore, appendChild), which a ShadowRoot has: its own `<Portal
     // use_shadow>` mounts into a shadow root with this same cast.
     leptos::mount::mount_to(shadow.unchecked_into(), move || {
-        view! { <view::PlaceOrder widget label /> }
+        view! { <view::PlaceOrder widget=view_widget label /> }
     })
     // The widget lives as long as its element; unmounting would only empty
     // the shadow root of an element the page owns.
     .forget();
+    // After mounting: mount_to is what starts Leptos's task executor, and a
+    // resumed attempt spawns its driver at once (on a freshly loaded page,
+    // spawning first panics).
+    widget.resume();
     Ok(())
 }

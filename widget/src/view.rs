@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 const STYLE: &str = r#"
 :host { display: inline-block; font: var(--chargeonce-font, 600 1rem/1.4 system-ui, sans-serif); }
+:host([hidden]) { display: none; }
 .co-button {
   display: inline-flex; align-items: center; gap: .5em;
   padding: var(--chargeonce-padding, .75em 1.5em);

@@ -1,0 +1,202 @@
+// The demo shop around the Place Order widget: products, a cart that sets
+// the widget's amount, and the backstage panels (ledger, chaos, request log)
+// that read and steer the payment simulator through the Worker's /__sim
+// routes, which exist only under `make dev`.
+
+const PRODUCTS = [
+  { id: "pourover", name: "Ceramic pour-over", price: 2400 },
+  { id: "kettle", name: "Gooseneck kettle", price: 5900 },
+  { id: "beans", name: "Single-origin beans, 250 g", price: 1600 },
+  { id: "filters", name: "Paper filters ×100", price: 600 },
+];
+
+const $ = (id) => document.getElementById(id);
+const money = (cents) => `$${(cents / 100).toFixed(2)}`;
+const shortKey = (key) => key.slice(0, 8);
+const newOrderRef = () => `ord_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
+
+// The cart and the order reference live in sessionStorage, so a reload in the
+// middle of checkout sends the same payload and the widget resumes its key.
+const state = {
+  cart: JSON.parse(sessionStorage.getItem("shop-cart") ?? "{}"),
+  orderRef: sessionStorage.getItem("shop-order-ref") ?? newOrderRef(),
+  placed: sessionStorage.getItem("shop-placed") === "1",
+};
+
+function save() {
+  sessionStorage.setItem("shop-cart", JSON.stringify(state.cart));
+  sessionStorage.setItem("shop-order-ref", state.orderRef);
+  sessionStorage.setItem("shop-placed", state.placed ? "1" : "0");
+}
+
+function changeCart(id, delta) {
+  // A cart changed after a placed order is a new order.
+  if (state.placed) {
+    state.orderRef = newOrderRef();
+    state.placed = false;
+  }
+  const quantity = Math.max(0, (state.cart[id] ?? 0) + delta);
+  if (quantity === 0) delete state.cart[id];
+  else state.cart[id] = quantity;
+  save();
+  renderCart();
+}
+
+function renderProducts() {
+  $("products").replaceChildren(...PRODUCTS.map((p) => {
+    const item = document.createElement("li");
+    item.className = "product";
+    item.innerHTML = `<span class="name"></span><span class="price"></span><button type="button">Add to cart</button>`;
+    item.querySelector(".name").textContent = p.name;
+    item.querySelector(".price").textContent = money(p.price);
+    const button = item.querySelector("button");
+    button.dataset.product = p.id;
+    button.addEventListener("click", () => changeCart(p.id, 1));
+    return item;
+  }));
+}
+
+function renderCart() {
+  const lines = PRODUCTS.filter((p) => state.cart[p.id]);
+  const total = lines.reduce((sum, p) => sum + p.price * state.cart[p.id], 0);
+  $("cart-lines").replaceChildren(...lines.map((p) => {
+    const line = document.createElement("li");
+    line.className = "cart-line";
+    line.innerHTML = `<span></span><span class="qty"><button type="button" aria-label="One fewer">−</button><span class="n"></span><button type="button" aria-label="One more">+</button></span><strong></strong>`;
+    line.children[0].textContent = p.name;
+    line.querySelector(".n").textContent = state.cart[p.id];
+    line.children[2].textContent = money(p.price * state.cart[p.id]);
+    const [fewer, more] = line.querySelectorAll("button");
+    fewer.addEventListener("click", () => changeCart(p.id, -1));
+    more.addEventListener("click", () => changeCart(p.id, 1));
+    return line;
+  }));
+  $("cart-empty").hidden = lines.length > 0;
+  $("cart-total").textContent = money(total);
+  $("order-ref").textContent = state.orderRef;
+  // The widget reads these at each click: a new amount is a new payload,
+  // and so a new idempotency key.
+  const checkout = $("checkout");
+  checkout.dataset.orderRef = state.orderRef;
+  checkout.dataset.amount = String(total);
+  checkout.hidden = total === 0;
+}
+
+// ---- backstage: the simulator, through the Worker's dev-only routes ----
+
+async function sim(path, body) {
+  const init = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const response = await fetch(`/__sim/${path}`, init);
+  if (!response.ok) throw new Error(`${path}: ${response.status}`);
+  return response.status === 204 ? null : response.json();
+}
+
+function renderLedger({ charges }) {
+  const perOrder = new Map();
+  for (const c of charges) perOrder.set(c.order_ref, (perOrder.get(c.order_ref) ?? 0) + 1);
+  const doubled = [...perOrder].filter(([, n]) => n > 1);
+  const summary = $("ledger-summary");
+  summary.classList.toggle("double", doubled.length > 0);
+  summary.textContent = charges.length === 0
+    ? "No charges yet."
+    : `${charges.length} charge${charges.length === 1 ? "" : "s"} for ${perOrder.size} order${perOrder.size === 1 ? "" : "s"}` +
+      (doubled.length ? ` — charged twice: ${doubled.map(([ref, n]) => `${ref} ×${n}`).join(", ")}` : ", one each.");
+  $("ledger-rows").replaceChildren(...[...charges].reverse().map((c) => {
+    const row = document.createElement("tr");
+    row.className = perOrder.get(c.order_ref) > 1 ? "double" : "";
+    const key = c.idempotency_key ?? "—";
+    for (const [text, full] of [[new Date(c.created * 1000).toLocaleTimeString()], [c.order_ref], [money(c.amount)], [shortKey(key) + "…", key], [c.id]]) {
+      const cell = document.createElement("td");
+      const code = document.createElement("code");
+      code.textContent = text;
+      if (full) code.title = full;
+      cell.append(code);
+      row.append(cell);
+    }
+    return row;
+  }));
+}
+
+function renderFaults(faults) {
+  // The simulator counts these down, so the panel follows it.
+  $("chaos-naive").checked = !faults.honor_idempotency;
+  $("chaos-drop").checked = faults.drop_after_commit_next > 0;
+  if (document.activeElement !== $("chaos-fail")) $("chaos-fail").value = faults.fail_next;
+  if (document.activeElement !== $("chaos-latency")) $("chaos-latency").value = faults.latency_ms;
+}
+
+async function poll() {
+  try {
+    const [ledger, faults] = await Promise.all([sim("ledger"), sim("faults")]);
+    renderLedger(ledger);
+    renderFaults(faults);
+    $("chaos-status").textContent = "";
+  } catch {
+    $("chaos-status").textContent = "The simulator is not reachable: the ledger and chaos panels work under `make dev` only.";
+  }
+}
+
+async function setFaults(patch) {
+  try {
+    renderFaults(await sim("faults", patch));
+  } catch (e) {
+    $("chaos-status").textContent = `Could not change the simulator: ${e.message}`;
+  }
+}
+
+// "Simulate offline": the widget asks navigator.onLine before each send and
+// waits for the window's `online` event, so both are what we steer.
+let simulatedOffline = false;
+const realOnLine = Object.getOwnPropertyDescriptor(Navigator.prototype, "onLine");
+Object.defineProperty(Navigator.prototype, "onLine", {
+  configurable: true,
+  get() { return !simulatedOffline && realOnLine.get.call(this); },
+});
+
+function wireChaos() {
+  $("chaos-naive").addEventListener("change", (e) => setFaults({ honor_idempotency: !e.target.checked }));
+  $("chaos-drop").addEventListener("change", (e) => setFaults({ drop_after_commit_next: e.target.checked ? 1 : 0 }));
+  $("chaos-fail").addEventListener("change", (e) => setFaults({ fail_next: Number(e.target.value) || 0 }));
+  $("chaos-latency").addEventListener("change", (e) => setFaults({ latency_ms: Number(e.target.value) || 0 }));
+  $("chaos-offline").addEventListener("change", (e) => {
+    simulatedOffline = e.target.checked;
+    if (!simulatedOffline) window.dispatchEvent(new Event("online"));
+  });
+  $("chaos-reset").addEventListener("click", async () => {
+    await sim("reset", {}).catch(() => {});
+    poll();
+  });
+}
+
+// ---- the request log, from the widget's events ----
+
+function log(text, tone = "") {
+  const entry = document.createElement("li");
+  entry.className = tone;
+  entry.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+  $("log").append(entry);
+  entry.scrollIntoView({ block: "nearest" });
+}
+
+document.addEventListener("chargeonce:attempt", ({ detail }) =>
+  log(`→ POST /v1/orders #${detail.attempt}, key ${shortKey(detail.key)}…`));
+document.addEventListener("chargeonce:retry", ({ detail }) =>
+  log(`← ${detail.status ?? "no answer"}; retry ${detail.retry} of ${detail.of} in ${Math.round(detail.delay_ms)} ms`, "bad"));
+document.addEventListener("chargeonce:success", ({ detail }) => {
+  log(`← 200 ${detail.replayed ? "replayed" : "charged"} ${detail.response.id ?? ""}, key ${shortKey(detail.key)}…`, "good");
+  state.placed = true;
+  save();
+  poll();
+});
+document.addEventListener("chargeonce:failure", ({ detail }) =>
+  log(`← ${detail.status ?? "unconfirmed"}: ${detail.message}`, "bad"));
+
+renderProducts();
+if (Object.keys(state.cart).length === 0 && !sessionStorage.getItem("shop-cart")) {
+  state.cart = { pourover: 1 };
+}
+save();
+renderCart();
+wireChaos();
+poll();
+setInterval(poll, 1000);
