@@ -11,7 +11,7 @@
 // allow-unwrap-in-tests does not reach it; a panic is the failure report here.
 #![allow(clippy::unwrap_used)]
 
-use chargeonce_tests::sim::{Charge, Ledger, DEFAULT_SECRET};
+use chargeonce_tests::sim::{Charge, Faults, Ledger, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
 use futures_util::future::join_all;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -142,6 +142,18 @@ impl Suite {
             .json()
             .await
             .expect("the ledger is JSON")
+    }
+
+    /// The simulator's faults, read from the simulator itself.
+    async fn sim_faults(&self) -> Faults {
+        self.http
+            .get(format!("{}/__sim/faults", self.stack.sim_url))
+            .send()
+            .await
+            .expect("the simulator answers")
+            .json()
+            .await
+            .expect("the faults are JSON")
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
@@ -658,17 +670,9 @@ fn the_simulator_hooks_pass_through_the_edge_in_development(s: &Suite) {
             .send(s.http.post(edge("faults")).body(r#"{"latency_ms": 5}"#))
             .await;
         assert_eq!(faults.json()["latency_ms"], 5);
-        let direct: Value = s
-            .http
-            .get(format!("{}/__sim/faults", s.stack.sim_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
         assert_eq!(
-            direct["latency_ms"], 5,
+            s.sim_faults().await.latency_ms,
+            5,
             "the edge set the simulator's faults"
         );
         assert_eq!(s.send(s.http.post(edge("reset"))).await.status, 204);
