@@ -531,6 +531,192 @@ fn malformed_requests_get_their_status_and_are_never_forwarded(s: &Suite) {
     });
 }
 
+/// The wider matrix of hostile and broken requests: every one gets a 4xx
+/// problem+json (never a 5xx), and none reaches the backend.
+fn a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false})).await;
+        let url = format!("{}/v1/orders", s.stack.edge_url);
+        let good = order("hostile-1", 100);
+        let key = "hostile-key-0000001";
+        let json_post = |body: Vec<u8>| {
+            s.http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", key)
+                .body(body)
+        };
+        let with_key = |key: reqwest::header::HeaderValue| {
+            s.http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("Idempotency-Key", key)
+                .body(good.to_string())
+        };
+        let field = |name: &str, value: Value| {
+            let mut body = good.clone();
+            body[name] = value;
+            json_post(body.to_string().into_bytes())
+        };
+        let raw_key = |bytes: &[u8]| reqwest::header::HeaderValue::from_bytes(bytes).unwrap();
+        let mut cases: Vec<(String, reqwest::RequestBuilder, u16)> = Vec::new();
+        let mut add = |name: &str, req, status| cases.push((name.to_owned(), req, status));
+
+        // Keys.
+        add(
+            "no key",
+            s.http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(good.to_string()),
+            400,
+        );
+        for (name, bytes) in [
+            ("empty key", &b""[..]),
+            ("blank key", b"   "),
+            ("256-character key", &[b'k'; 256][..]),
+            ("4096-character key", &[b'k'; 4096][..]),
+            ("key with a space", b"hostile key 00001"),
+            ("key with a tab", b"hostile\tkey00001"),
+            ("key with UTF-8", "clé-hostile-00001".as_bytes()),
+            ("key with obs-text", b"hostile-\xff-000001"),
+            ("key joined from two", b"hostile-key-01, hostile-key-02"),
+            ("unclosed quoted key", b"\"hostile-key-0001"),
+            ("quoted key with junk after", b"\"hostile-key\"-01"),
+            ("quoted key with a bad escape", b"\"hostile\\x-key01\""),
+            ("empty quoted key", b"\"\""),
+        ] {
+            add(name, with_key(raw_key(bytes)), 400);
+        }
+        add(
+            "key header sent twice",
+            with_key(raw_key(b"hostile-key-0000001"))
+                .header("Idempotency-Key", "hostile-key-0000002"),
+            400,
+        );
+
+        // Bodies that are not JSON objects.
+        for (name, body) in [
+            ("empty body", Vec::new()),
+            ("null", b"null".to_vec()),
+            ("array", b"[]".to_vec()),
+            ("string", b"\"order\"".to_vec()),
+            ("number", b"1999".to_vec()),
+            ("unclosed object", b"{".to_vec()),
+            ("truncated", good.to_string().as_bytes()[..20].to_vec()),
+            ("trailing garbage", format!("{good}}}").into_bytes()),
+            (
+                "deeply nested",
+                format!("{}{}", "[".repeat(5_000), "]".repeat(5_000)).into_bytes(),
+            ),
+            (
+                "bad UTF-8",
+                b"{\"order_ref\":\"\xff\xfe\",\"amount\":1}".to_vec(),
+            ),
+            (
+                "byte-order mark",
+                [&b"\xef\xbb\xbf"[..], good.to_string().as_bytes()].concat(),
+            ),
+            (
+                "number too large for JSON",
+                br#"{"order_ref":"o","amount":1e400,"currency":"usd","payment_method":"pm"}"#
+                    .to_vec(),
+            ),
+            ("single quotes", b"{'order_ref':'o'}".to_vec()),
+            ("comments", b"{/* */}".to_vec()),
+        ] {
+            add(name, json_post(body), 422);
+        }
+        add("10 MB body", json_post(vec![b' '; 10 * 1024 * 1024]), 413);
+        add(
+            "16 KiB + 1 of padding",
+            json_post(vec![b' '; 16 * 1024 + 1]),
+            413,
+        );
+
+        // Fields.
+        for (name, field_name, value) in [
+            ("amount zero", "amount", json!(0)),
+            ("amount negative", "amount", json!(-500)),
+            ("amount fractional", "amount", json!(19.99)),
+            ("amount exponent", "amount", json!(1e3)),
+            (
+                "amount 2^64",
+                "amount",
+                json!(18_446_744_073_709_551_615u64),
+            ),
+            ("amount above the limit", "amount", json!(100_000_000)),
+            ("amount as string", "amount", json!("1999")),
+            ("amount as boolean", "amount", json!(true)),
+            ("amount null", "amount", Value::Null),
+            ("amount as object", "amount", json!({"value": 1})),
+            ("currency upper case", "currency", json!("USD")),
+            ("currency too short", "currency", json!("us")),
+            ("currency with a digit", "currency", json!("us1")),
+            ("currency as number", "currency", json!(840)),
+            ("order_ref empty", "order_ref", json!("")),
+            ("order_ref blank", "order_ref", json!("   ")),
+            ("order_ref with a newline", "order_ref", json!("ord\n1")),
+            ("order_ref too long", "order_ref", json!("o".repeat(300))),
+            ("order_ref as array", "order_ref", json!(["o"])),
+            ("payment_method empty", "payment_method", json!("")),
+            ("payment_method as number", "payment_method", json!(4242)),
+            ("customer empty", "customer", json!("")),
+            ("customer as number", "customer", json!(7)),
+            ("customer with a NUL", "customer", json!("cus\u{0}1")),
+            ("unknown field", "coupon", json!("FREE")),
+            ("misspelt field", "ammount", json!(1)),
+        ] {
+            add(name, field(field_name, value), 422);
+        }
+
+        // Methods and media types.
+        for method in ["GET", "PUT", "PATCH", "DELETE"] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            add(method, s.http.request(m, &url).body(good.to_string()), 405);
+        }
+        for content_type in [
+            None,
+            Some("text/plain"),
+            Some("text/json"),
+            Some("application/xml"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/json; charset=latin1"),
+            Some("application/jsonp"),
+        ] {
+            let mut req = s
+                .http
+                .post(&url)
+                .header("Idempotency-Key", key)
+                .body(good.to_string());
+            if let Some(ct) = content_type {
+                req = req.header("Content-Type", ct);
+            }
+            add(&format!("content type {content_type:?}"), req, 415);
+        }
+
+        assert!(cases.len() >= 60, "the matrix has {} cases", cases.len());
+        for (name, req, status) in cases {
+            let reply = s.send(req).await;
+            assert!(reply.status < 500, "{name} caused a {}", reply.status);
+            assert_eq!(
+                reply.status,
+                status,
+                "{name}: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            reply.problem(status);
+        }
+        let ledger = s.ledger().await;
+        assert!(
+            ledger.charges.is_empty(),
+            "a hostile request reached the backend: {:?}",
+            ledger.charges
+        );
+    });
+}
+
 fn an_invalid_order_names_each_bad_field(s: &Suite) {
     s.block_on(async {
         s.reset(json!({})).await;
@@ -714,6 +900,7 @@ fn main() {
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,
         malformed_requests_get_their_status_and_are_never_forwarded,
+        a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend,
         an_invalid_order_names_each_bad_field,
         unknown_paths_get_a_404_problem,
         cors_answers_allowed_origins_only,
