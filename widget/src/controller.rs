@@ -272,9 +272,12 @@ impl Widget {
                 ("status", JsValue::NULL),
                 (
                     "message",
-                    view_state(Some(&attempt), None, &RetryPolicy::default())
-                        .status
-                        .into(),
+                    if attempt.phase() == &Phase::OtherTab {
+                        OTHER_TAB
+                    } else {
+                        UNCONFIRMED
+                    }
+                    .into(),
                 ),
             ]),
             _ => return,
