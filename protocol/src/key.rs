@@ -11,7 +11,13 @@ use thiserror::Error;
 /// The longest key we accept, in characters (as Stripe and the IETF draft do).
 pub const MAX_KEY_LEN: usize = 255;
 
-/// A validated idempotency key: 1 to 255 visible ASCII characters.
+/// The shortest key we accept. The IETF draft warns that guessable keys let
+/// one client reach another's stored responses; 16 characters is the floor
+/// below which a key cannot carry even 64 bits of randomness in hex. A UUID
+/// (36 characters), which the widget sends, is well above it.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// A validated idempotency key: 16 to 255 visible ASCII characters.
 ///
 /// Constructed only by [`IdempotencyKey::parse`], so holding one proves the
 /// header was well formed.
@@ -28,6 +34,12 @@ pub enum KeyError {
     /// The header was present but held no key (`""` or only spaces).
     #[error("the Idempotency-Key header is empty")]
     Empty,
+    /// The key is shorter than [`MIN_KEY_LEN`]: too easy to guess.
+    #[error("the Idempotency-Key is {len} characters long; it must have at least {MIN_KEY_LEN}, such as a UUID, so that it cannot be guessed")]
+    TooShort {
+        /// The key's length in bytes.
+        len: usize,
+    },
     /// The key is longer than [`MAX_KEY_LEN`].
     #[error("the Idempotency-Key is {len} characters long; the limit is {MAX_KEY_LEN}")]
     TooLong {
@@ -81,6 +93,11 @@ impl IdempotencyKey {
                 return Err(KeyError::Repeated);
             }
             return Err(KeyError::InvalidCharacter { byte, position });
+        }
+        // After the character check, so a short key with a bad byte (or two
+        // joined headers) is told about the byte, which is the real mistake.
+        if key.len() < MIN_KEY_LEN {
+            return Err(KeyError::TooShort { len: key.len() });
         }
         Ok(Self(key))
     }
@@ -182,20 +199,29 @@ mod tests {
     #[test]
     fn quoted_ietf_form_is_unquoted() {
         assert_eq!(
-            parse("\"8e03978e-40d5\"").unwrap().as_str(),
-            "8e03978e-40d5"
+            parse("\"8e03978e-40d5-43e8\"").unwrap().as_str(),
+            "8e03978e-40d5-43e8"
         );
-        assert_eq!(parse(r#""a\"b\\c""#).unwrap().as_str(), r#"a"b\c"#);
+        assert_eq!(
+            parse(r#""a\"b\\c-0123456789ab""#).unwrap().as_str(),
+            r#"a"b\c-0123456789ab"#
+        );
     }
 
     #[test]
     fn both_forms_of_the_same_key_are_equal() {
-        assert_eq!(parse("abc").unwrap(), parse("\"abc\"").unwrap());
+        assert_eq!(
+            parse("abc-0123456789abcdef").unwrap(),
+            parse("\"abc-0123456789abcdef\"").unwrap()
+        );
     }
 
     #[test]
     fn surrounding_whitespace_is_ignored() {
-        assert_eq!(parse("  abc\t").unwrap().as_str(), "abc");
+        assert_eq!(
+            parse("  abc-0123456789abcdef\t").unwrap().as_str(),
+            "abc-0123456789abcdef"
+        );
     }
 
     #[test]
@@ -204,6 +230,21 @@ mod tests {
         assert_eq!(parse(""), Err(KeyError::Empty));
         assert_eq!(parse("   "), Err(KeyError::Empty));
         assert_eq!(parse("\"\""), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn keys_shorter_than_16_are_refused_as_guessable() {
+        assert_eq!(parse("order-1"), Err(KeyError::TooShort { len: 7 }));
+        assert_eq!(
+            parse(&"k".repeat(MIN_KEY_LEN - 1)),
+            Err(KeyError::TooShort { len: 15 })
+        );
+        assert!(parse(&"k".repeat(MIN_KEY_LEN)).is_ok());
+        // Quotes do not count towards the length.
+        assert_eq!(
+            parse("\"0123456789abcd\""),
+            Err(KeyError::TooShort { len: 14 })
+        );
     }
 
     #[test]
@@ -249,7 +290,7 @@ mod tests {
 
     #[test]
     fn scopes_separate_customers_with_the_same_key() {
-        let key = parse("same-key").unwrap();
+        let key = parse("same-key-0123456789").unwrap();
         let a = ScopedKey::new(Some("cus_a"), key.clone());
         let b = ScopedKey::new(Some("cus_b"), key.clone());
         let anon = ScopedKey::new(None, key);
@@ -260,8 +301,8 @@ mod tests {
 
     #[test]
     fn scope_and_key_boundaries_cannot_be_shifted() {
-        let one = ScopedKey::new(Some("ab"), parse("c").unwrap());
-        let two = ScopedKey::new(Some("a"), parse("bc").unwrap());
+        let one = ScopedKey::new(Some("ab"), parse("c-0123456789abcdef").unwrap());
+        let two = ScopedKey::new(Some("a"), parse("bc-0123456789abcdef").unwrap());
         assert_ne!(one.storage_name(), two.storage_name());
     }
 }

@@ -132,7 +132,7 @@ mod tests {
             method: "POST",
             content_type: Some("application/json"),
             content_length: None,
-            idempotency_key: Some("key-1"),
+            idempotency_key: Some("key-0001-0a1b2c3d"),
         }
     }
 
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_good_request_passes() {
         let req = check_order_request(&head(), BODY).unwrap();
-        assert_eq!(req.key.key().as_str(), "key-1");
+        assert_eq!(req.key.key().as_str(), "key-0001-0a1b2c3d");
         assert_eq!(req.order.amount, 1999);
     }
 
@@ -187,7 +187,7 @@ mod tests {
             status(
                 RequestHead {
                     content_length: None,
-                    idempotency_key: Some("k"),
+                    idempotency_key: Some("key-0002-0a1b2c3d"),
                     ..json
                 },
                 b"nope"

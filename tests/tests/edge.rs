@@ -593,6 +593,8 @@ fn a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend(s:
             ("blank key", b"   "),
             ("256-character key", &[b'k'; 256][..]),
             ("4096-character key", &[b'k'; 4096][..]),
+            ("15-character key, guessable", b"hostile-key-015"),
+            ("quoted 13-character key", b"\"hostilekey-13\""),
             ("key with a space", b"hostile key 00001"),
             ("key with a tab", b"hostile\tkey00001"),
             ("key with UTF-8", "clé-hostile-00001".as_bytes()),
