@@ -1,12 +1,14 @@
 //! Black-box tests of paysim over real HTTP: in-process on 127.0.0.1:0, and once as the binary.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chargeonce_tests::sim::{Faults, Ledger, RunningSim, SimConfig, DEFAULT_SECRET};
 use reqwest::{Client, Response, StatusCode};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -63,6 +65,33 @@ impl Harness {
         response.json().await.unwrap()
     }
 
+    /// `GET /v1/payment_intents/search` with `query` URL-encoded, as a Stripe client sends it.
+    async fn search(&self, query: &str) -> Response {
+        self.http
+            .get(self.url("/v1/payment_intents/search"))
+            .bearer_auth(DEFAULT_SECRET)
+            .query(&[("query", query)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/orders?idempotency_key=KEY`.
+    async fn orders_by_key(&self, key: &str) -> Response {
+        self.http
+            .get(self.url("/v1/orders"))
+            .bearer_auth(DEFAULT_SECRET)
+            .query(&[("idempotency_key", key)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The body of a successful search, as text.
+    async fn search_body(&self, query: &str) -> String {
+        ok_text(self.search(query).await).await
+    }
+
     async fn faults(&self, patch: Value) -> Faults {
         let response = self
             .http
@@ -101,6 +130,35 @@ fn unpooled_client() -> Client {
 
 fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+async fn ok_text(response: Response) -> String {
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    response.text().await.unwrap()
+}
+
+/// The exact body a search answers with for these elements, newest first.
+fn search_result(data: &[&str]) -> String {
+    format!(
+        r#"{{"object":"search_result","url":"/v1/payment_intents/search","has_more":false,"next_page":null,"data":[{}]}}"#,
+        data.join(",")
+    )
+}
+
+/// The exact body the orders lookup answers with for these elements, newest first.
+fn orders_list(data: &[&str]) -> String {
+    format!(
+        r#"{{"object":"list","url":"/v1/orders","has_more":false,"data":[{}]}}"#,
+        data.join(",")
+    )
+}
+
+/// The PaymentIntent inside a decline's error body, byte for byte.
+fn declined_intent(body: &str) -> String {
+    let error: HashMap<String, HashMap<String, Box<RawValue>>> =
+        serde_json::from_str(body).unwrap();
+    error["error"]["payment_intent"].get().to_owned()
 }
 
 async fn error_of(response: Response) -> Value {
@@ -437,13 +495,16 @@ async fn reset_clears_ledger_keys_and_faults() {
         h.payment_intent(VISA, Some("key-r")).await.status(),
         StatusCode::OK
     );
-    h.faults(json!({"honor_idempotency": false, "fail_next": 2, "latency_ms": 5}))
+    h.faults(json!({"honor_idempotency": false, "fail_next": 2, "latency_ms": 5, "slow_next": 1}))
         .await;
+    let by_order_ref = "metadata['order_ref']:'ord_42'";
+    assert_ne!(h.search_body(by_order_ref).await, search_result(&[]));
     let response = h.http.post(h.url("/__sim/reset")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(header(&response, "request-id").is_some());
 
     assert!(h.ledger().await.charges.is_empty());
+    assert_eq!(h.search_body(by_order_ref).await, search_result(&[]));
     let faults: Faults = h
         .http
         .get(h.url("/__sim/faults"))
@@ -472,7 +533,9 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
             honor_idempotency: true,
             fail_next: 2,
             drop_after_commit_next: 0,
-            latency_ms: 10
+            latency_ms: 10,
+            slow_next: 0,
+            slow_ms: 0,
         }
     );
     for bad in [
@@ -490,6 +553,7 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
         let message = error_of(response).await["message"].to_string();
         assert!(message.contains("Invalid faults"), "{message}");
+        assert!(message.contains("slow_next, slow_ms"), "{message}");
     }
     assert_eq!(h.faults(json!({})).await, merged);
 }
@@ -564,6 +628,300 @@ async fn unknown_paths_404_and_wrong_methods_405() {
     assert_eq!(error_of(response).await["type"], "invalid_request_error");
     let response = h.http.delete(h.url("/__sim/faults")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn lookup_paths_answer_405_to_other_methods() {
+    let h = Harness::start().await;
+    let response = h
+        .http
+        .post(h.url("/v1/payment_intents/search"))
+        .bearer_auth(DEFAULT_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("GET"));
+    assert_eq!(error_of(response).await["type"], "invalid_request_error");
+    for request in [
+        h.http.delete(h.url("/v1/orders")),
+        h.http.put(h.url("/v1/orders?idempotency_key=k")),
+    ] {
+        let response = request.bearer_auth(DEFAULT_SECRET).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(header(&response, "allow"), Some("GET, POST"));
+    }
+}
+
+#[tokio::test]
+async fn lookups_without_the_api_key_get_401() {
+    let h = Harness::start().await;
+    for path in [
+        "/v1/payment_intents/search?query=metadata%5B%27k%27%5D%3A%27v%27",
+        "/v1/orders?idempotency_key=k",
+    ] {
+        for auth in [None, Some("Bearer sk_test_wrong")] {
+            let mut request = h.http.get(h.url(path));
+            if let Some(auth) = auth {
+                request = request.header("Authorization", auth);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {auth:?}"
+            );
+            let error = error_of(response).await;
+            assert_eq!(error["type"], "invalid_request_error");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.starts_with("Invalid API Key provided"), "{message}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsupported_search_queries_get_400_naming_the_supported_form() {
+    let h = Harness::start().await;
+    h.payment_intent(VISA, None).await;
+    for query in [
+        "",
+        "status:'succeeded'",
+        "metadata['order_ref']:'ord_42' AND metadata['customer']:'cus_7'",
+        "metadata['order_ref']:'ord_42' OR metadata['customer']:'cus_7'",
+        "metadata['order_ref']:'ord_42\"",
+        "metadata[order_ref]:'ord_42'",
+        "metadata['order_ref']:ord_42",
+    ] {
+        let response = h.search(query).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "invalid_request_error", "{query}");
+        assert_eq!(error["param"], "query", "{query}");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("metadata['KEY']:'VALUE'"), "{message}");
+    }
+    let response = h
+        .http
+        .get(h.url("/v1/payment_intents/search"))
+        .bearer_auth(DEFAULT_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let message = error_of(response).await["message"].to_string();
+    assert!(
+        message.contains("Missing required param: query."),
+        "{message}"
+    );
+    assert!(message.contains("metadata['KEY']:'VALUE'"), "{message}");
+}
+
+#[tokio::test]
+async fn search_finds_intents_by_metadata_newest_first_byte_for_byte() {
+    let h = Harness::start().await;
+    let tagged = |form: &str, tag: &str| format!("{form}&metadata[chargeonce_key]={tag}");
+    let charged = h
+        .payment_intent(&tagged(VISA, "ck_1"), Some("ck_1"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    h.payment_intent(&tagged(VISA, "ck_2"), Some("ck_2")).await;
+    let declined = h
+        .payment_intent(&tagged(DECLINED, "ck_1"), Some("ck_1-retry"))
+        .await;
+    assert_eq!(declined.status(), StatusCode::PAYMENT_REQUIRED);
+    let declined = declined_intent(&declined.text().await.unwrap());
+    // Same order_ref through the JSON twin: not a PaymentIntent the search covers.
+    let order = json!({"order_ref": "ord_42", "amount": 5, "currency": "usd",
+        "payment_method": "pm_card_visa"});
+    assert_eq!(h.order(&order, Some("ck_1")).await.status(), StatusCode::OK);
+
+    let expected = search_result(&[&declined, &charged]);
+    assert_eq!(
+        h.search_body("metadata['chargeonce_key']:'ck_1'").await,
+        expected
+    );
+    assert_eq!(
+        h.search_body(r#"  metadata["chargeonce_key"]:"ck_1"  "#)
+            .await,
+        expected
+    );
+    let declined: Value = serde_json::from_str(&declined).unwrap();
+    assert_eq!(declined["status"], "requires_payment_method");
+
+    let by_order_ref = h.search_body("metadata['order_ref']:'ord_42'").await;
+    let by_order_ref: Value = serde_json::from_str(&by_order_ref).unwrap();
+    let statuses: Vec<_> = by_order_ref["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|intent| intent["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["succeeded", "succeeded"]);
+}
+
+#[tokio::test]
+async fn lookups_for_unknown_values_answer_empty_data() {
+    let h = Harness::start().await;
+    h.payment_intent(VISA, Some("key-1")).await;
+    h.order(
+        &json!({"order_ref": "o", "amount": 5, "currency": "usd", "payment_method": "pm_card_visa"}),
+        Some("key-1"),
+    )
+    .await;
+    assert_eq!(
+        h.search_body("metadata['order_ref']:'ord_41'").await,
+        search_result(&[])
+    );
+    assert_eq!(
+        h.search_body("metadata['chargeonce_key']:'key-1'").await,
+        search_result(&[])
+    );
+    assert_eq!(
+        ok_text(h.orders_by_key("key-2").await).await,
+        orders_list(&[])
+    );
+}
+
+#[tokio::test]
+async fn search_finds_a_charge_whose_response_was_dropped_on_a_naive_backend() {
+    let h = Harness::start().await;
+    h.faults(json!({"drop_after_commit_next": 1, "honor_idempotency": false}))
+        .await;
+    let form = format!("{VISA}&metadata[chargeonce_key]=ck_lost");
+    let lost = payment_intent_with(&unpooled_client(), &h.sim.url(), &form, Some("ck_lost")).await;
+    assert!(lost.is_err());
+
+    let query = "metadata['chargeonce_key']:'ck_lost'";
+    let found: Value = serde_json::from_str(&h.search_body(query).await).unwrap();
+    let charges = h.ledger().await.charges;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], charges[0].id.as_str());
+    assert_eq!(found["data"][0]["status"], "succeeded");
+
+    // What the lookup is for: without it, the naive backend charges the retry again.
+    let retried = h.payment_intent(&form, Some("ck_lost")).await;
+    let retried = retried.text().await.unwrap();
+    let found: Value = serde_json::from_str(&h.search_body(query).await).unwrap();
+    assert_eq!(
+        found["data"][0],
+        serde_json::from_str::<Value>(&retried).unwrap()
+    );
+    assert_eq!(found["data"][1]["id"], charges[0].id.as_str());
+    assert_eq!(h.ledger().await.charges.len(), 2);
+}
+
+#[tokio::test]
+async fn orders_lookup_finds_by_idempotency_key_newest_first_byte_for_byte() {
+    let h = Harness::start().await;
+    h.faults(json!({"honor_idempotency": false})).await;
+    let order = json!({"order_ref": "ord_9", "amount": 4200, "currency": "eur",
+        "payment_method": "pm_card_mastercard"});
+    let first = h.order(&order, Some("key-o")).await.text().await.unwrap();
+    h.order(&order, Some("key-other")).await;
+    h.order(&order, None).await;
+    h.payment_intent(VISA, Some("key-o")).await;
+    let mut declined = order.clone();
+    declined["payment_method"] = json!("pm_card_chargeDeclined");
+    let declined = h.order(&declined, Some("key-o")).await;
+    assert_eq!(declined.status(), StatusCode::PAYMENT_REQUIRED);
+    let declined = declined_intent(&declined.text().await.unwrap());
+
+    assert_eq!(
+        ok_text(h.orders_by_key("key-o").await).await,
+        orders_list(&[&declined, &first])
+    );
+    let other = ok_text(h.orders_by_key("key-other").await).await;
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_eq!(other["data"].as_array().unwrap().len(), 1);
+
+    for path in [
+        "/v1/orders",
+        "/v1/orders?idempotency_key=",
+        "/v1/orders?key=key-o",
+    ] {
+        let response = h
+            .http
+            .get(h.url(path))
+            .bearer_auth(DEFAULT_SECRET)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let error = error_of(response).await;
+        assert_eq!(error["param"], "idempotency_key", "{path}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("Missing required param: idempotency_key"),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lookup_sees_a_charge_committed_after_its_client_hung_up() {
+    let h = Harness::start().await;
+    h.faults(json!({"latency_ms": 1500})).await;
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let order = json!({"order_ref": "ord_1", "amount": 5, "currency": "usd",
+        "payment_method": "pm_card_visa"});
+    let gone = impatient
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Idempotency-Key", "key-gone")
+        .json(&order)
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+    // Still waiting to execute: not charged yet, so not found yet.
+    assert_eq!(
+        ok_text(h.orders_by_key("key-gone").await).await,
+        orders_list(&[])
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let body = ok_text(h.orders_by_key("key-gone").await).await;
+        if body != orders_list(&[]) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the charge never showed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let found: Value = serde_json::from_str(&found).unwrap();
+    let charges = h.ledger().await.charges;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(found["data"][0]["id"], charges[0].id.as_str());
+}
+
+#[tokio::test]
+async fn slow_next_delays_only_that_many_requests_on_top_of_latency() {
+    const LATENCY: Duration = Duration::from_millis(100);
+    const SLOW: Duration = Duration::from_millis(300);
+    let h = Harness::start().await;
+    let faults = h
+        .faults(json!({"latency_ms": 100, "slow_next": 2, "slow_ms": 300}))
+        .await;
+    assert_eq!((faults.slow_next, faults.slow_ms), (2, 300));
+
+    let mut elapsed = Vec::new();
+    for key in ["key-s1", "key-s2", "key-s3"] {
+        let started = Instant::now();
+        let response = h.payment_intent(VISA, Some(key)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        elapsed.push(started.elapsed());
+    }
+    assert!(elapsed[0] >= LATENCY + SLOW, "{elapsed:?}");
+    assert!(elapsed[1] >= LATENCY + SLOW, "{elapsed:?}");
+    assert!(elapsed[2] >= LATENCY, "{elapsed:?}");
+    assert!(elapsed[2] < LATENCY + SLOW, "{elapsed:?}");
+    let faults = h.faults(json!({})).await;
+    assert_eq!((faults.slow_next, faults.slow_ms), (0, 300));
+    assert_eq!(h.ledger().await.charges.len(), 3);
 }
 
 #[tokio::test]

@@ -2,12 +2,30 @@
 //! test pay through.
 //!
 //! It owns a ledger of executed charges, Stripe-style idempotency (`Idempotency-Key`, scoped per
-//! endpoint) that can be switched off to play a naive backend, and injectable faults (latency,
-//! 503s, responses lost after commit), all inspectable and resettable under `/__sim/*`. It must
-//! not depend on the edge or the protocol crate: it stands in for the real payment provider, and
-//! tests prove the edge's behaviour by reading this ledger.
+//! endpoint) that can be switched off to play a naive backend, a record of every PaymentIntent it
+//! created that two lookups search, and injectable faults (latency, slow requests, 503s, responses
+//! lost after commit), all inspectable and resettable under `/__sim/*`. It must not depend on the
+//! edge or the protocol crate: it stands in for the real payment provider, and tests prove the
+//! edge's behaviour by reading this ledger.
 //!
-//! `state` holds the rules and no I/O; `server` is the HTTP shell over it.
+//! Endpoints, all answering JSON:
+//!
+//! - `POST /v1/payment_intents`: Stripe's form-encoded create-and-confirm; `metadata[...]` is kept.
+//! - `POST /v1/orders`: the JSON twin for the edge's passthrough backend.
+//! - `GET /v1/payment_intents/search?query=metadata['KEY']:'VALUE'`: Stripe's Search API, limited
+//!   to metadata equality; a `search_result` of the intents created through
+//!   `/v1/payment_intents`, newest first.
+//! - `GET /v1/orders?idempotency_key=KEY`: a `list` of the intents created through `/v1/orders`
+//!   with that `Idempotency-Key`, newest first.
+//! - `GET /__sim/ledger`, `GET`/`POST /__sim/faults`, `POST /__sim/reset`: inspection and control,
+//!   without authentication.
+//!
+//! The four `/v1` endpoints need `Authorization: Bearer <secret>`. The lookups exist so that an
+//! edge that lost a payment's outcome can ask whether it was charged before forwarding it again;
+//! they see a payment as soon as it executed, whether or not its response reached anyone.
+//!
+//! `params` parses requests, `state` holds the rules and no I/O, `wire` renders the JSON, and
+//! `server` is the HTTP shell over them.
 
 mod ids;
 mod params;
@@ -17,8 +35,8 @@ mod wire;
 
 pub use server::{serve, RunningSim, MAX_BODY_BYTES};
 pub use state::{
-    Begin, Charge, Endpoint, Executed, Faults, FaultsPatch, Ledger, PaymentCall, Reply, Simulator,
-    Ticket,
+    Begin, Charge, Endpoint, Executed, Faults, FaultsPatch, Ledger, Lookup, LookupCall,
+    PaymentCall, Reply, Simulator, Ticket,
 };
 
 /// The bearer secret paysim accepts unless told otherwise.

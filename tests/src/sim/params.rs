@@ -1,4 +1,5 @@
-//! Parsing and validating payment request bodies, for both endpoints, into one [`PaymentParams`].
+//! Parsing and validating requests: payment bodies, for both endpoints, into one
+//! [`PaymentParams`], and the query strings of the two lookups.
 //!
 //! Everything rejected here is a parameter-validation error: like Stripe, the simulator answers
 //! it with a 400 and never stores it under an idempotency key. What passes is executed, even if the
@@ -55,16 +56,7 @@ pub(crate) fn parse_form(
             "Invalid application/x-www-form-urlencoded body: {e}"
         ))
     })?;
-    let mut form = BTreeMap::new();
-    for (name, value) in pairs {
-        if form.contains_key(&name) {
-            return Err(ApiError::invalid_param(
-                &name,
-                format!("Received duplicate parameter: {name}"),
-            ));
-        }
-        form.insert(name, value);
-    }
+    let form = unique_params(pairs)?;
 
     let amount = parse_amount(required(&form, "amount")?)?;
     let currency = parse_currency(required(&form, "currency")?)?;
@@ -176,6 +168,97 @@ pub(crate) fn parse_order_json(
     Ok((params, Fingerprint(fingerprint)))
 }
 
+/// The one search query the simulator supports: Stripe's metadata equality, `metadata['KEY']:'VALUE'`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetadataEquals {
+    pub key: String,
+    pub value: String,
+}
+
+/// Parses the query string of `GET /v1/payment_intents/search`, whose `query` must be a
+/// [`MetadataEquals`].
+///
+/// Other parameters, such as Stripe's `limit` or `page`, are ignored rather than refused, so that
+/// a client written for Stripe works unchanged; every match is answered in one page anyway.
+pub(crate) fn parse_search(query_string: Option<&str>) -> Result<MetadataEquals, ApiError> {
+    let unsupported = |problem: String| {
+        ApiError::invalid_param(
+            "query",
+            format!(
+                "{problem} paysim supports exactly one search query form, Stripe's metadata \
+                 equality metadata['KEY']:'VALUE' (single or double quotes, a backslash escapes \
+                 the next character), which finds the PaymentIntents created through POST \
+                 /v1/payment_intents whose metadata KEY equals VALUE."
+            ),
+        )
+    };
+    let params = query_params(query_string)?;
+    match params.get("query").filter(|query| !query.trim().is_empty()) {
+        None => Err(unsupported("Missing required param: query.".to_owned())),
+        Some(query) => metadata_equals(query)
+            .ok_or_else(|| unsupported(format!("Unsupported search query: {query}."))),
+    }
+}
+
+/// Parses the query string of `GET /v1/orders`: the `Idempotency-Key` to look up, required.
+pub(crate) fn parse_orders_lookup(query_string: Option<&str>) -> Result<String, ApiError> {
+    let mut params = query_params(query_string)?;
+    params
+        .remove("idempotency_key")
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_param(
+                "idempotency_key",
+                "Missing required param: idempotency_key. GET /v1/orders?idempotency_key=KEY \
+                 lists the orders created through POST /v1/orders with Idempotency-Key: KEY.",
+            )
+        })
+}
+
+fn query_params(query_string: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query_string.unwrap_or(""))
+        .map_err(|e| ApiError::invalid_request(format!("Invalid query string: {e}")))?;
+    unique_params(pairs)
+}
+
+/// The parameters by name; a name sent twice is refused, as Stripe does, rather than guessed at.
+fn unique_params(pairs: Vec<(String, String)>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut params = BTreeMap::new();
+    for (name, value) in pairs {
+        if params.contains_key(&name) {
+            return Err(ApiError::invalid_param(
+                &name,
+                format!("Received duplicate parameter: {name}"),
+            ));
+        }
+        params.insert(name, value);
+    }
+    Ok(params)
+}
+
+/// `metadata['KEY']:'VALUE'` with whitespace around it, and nothing else.
+fn metadata_equals(query: &str) -> Option<MetadataEquals> {
+    let rest = query.trim().strip_prefix("metadata[")?;
+    let (key, rest) = quoted(rest)?;
+    let (value, rest) = quoted(rest.strip_prefix("]:")?)?;
+    (!key.is_empty() && rest.is_empty()).then_some(MetadataEquals { key, value })
+}
+
+/// The string in single or double quotes that `input` starts with, unescaped, and the rest.
+fn quoted(input: &str) -> Option<(String, &str)> {
+    let mut chars = input.char_indices();
+    let (_, quote) = chars.next().filter(|&(_, c)| c == '\'' || c == '"')?;
+    let mut text = String::new();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '\\' => text.push(chars.next()?.1),
+            c if c == quote => return Some((text, &input[at + c.len_utf8()..])),
+            c => text.push(c),
+        }
+    }
+    None
+}
+
 fn require_media_type(content_type: Option<&str>, expected: &str) -> Result<(), ApiError> {
     let media_type = content_type
         .and_then(|ct| ct.split(';').next())
@@ -273,6 +356,95 @@ mod tests {
 
     fn form_error(body: &str) -> ApiError {
         parse_form(FORM, body.as_bytes()).unwrap_err()
+    }
+
+    fn search(query: &str) -> Result<MetadataEquals, ApiError> {
+        let query_string = serde_urlencoded::to_string([("query", query)]).unwrap();
+        parse_search(Some(&query_string))
+    }
+
+    fn equals(key: &str, value: &str) -> MetadataEquals {
+        MetadataEquals {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn search_accepts_metadata_equality_in_either_quotes() {
+        for query in [
+            "metadata['chargeonce_key']:'k-1'",
+            r#"metadata["chargeonce_key"]:"k-1""#,
+            r#"metadata["chargeonce_key"]:'k-1'"#,
+            "  metadata['chargeonce_key']:'k-1'\n",
+        ] {
+            assert_eq!(
+                search(query).unwrap(),
+                equals("chargeonce_key", "k-1"),
+                "{query}"
+            );
+        }
+        assert_eq!(
+            search(r#"metadata['a b']:'it\'s "x" \\'"#).unwrap(),
+            equals("a b", r#"it's "x" \"#)
+        );
+        // Unencoded in the query string works too, and other parameters are ignored.
+        let raw = "limit=1&query=metadata['k']:'v'&expand[]=data.customer";
+        assert_eq!(parse_search(Some(raw)).unwrap(), equals("k", "v"));
+    }
+
+    #[test]
+    fn search_refuses_every_other_query_naming_the_supported_form() {
+        for query in [
+            "",
+            "   ",
+            "status:'succeeded'",
+            "metadata['k']:'v' AND metadata['o']:'p'",
+            "metadata['k']:'v' OR metadata['o']:'p'",
+            "metadata['k']:'v' metadata['o']:'p'",
+            "-metadata['k']:'v'",
+            "metadata[k]:'v'",
+            "metadata['k']:v",
+            "metadata['k']:'v\"",
+            "metadata['k']:'v",
+            "metadata['k']:'v\\'",
+            "metadata['k'] : 'v'",
+            "metadata['k']~'v'",
+            "metadata['']:'v'",
+            "metadata.k:'v'",
+        ] {
+            let error = search(query).unwrap_err();
+            assert_eq!(error.kind, "invalid_request_error", "{query}");
+            assert_eq!(error.param.as_deref(), Some("query"), "{query}");
+            assert!(
+                error.message.contains("metadata['KEY']:'VALUE'"),
+                "{query}: {}",
+                error.message
+            );
+        }
+        for query_string in [None, Some(""), Some("limit=3")] {
+            let error = parse_search(query_string).unwrap_err();
+            assert!(error.message.starts_with("Missing required param: query."));
+        }
+        let twice = parse_search(Some("query=metadata['k']:'v'&query=metadata['k']:'w'"));
+        assert!(twice.unwrap_err().message.contains("duplicate"));
+    }
+
+    #[test]
+    fn orders_lookup_requires_one_idempotency_key() {
+        assert_eq!(
+            parse_orders_lookup(Some("idempotency_key=k%2B1+2")).unwrap(),
+            "k+1 2"
+        );
+        for query_string in [None, Some(""), Some("idempotency_key="), Some("key=k")] {
+            let error = parse_orders_lookup(query_string).unwrap_err();
+            assert_eq!(error.param.as_deref(), Some("idempotency_key"));
+            assert!(error
+                .message
+                .contains("Missing required param: idempotency_key"));
+        }
+        let twice = parse_orders_lookup(Some("idempotency_key=a&idempotency_key=b"));
+        assert_eq!(twice.unwrap_err().param.as_deref(), Some("idempotency_key"));
     }
 
     #[test]

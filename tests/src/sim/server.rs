@@ -14,7 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -23,7 +25,9 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::ids;
-use super::state::{Begin, Endpoint, FaultsPatch, PaymentCall, Reply, Simulator};
+use super::state::{
+    Begin, Endpoint, FaultsPatch, Lookup, LookupCall, PaymentCall, Reply, Simulator,
+};
 use super::wire::{json_bytes, status, ApiError};
 use super::SimConfig;
 
@@ -151,6 +155,14 @@ async fn route(
     if let (&Method::POST, Some(endpoint)) = (&method, Endpoint::from_path(&path)) {
         return payment(sim, endpoint, request).await;
     }
+    if let (&Method::GET, Some(lookup)) = (&method, Lookup::from_path(&path)) {
+        let call = LookupCall {
+            lookup,
+            authorization: header_str(request.headers(), AUTHORIZATION),
+            query: request.uri().query(),
+        };
+        return Ok(reply_response(lock(sim).lookup(call)));
+    }
     Ok(match (&method, path.as_str()) {
         (&Method::GET, "/__sim/ledger") => {
             json_response(StatusCode::OK, json_bytes(&lock(sim).ledger()))
@@ -173,8 +185,8 @@ async fn route(
                     status::BAD_REQUEST,
                     &ApiError::invalid_request(format!(
                         "Invalid faults: {e}. Send a JSON object with any of honor_idempotency \
-                         (bool), fail_next, drop_after_commit_next, latency_ms (non-negative \
-                         integers)."
+                         (bool), fail_next, drop_after_commit_next, latency_ms, slow_next, \
+                         slow_ms (non-negative integers)."
                     )),
                 ),
             }
@@ -208,9 +220,9 @@ async fn route(
 
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/v1/payment_intents" | "/v1/orders" | "/__sim/reset" => Some("POST"),
-        "/__sim/ledger" => Some("GET"),
-        "/__sim/faults" => Some("GET, POST"),
+        "/v1/payment_intents" | "/__sim/reset" => Some("POST"),
+        "/v1/payment_intents/search" | "/__sim/ledger" => Some("GET"),
+        "/v1/orders" | "/__sim/faults" => Some("GET, POST"),
         _ => None,
     }
 }
@@ -225,14 +237,8 @@ async fn payment(
         Ok(body) => body,
         Err(too_large) => return Ok(too_large),
     };
-    // Header values that are not visible ASCII cannot be ours to match; treat them as absent
-    // except the idempotency key, which is taken as is.
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
+    // The idempotency key is taken as is, even when it is not visible ASCII, unlike other headers.
+    let header = |name| header_str(&parts.headers, name);
     let idempotency_key = parts
         .headers
         .get(IDEMPOTENCY_KEY)
@@ -267,6 +273,12 @@ async fn payment(
         return Err(NoResponse::DroppedAfterCommit);
     }
     Ok(reply_response(executed.reply))
+}
+
+/// A header's value, if it is visible ASCII; other values cannot be ours to match, so they count as
+/// absent.
+fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Reads the whole body, or answers 413 when it exceeds [`MAX_BODY_BYTES`].

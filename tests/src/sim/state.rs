@@ -1,20 +1,23 @@
-//! The simulator's state and rules, with no I/O: the ledger, the idempotency store and the faults.
+//! The simulator's state and rules, with no I/O: the ledger, the idempotency store, the record of
+//! created PaymentIntents that the lookups search, and the faults.
 //!
 //! A payment request is handled in two steps so that the HTTP shell can sleep in between without
 //! holding a lock: [`Simulator::begin`] authenticates, validates and claims the idempotency key,
 //! and either answers at once or hands back a [`Ticket`]; after waiting [`Ticket::latency`], the
 //! shell passes the ticket and the current time to [`Simulator::execute`], which applies the
-//! faults, charges and stores the result. This module reads no clock and sleeps nowhere.
+//! faults, charges and stores the result. A lookup ([`Simulator::lookup`]) is one step: it only
+//! reads. This module reads no clock and sleeps nowhere.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use super::ids;
 use super::params::{self, Fingerprint, PaymentParams};
-use super::wire::{json_bytes, status, ApiError, PaymentIntent};
+use super::wire::{json_bytes, raw_json, status, ApiError, List, PaymentIntent, SearchResult};
 use super::SimConfig;
 
 /// One of the two payment endpoints; idempotency keys are scoped per endpoint, like Stripe's.
@@ -42,6 +45,46 @@ impl Endpoint {
             .into_iter()
             .find(|endpoint| endpoint.path() == path)
     }
+}
+
+/// One of the two lookups that tell whether a payment was made, for reconciling an unknown outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Lookup {
+    /// `GET /v1/payment_intents/search?query=metadata['KEY']:'VALUE'`, Stripe's Search API:
+    /// PaymentIntents created through [`Endpoint::PaymentIntents`] by metadata.
+    PaymentIntentSearch,
+    /// `GET /v1/orders?idempotency_key=KEY`: PaymentIntents created through [`Endpoint::Orders`]
+    /// by the `Idempotency-Key` they were created with.
+    OrdersByKey,
+}
+
+impl Lookup {
+    /// The request path this lookup is served at.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::PaymentIntentSearch => "/v1/payment_intents/search",
+            Self::OrdersByKey => "/v1/orders",
+        }
+    }
+
+    /// The lookup served at `path`, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        [Self::PaymentIntentSearch, Self::OrdersByKey]
+            .into_iter()
+            .find(|lookup| lookup.path() == path)
+    }
+}
+
+/// The parts of an HTTP request to a lookup that the simulator looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct LookupCall<'a> {
+    /// Which lookup was called.
+    pub lookup: Lookup,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<&'a str>,
+    /// The URL's query string, without the `?`, if it had one.
+    pub query: Option<&'a str>,
 }
 
 /// The parts of an HTTP request to a payment endpoint that the simulator looks at.
@@ -110,7 +153,8 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// How long to wait before executing, from the `latency_ms` fault; the key stays in progress.
+    /// How long to wait before executing: the `latency_ms` fault, plus `slow_ms` when the
+    /// `slow_next` fault picked this request. The key stays in progress meanwhile.
     pub fn latency(&self) -> Duration {
         self.latency
     }
@@ -137,6 +181,10 @@ pub struct Faults {
     pub drop_after_commit_next: u32,
     /// Delay before each executing request is handled, while its key is in progress.
     pub latency_ms: u64,
+    /// How many of the next requests that reach execution wait an extra `slow_ms` first.
+    pub slow_next: u32,
+    /// The extra delay of a request picked by `slow_next`, on top of `latency_ms`.
+    pub slow_ms: u64,
 }
 
 impl Default for Faults {
@@ -146,6 +194,8 @@ impl Default for Faults {
             fail_next: 0,
             drop_after_commit_next: 0,
             latency_ms: 0,
+            slow_next: 0,
+            slow_ms: 0,
         }
     }
 }
@@ -166,6 +216,12 @@ pub struct FaultsPatch {
     /// New value of [`Faults::latency_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<u64>,
+    /// New value of [`Faults::slow_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_next: Option<u32>,
+    /// New value of [`Faults::slow_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_ms: Option<u64>,
 }
 
 /// One executed charge: a PaymentIntent that succeeded.
@@ -194,6 +250,18 @@ pub struct Ledger {
     pub charges: Vec<Charge>,
 }
 
+/// A PaymentIntent the simulator created, kept for the lookups.
+#[derive(Debug)]
+struct CreatedIntent {
+    endpoint: Endpoint,
+    /// The `Idempotency-Key` the creating request carried, honoured or not.
+    idempotency_key: Option<String>,
+    metadata: BTreeMap<String, String>,
+    /// The intent's JSON exactly as in the response to the creating request (for a decline,
+    /// inside the error body), so that a lookup shows a client what it missed, byte for byte.
+    json: Box<RawValue>,
+}
+
 #[derive(Debug)]
 struct StoredKey {
     fingerprint: Fingerprint,
@@ -207,6 +275,8 @@ pub struct Simulator {
     secret: String,
     faults: Faults,
     ledger: Vec<Charge>,
+    /// Every PaymentIntent created since the last reset, oldest first, whatever its status.
+    created: Vec<CreatedIntent>,
     keys: HashMap<(Endpoint, String), StoredKey>,
     /// Bumped by [`Simulator::reset`] so that a request in flight across a reset cannot write
     /// into the fresh state.
@@ -220,6 +290,7 @@ impl Simulator {
             secret: config.secret,
             faults: Faults::default(),
             ledger: Vec::new(),
+            created: Vec::new(),
             keys: HashMap::new(),
             epoch: 0,
         }
@@ -239,6 +310,8 @@ impl Simulator {
             .drop_after_commit_next
             .unwrap_or(faults.drop_after_commit_next);
         faults.latency_ms = patch.latency_ms.unwrap_or(faults.latency_ms);
+        faults.slow_next = patch.slow_next.unwrap_or(faults.slow_next);
+        faults.slow_ms = patch.slow_ms.unwrap_or(faults.slow_ms);
         *faults
     }
 
@@ -249,13 +322,15 @@ impl Simulator {
         }
     }
 
-    /// Empties the ledger and the idempotency store and restores the default faults.
+    /// Empties the ledger, the record of created PaymentIntents and the idempotency store, and
+    /// restores the default faults.
     ///
     /// Requests in flight at that moment answer 503 and charge nothing when they reach
     /// [`Simulator::execute`].
     pub fn reset(&mut self) {
         self.faults = Faults::default();
         self.ledger.clear();
+        self.created.clear();
         self.keys.clear();
         self.epoch += 1;
     }
@@ -307,12 +382,17 @@ impl Simulator {
             }
         }
 
+        let mut latency = Duration::from_millis(self.faults.latency_ms);
+        if self.faults.slow_next > 0 {
+            self.faults.slow_next -= 1;
+            latency = latency.saturating_add(Duration::from_millis(self.faults.slow_ms));
+        }
         Begin::Execute(Ticket {
             endpoint: call.endpoint,
             idempotency_key: call.idempotency_key.map(str::to_owned),
             claimed,
             params,
-            latency: Duration::from_millis(self.faults.latency_ms),
+            latency,
             epoch: self.epoch,
         })
     }
@@ -352,7 +432,7 @@ impl Simulator {
             };
         }
 
-        let (status, body) = self.pay(&ticket.params, ticket.idempotency_key, now_unix);
+        let (status, body) = self.pay(&ticket, now_unix);
         if let (true, Some(scope)) = (ticket.claimed, &scope) {
             if let Some(stored) = self.keys.get_mut(scope) {
                 stored.result = Some((status, body.clone()));
@@ -366,6 +446,50 @@ impl Simulator {
             reply: Reply::fresh(status, body),
             drop_connection,
         }
+    }
+
+    /// A lookup: which PaymentIntents were created under a metadata value or an idempotency key.
+    ///
+    /// Answers from everything executed so far, whether its response reached the client or not,
+    /// and whatever `honor_idempotency` says; a request still waiting to execute is not there yet.
+    /// Matches come newest first, as Stripe orders search results, each element byte for byte
+    /// the intent's JSON in the response that created it.
+    pub fn lookup(&self, call: LookupCall<'_>) -> Reply {
+        if let Err(error) = self.authenticate(call.authorization) {
+            return Reply::error(status::UNAUTHORIZED, &error);
+        }
+        let url = call.lookup.path();
+        let body = match call.lookup {
+            Lookup::PaymentIntentSearch => params::parse_search(call.query).map(|wanted| {
+                let found = self.created_newest_first(Endpoint::PaymentIntents, |intent| {
+                    intent.metadata.get(&wanted.key) == Some(&wanted.value)
+                });
+                json_bytes(&SearchResult::complete(url, found))
+            }),
+            Lookup::OrdersByKey => params::parse_orders_lookup(call.query).map(|key| {
+                let found = self.created_newest_first(Endpoint::Orders, |intent| {
+                    intent.idempotency_key.as_deref() == Some(key.as_str())
+                });
+                json_bytes(&List::complete(url, found))
+            }),
+        };
+        match body {
+            Ok(body) => Reply::fresh(status::OK, body),
+            Err(error) => Reply::error(status::BAD_REQUEST, &error),
+        }
+    }
+
+    fn created_newest_first(
+        &self,
+        endpoint: Endpoint,
+        matches: impl Fn(&CreatedIntent) -> bool,
+    ) -> Vec<&RawValue> {
+        self.created
+            .iter()
+            .rev()
+            .filter(|intent| intent.endpoint == endpoint && matches(intent))
+            .map(|intent| &*intent.json)
+            .collect()
     }
 
     fn authenticate(&self, authorization: Option<&str>) -> Result<(), ApiError> {
@@ -386,12 +510,8 @@ impl Simulator {
     }
 
     /// The payment itself: the outcome is decided by the test payment method, as on Stripe.
-    fn pay(
-        &mut self,
-        params: &PaymentParams,
-        idempotency_key: Option<String>,
-        now_unix: u64,
-    ) -> (u16, Bytes) {
+    fn pay(&mut self, ticket: &Ticket, now_unix: u64) -> (u16, Bytes) {
+        let params = &ticket.params;
         let intent = |status, payment_method: Option<&str>| PaymentIntent {
             id: ids::payment_intent_id(),
             object: "payment_intent",
@@ -405,10 +525,8 @@ impl Simulator {
         let method = params.payment_method.as_str();
         match method {
             "pm_card_visa" | "pm_card_mastercard" | "pm_card_chargeDeclined" if !params.confirm => {
-                (
-                    status::OK,
-                    json_bytes(&intent("requires_confirmation", Some(method))),
-                )
+                let intent = intent("requires_confirmation", Some(method));
+                (status::OK, self.record(ticket, &intent))
             }
             "pm_card_visa" | "pm_card_mastercard" => {
                 let intent = intent("succeeded", Some(method));
@@ -416,16 +534,19 @@ impl Simulator {
                     id: intent.id.clone(),
                     amount: intent.amount,
                     currency: intent.currency.clone(),
-                    idempotency_key,
+                    idempotency_key: ticket.idempotency_key.clone(),
                     order_ref: params.order_ref().map(str::to_owned),
                     customer: params.customer().map(str::to_owned),
                     created: now_unix,
                 });
-                (status::OK, json_bytes(&intent))
+                (status::OK, self.record(ticket, &intent))
             }
             "pm_card_chargeDeclined" => {
                 // Stripe detaches the failed method, so the intent asks for a new one.
-                let error = ApiError::card_declined(intent("requires_payment_method", None));
+                let intent = intent("requires_payment_method", None);
+                self.record(ticket, &intent);
+                // Serialized again inside the error, by the same serializer: the same bytes.
+                let error = ApiError::card_declined(intent);
                 (status::PAYMENT_REQUIRED, error.to_body())
             }
             unknown => (
@@ -433,6 +554,19 @@ impl Simulator {
                 ApiError::no_such_payment_method(unknown).to_body(),
             ),
         }
+    }
+
+    /// Keeps `intent` for the lookups and returns its JSON, the very bytes they will answer.
+    fn record(&mut self, ticket: &Ticket, intent: &PaymentIntent) -> Bytes {
+        let json = raw_json(intent);
+        let bytes = Bytes::copy_from_slice(json.get().as_bytes());
+        self.created.push(CreatedIntent {
+            endpoint: ticket.endpoint,
+            idempotency_key: ticket.idempotency_key.clone(),
+            metadata: intent.metadata.clone(),
+            json,
+        });
+        bytes
     }
 }
 
@@ -722,6 +856,8 @@ mod tests {
             fail_next: Some(3),
             drop_after_commit_next: Some(2),
             latency_ms: Some(9),
+            slow_next: Some(4),
+            slow_ms: Some(300),
         });
         sim.reset();
         assert_eq!(sim.faults(), Faults::default());
@@ -734,6 +870,7 @@ mod tests {
         assert!(serde_json::from_str::<FaultsPatch>(r#"{"fail_nxt":1}"#).is_err());
         assert!(serde_json::from_str::<FaultsPatch>(r#"{"fail_next":"1"}"#).is_err());
         assert!(serde_json::from_str::<FaultsPatch>(r#"{"fail_next":-1}"#).is_err());
+        assert!(serde_json::from_str::<FaultsPatch>(r#"{"slow_ms":-1}"#).is_err());
         let patch: FaultsPatch = serde_json::from_str(r#"{"latency_ms":5}"#).unwrap();
         let mut sim = sim();
         let faults = sim.apply_faults(patch);
@@ -744,5 +881,325 @@ mod tests {
                 ..Faults::default()
             }
         );
+        let patch: FaultsPatch = serde_json::from_str(r#"{"slow_next":2,"slow_ms":300}"#).unwrap();
+        assert_eq!(
+            sim.apply_faults(patch),
+            Faults {
+                latency_ms: 5,
+                slow_next: 2,
+                slow_ms: 300,
+                ..Faults::default()
+            }
+        );
+    }
+
+    #[test]
+    fn slow_next_delays_only_that_many_executing_requests() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            latency_ms: Some(10),
+            slow_next: Some(2),
+            slow_ms: Some(300),
+            ..FaultsPatch::default()
+        });
+        let slow = Duration::from_millis(310);
+        let first = ticket(sim.begin(call(VISA, Some("k1"))));
+        assert_eq!(first.latency(), slow);
+        assert_eq!(sim.faults().slow_next, 1);
+        let _ = sim.execute(first, NOW);
+
+        // Requests answered without executing are not picked.
+        let unauthorized = PaymentCall {
+            authorization: None,
+            ..call(VISA, Some("k2"))
+        };
+        assert_eq!(run(&mut sim, unauthorized).0.status, 401);
+        assert_eq!(run(&mut sim, call("amount=1", None)).0.status, 400);
+        assert!(run(&mut sim, call(VISA, Some("k1"))).0.replayed);
+        assert_eq!(sim.faults().slow_next, 1);
+
+        assert_eq!(ticket(sim.begin(call(VISA, Some("k2")))).latency(), slow);
+        assert_eq!(sim.faults().slow_next, 0);
+        let third = ticket(sim.begin(call(VISA, Some("k3"))));
+        assert_eq!(third.latency(), Duration::from_millis(10));
+        assert_eq!(sim.faults().slow_ms, 300);
+    }
+
+    fn lookup(sim: &Simulator, lookup: Lookup, query: &str) -> Reply {
+        sim.lookup(LookupCall {
+            lookup,
+            authorization: Some(AUTH),
+            query: Some(query),
+        })
+    }
+
+    fn search(sim: &Simulator, key: &str, value: &str) -> Reply {
+        let query = format!("metadata['{key}']:'{value}'");
+        let query_string = serde_urlencoded::to_string([("query", query)]).unwrap();
+        lookup(sim, Lookup::PaymentIntentSearch, &query_string)
+    }
+
+    fn orders_by_key(sim: &Simulator, key: &str) -> Reply {
+        let query_string = serde_urlencoded::to_string([("idempotency_key", key)]).unwrap();
+        lookup(sim, Lookup::OrdersByKey, &query_string)
+    }
+
+    /// The elements of a lookup's `data`, as raw JSON text.
+    fn found(reply: &Reply) -> Vec<String> {
+        #[derive(Deserialize)]
+        struct Page<'a> {
+            #[serde(borrow)]
+            data: Vec<&'a RawValue>,
+        }
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let page: Page<'_> = serde_json::from_slice(&reply.body).unwrap();
+        page.data.iter().map(|raw| raw.get().to_owned()).collect()
+    }
+
+    fn text(reply: &Reply) -> String {
+        String::from_utf8(reply.body.to_vec()).unwrap()
+    }
+
+    fn order_call<'a>(body: &'a str, key: Option<&'a str>) -> PaymentCall<'a> {
+        PaymentCall {
+            endpoint: Endpoint::Orders,
+            content_type: Some("application/json"),
+            ..call(body, key)
+        }
+    }
+
+    const ORDER: &str =
+        r#"{"order_ref":"ord_1","amount":5,"currency":"usd","payment_method":"pm_card_visa"}"#;
+
+    #[test]
+    fn every_created_intent_is_recorded_with_its_request_and_answered_bytes() {
+        let mut sim = sim();
+        let succeeded = run(&mut sim, call(VISA, Some("k1"))).0;
+        let unconfirmed = "amount=100&currency=eur&payment_method=pm_card_mastercard\
+            &metadata[chargeonce_key]=ck";
+        let unconfirmed = run(&mut sim, call(unconfirmed, None)).0;
+        let declined = run(&mut sim, call(DECLINED, Some("k3"))).0;
+        let order = run(&mut sim, order_call(ORDER, Some("k4"))).0;
+
+        // None of these creates an intent.
+        let unauthorized = PaymentCall {
+            authorization: None,
+            ..call(VISA, Some("k5"))
+        };
+        assert_eq!(run(&mut sim, unauthorized).0.status, 401);
+        assert_eq!(run(&mut sim, call("amount=1", Some("k5"))).0.status, 400);
+        let unknown = "amount=100&currency=usd&payment_method=pm_nope";
+        assert_eq!(run(&mut sim, call(unknown, Some("k5"))).0.status, 400);
+        assert!(run(&mut sim, call(VISA, Some("k1"))).0.replayed);
+        let other = VISA.replace("amount=1999", "amount=1");
+        assert_eq!(run(&mut sim, call(&other, Some("k1"))).0.status, 400);
+        sim.apply_faults(FaultsPatch {
+            fail_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(run(&mut sim, call(VISA, Some("k6"))).0.status, 503);
+
+        let created = &sim.created;
+        let endpoints: Vec<_> = created.iter().map(|intent| intent.endpoint).collect();
+        assert_eq!(
+            endpoints,
+            [
+                Endpoint::PaymentIntents,
+                Endpoint::PaymentIntents,
+                Endpoint::PaymentIntents,
+                Endpoint::Orders
+            ]
+        );
+        let keys: Vec<_> = created
+            .iter()
+            .map(|intent| intent.idempotency_key.as_deref())
+            .collect();
+        assert_eq!(keys, [Some("k1"), None, Some("k3"), Some("k4")]);
+        assert_eq!(created[0].metadata["customer"], "cus_1");
+        assert_eq!(created[1].metadata["chargeonce_key"], "ck");
+        assert!(created[2].metadata.is_empty());
+        assert_eq!(created[3].metadata["order_ref"], "ord_1");
+
+        for (intent, reply) in [(0, &succeeded), (1, &unconfirmed), (3, &order)] {
+            assert_eq!(created[intent].json.get(), text(reply), "intent {intent}");
+        }
+        // A decline answers an error; the intent inside it is what was stored, byte for byte.
+        let stored = created[2].json.get();
+        assert!(text(&declined).contains(&format!(r#""payment_intent":{stored}}}"#)));
+        let stored: Value = serde_json::from_str(stored).unwrap();
+        assert_eq!(stored, json(&declined)["error"]["payment_intent"]);
+        assert_eq!(stored["status"], "requires_payment_method");
+    }
+
+    #[test]
+    fn search_finds_metadata_matches_newest_first_on_the_form_endpoint_only() {
+        let mut sim = sim();
+        let tagged = |tag: &str| format!("{VISA}&metadata[chargeonce_key]={tag}");
+        let older = run(&mut sim, call(&tagged("ck_1"), Some("a"))).0;
+        run(&mut sim, call(&tagged("ck_2"), Some("b")));
+        let newer = run(&mut sim, call(&tagged("ck_1"), Some("c"))).0;
+        run(&mut sim, order_call(ORDER, Some("a")));
+
+        assert_eq!(
+            found(&search(&sim, "chargeonce_key", "ck_1")),
+            [text(&newer), text(&older)]
+        );
+        assert_eq!(found(&search(&sim, "chargeonce_key", "ck_2")).len(), 1);
+        // The order shares order_ref and a key with the form intents but is not searched.
+        assert_eq!(found(&search(&sim, "order_ref", "ord_1")).len(), 3);
+        assert!(found(&search(&sim, "chargeonce_key", "ck_")).is_empty());
+        assert!(found(&search(&sim, "chargeonce_key", "CK_1")).is_empty());
+        assert!(found(&search(&sim, "a", "ck_1")).is_empty());
+
+        let nothing = search(&sim, "chargeonce_key", "ck_3");
+        assert_eq!(
+            text(&nothing),
+            r#"{"object":"search_result","url":"/v1/payment_intents/search","has_more":false,"next_page":null,"data":[]}"#
+        );
+        let one = search(&sim, "chargeonce_key", "ck_2");
+        let found_one = &found(&one)[0];
+        assert_eq!(
+            text(&one),
+            format!(
+                r#"{{"object":"search_result","url":"/v1/payment_intents/search","has_more":false,"next_page":null,"data":[{found_one}]}}"#
+            )
+        );
+    }
+
+    #[test]
+    fn search_finds_a_decline_as_requires_payment_method() {
+        let mut sim = sim();
+        let declined = format!("{DECLINED}&metadata[chargeonce_key]=ck_d");
+        let reply = run(&mut sim, call(&declined, Some("k"))).0;
+        assert_eq!(reply.status, 402);
+        let found = found(&search(&sim, "chargeonce_key", "ck_d"));
+        assert_eq!(found.len(), 1);
+        let intent: Value = serde_json::from_str(&found[0]).unwrap();
+        assert_eq!(intent["status"], "requires_payment_method");
+        assert_eq!(intent["id"], json(&reply)["error"]["payment_intent"]["id"]);
+        assert!(sim.ledger().charges.is_empty());
+    }
+
+    #[test]
+    fn lookups_find_a_charge_whose_response_was_dropped_even_on_a_naive_backend() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            honor_idempotency: Some(false),
+            drop_after_commit_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        let form = format!("{VISA}&metadata[chargeonce_key]=ck_lost");
+        let (lost, dropped) = run(&mut sim, call(&form, Some("ck_lost")));
+        assert!(dropped);
+        assert_eq!(
+            found(&search(&sim, "chargeonce_key", "ck_lost")),
+            [text(&lost)]
+        );
+        let (lost_order, dropped) = {
+            sim.apply_faults(FaultsPatch {
+                drop_after_commit_next: Some(1),
+                ..FaultsPatch::default()
+            });
+            run(&mut sim, order_call(ORDER, Some("ck_lost")))
+        };
+        assert!(dropped);
+        assert_eq!(found(&orders_by_key(&sim, "ck_lost")), [text(&lost_order)]);
+
+        // The naive backend charges the retry again; both charges are there to see.
+        let again = run(&mut sim, call(&form, Some("ck_lost"))).0;
+        assert_eq!(
+            found(&search(&sim, "chargeonce_key", "ck_lost")),
+            [text(&again), text(&lost)]
+        );
+        assert_eq!(sim.ledger().charges.len(), 3);
+    }
+
+    #[test]
+    fn lookups_see_a_payment_once_it_executes_and_not_before() {
+        let mut sim = sim();
+        let pending = ticket(sim.begin(order_call(ORDER, Some("k"))));
+        assert!(found(&orders_by_key(&sim, "k")).is_empty());
+        let executed = sim.execute(pending, NOW);
+        assert_eq!(found(&orders_by_key(&sim, "k")), [text(&executed.reply)]);
+    }
+
+    #[test]
+    fn orders_lookup_matches_the_idempotency_key_newest_first() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            honor_idempotency: Some(false),
+            ..FaultsPatch::default()
+        });
+        let first = run(&mut sim, order_call(ORDER, Some("k"))).0;
+        run(&mut sim, order_call(ORDER, Some("other")));
+        run(&mut sim, order_call(ORDER, None));
+        run(&mut sim, call(VISA, Some("k")));
+        let second = run(&mut sim, order_call(ORDER, Some("k"))).0;
+
+        let reply = orders_by_key(&sim, "k");
+        assert_eq!(
+            text(&reply),
+            format!(
+                r#"{{"object":"list","url":"/v1/orders","has_more":false,"data":[{},{}]}}"#,
+                text(&second),
+                text(&first)
+            )
+        );
+        assert_eq!(found(&orders_by_key(&sim, "other")).len(), 1);
+        assert!(found(&orders_by_key(&sim, "K")).is_empty());
+        assert_eq!(
+            text(&orders_by_key(&sim, "unknown")),
+            r#"{"object":"list","url":"/v1/orders","has_more":false,"data":[]}"#
+        );
+    }
+
+    #[test]
+    fn lookups_need_the_api_key_and_a_supported_query() {
+        let mut sim = sim();
+        run(&mut sim, order_call(ORDER, Some("k")));
+        for lookup in [Lookup::PaymentIntentSearch, Lookup::OrdersByKey] {
+            for authorization in [None, Some("Bearer sk_test_wrong")] {
+                let reply = sim.lookup(LookupCall {
+                    lookup,
+                    authorization,
+                    query: Some("idempotency_key=k&query=metadata['order_ref']:'ord_1'"),
+                });
+                assert_eq!(reply.status, 401, "{lookup:?} {authorization:?}");
+                assert_eq!(json(&reply)["error"]["type"], "invalid_request_error");
+            }
+        }
+        let bad = lookup(
+            &sim,
+            Lookup::PaymentIntentSearch,
+            "query=status:'succeeded'",
+        );
+        assert_eq!(bad.status, 400);
+        assert_eq!(json(&bad)["error"]["param"], "query");
+        let bad = lookup(&sim, Lookup::OrdersByKey, "key=k");
+        assert_eq!(bad.status, 400);
+        assert_eq!(json(&bad)["error"]["param"], "idempotency_key");
+    }
+
+    #[test]
+    fn reset_forgets_created_intents_and_a_request_in_flight_adds_none() {
+        let mut sim = sim();
+        let form = format!("{VISA}&metadata[chargeonce_key]=ck");
+        run(&mut sim, call(&form, Some("k1")));
+        run(&mut sim, order_call(ORDER, Some("k1")));
+        let in_flight = ticket(sim.begin(call(&form, Some("k2"))));
+        let order_in_flight = ticket(sim.begin(order_call(ORDER, Some("k2"))));
+        sim.reset();
+        assert!(found(&search(&sim, "chargeonce_key", "ck")).is_empty());
+        assert!(found(&orders_by_key(&sim, "k1")).is_empty());
+
+        assert_eq!(sim.execute(in_flight, NOW).reply.status, 503);
+        assert_eq!(sim.execute(order_in_flight, NOW).reply.status, 503);
+        assert!(found(&search(&sim, "chargeonce_key", "ck")).is_empty());
+        assert!(found(&orders_by_key(&sim, "k2")).is_empty());
     }
 }

@@ -1,4 +1,5 @@
-//! The Stripe-shaped JSON the simulator answers with: PaymentIntents and `{"error":{...}}` bodies.
+//! The Stripe-shaped JSON the simulator answers with: PaymentIntents, `{"error":{...}}` bodies and
+//! the envelopes of the lookups (a search result page and a list).
 //!
 //! This module only renders bytes; which body a request gets is decided in `state`.
 
@@ -6,6 +7,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Status codes the simulator answers with, named so the state machine reads like the spec.
 pub(crate) mod status {
@@ -114,8 +116,63 @@ impl ApiError {
     }
 }
 
+/// Stripe's search result page, the answer of `GET /v1/payment_intents/search`.
+///
+/// The simulator answers every match in one page, so `has_more` is always `false` and `next_page`
+/// always `null`. The elements are raw so that each one is the stored PaymentIntent byte for byte.
+#[derive(Debug, Serialize)]
+pub(crate) struct SearchResult<'a> {
+    object: &'static str,
+    url: &'static str,
+    has_more: bool,
+    next_page: Option<&'static str>,
+    data: Vec<&'a RawValue>,
+}
+
+impl<'a> SearchResult<'a> {
+    /// The only page of the search served at `url`.
+    pub fn complete(url: &'static str, data: Vec<&'a RawValue>) -> Self {
+        Self {
+            object: "search_result",
+            url,
+            has_more: false,
+            next_page: None,
+            data,
+        }
+    }
+}
+
+/// Stripe's list object, the answer of `GET /v1/orders`; one page, like [`SearchResult`].
+#[derive(Debug, Serialize)]
+pub(crate) struct List<'a> {
+    object: &'static str,
+    url: &'static str,
+    has_more: bool,
+    data: Vec<&'a RawValue>,
+}
+
+impl<'a> List<'a> {
+    /// The only page of the list served at `url`.
+    pub fn complete(url: &'static str, data: Vec<&'a RawValue>) -> Self {
+        Self {
+            object: "list",
+            url,
+            has_more: false,
+            data,
+        }
+    }
+}
+
 /// Serializes a value the simulator built itself.
 pub(crate) fn json_bytes<T: Serialize>(value: &T) -> Bytes {
     // Only our own structs of strings, integers and string maps reach here; they always serialize.
     Bytes::from(serde_json::to_vec(value).expect("simulator types serialize to JSON"))
+}
+
+/// Serializes a value the simulator built itself into JSON kept as is, byte for byte.
+///
+/// The same compact serializer as [`json_bytes`], so the text equals what `json_bytes` gives for
+/// the same value, alone or nested in a larger body.
+pub(crate) fn raw_json<T: Serialize>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("simulator types serialize to JSON")
 }
