@@ -4,16 +4,17 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint deploy-check size screenshot
+.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 dev: build
 	@bash scripts/dev.sh
 
-## make test: lint, native tests, black-box tests against workerd, widget tests
-## in headless Chromium, the shop's end-to-end tests, deploy dry run.
+## make test: lint, native tests (with 2 s of fuzzing per parser), black-box
+## tests against workerd (with a 300-attempt chaos soak), widget tests in
+## headless Chromium, the shop's end-to-end tests, deploy dry run.
 test: build lint
-	@echo "==> cargo test --workspace (protocol, simulator, black-box edge tests under workerd)"
+	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace
 	@bash scripts/test-widget.sh
 	@bash scripts/test-e2e.sh
@@ -35,6 +36,10 @@ lint: setup
 	cargo clippy --quiet -p chargeonce-edge --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --quiet -p chargeonce-widget --target wasm32-unknown-unknown --all-targets -- -D warnings
 
+## make fuzz: the protocol's parsers under random input for FUZZ_SECS seconds each (default 60).
+fuzz:
+	FUZZ_SECS=$${FUZZ_SECS:-60} cargo test --release -p chargeonce-protocol --test fuzz
+
 ## The Worker as `wrangler deploy` would upload it, without an account.
 deploy-check: build
 	@echo "==> wrangler deploy --dry-run"
@@ -52,3 +57,9 @@ size: build
 ## tests left it in tests/artifacts/ (run `make test` first).
 screenshot:
 	cp tests/artifacts/storefront.png docs/storefront.png
+
+## make soak: the chaos soak with ATTEMPTS checkout attempts (default 10000,
+## about 10 minutes); prints the table the README quotes. Also CONCURRENCY,
+## FAULT_RATE, KILLS, SEED.
+soak: build
+	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak

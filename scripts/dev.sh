@@ -17,6 +17,11 @@ if [ ! -f .dev.vars ]; then
   cp .dev.vars.example .dev.vars
   echo "dev: created .dev.vars from .dev.vars.example (the simulator's test key)"
 fi
+# A .dev.vars made before order tokens existed lacks their secret.
+if ! grep -q '^ORDER_TOKEN_SECRET=' .dev.vars; then
+  grep '^ORDER_TOKEN_SECRET=' .dev.vars.example >> .dev.vars
+  echo "dev: added ORDER_TOKEN_SECRET to .dev.vars from .dev.vars.example"
+fi
 
 pids=()
 stop() {
@@ -37,7 +42,8 @@ CI=true WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false \
     --ip 127.0.0.1 --port "$EDGE_PORT" --inspector-port "$INSPECTOR_PORT" \
     --persist-to "$STATE_DIR" \
     --var "PAYMENT_BACKEND_URL:http://127.0.0.1:$SIM_PORT" \
-    --var "DEV_SIMULATOR_URL:http://127.0.0.1:$SIM_PORT" &
+    --var "DEV_SIMULATOR_URL:http://127.0.0.1:$SIM_PORT" \
+    --var "DEMO_STOREFRONT:true" &
 pids+=($!)
 
 for _ in $(seq 1 240); do

@@ -1,8 +1,12 @@
-// The demo shop around the Place Order widget: products, a cart that sets
-// the widget's amount, and the backstage panels (ledger, chaos, request log)
-// that read and steer the payment simulator through the Worker's /__sim
-// routes, which exist only under `make dev`.
+// The demo shop around the Place Order widget: products, a cart that the
+// "shop's server" prices and signs (the Worker's /demo/order-token route), and
+// the backstage panels (ledger, chaos, request log) that read and steer the
+// payment simulator through the Worker's /__sim routes. Both routes exist
+// only under `make dev`.
 
+// Prices here are for display. What is charged is what the server's own
+// catalogue says (edge/src/demo.rs), signed into the order token.
+const CUSTOMER = "cus_demo";
 const PRODUCTS = [
   { id: "pourover", name: "Ceramic pour-over", price: 2400 },
   { id: "kettle", name: "Gooseneck kettle", price: 5900 },
@@ -13,6 +17,9 @@ const PRODUCTS = [
 const $ = (id) => document.getElementById(id);
 const money = (cents) => `$${(cents / 100).toFixed(2)}`;
 const shortKey = (key) => key.slice(0, 8);
+// The backend's key is derived from the customer and the widget's key
+// ("chargeonce_" and a hash), so its tail is the part that tells keys apart.
+const backendKeyTail = (key) => key.slice(-8);
 const newOrderRef = () => `ord_${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 
 // The cart and the order reference live in sessionStorage, so a reload in the
@@ -74,12 +81,36 @@ function renderCart() {
   $("cart-empty").hidden = lines.length > 0;
   $("cart-total").textContent = money(total);
   $("order-ref").textContent = state.orderRef;
-  // The widget reads these at each click: a new amount is a new payload,
-  // and so a new idempotency key.
+  priceAndSign();
+}
+
+// The widget reads its data-* attributes at each click: a new amount is a
+// new payload, and so a new idempotency key. Until the server has priced the
+// current cart, the button is hidden, so no click can send a stale token.
+let pricing = 0;
+async function priceAndSign() {
   const checkout = $("checkout");
-  checkout.dataset.orderRef = state.orderRef;
-  checkout.dataset.amount = String(total);
-  checkout.hidden = total === 0;
+  checkout.hidden = true;
+  const request = ++pricing;
+  if (Object.keys(state.cart).length === 0) return;
+  try {
+    const response = await fetch("/demo/order-token", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ customer: CUSTOMER, order_ref: state.orderRef, items: state.cart }),
+    });
+    const issued = await response.json();
+    if (!response.ok) throw new Error(issued.detail ?? response.status);
+    if (request !== pricing) return; // the cart changed meanwhile
+    checkout.dataset.orderRef = issued.order_ref;
+    checkout.dataset.amount = String(issued.amount);
+    checkout.dataset.customer = issued.customer;
+    checkout.dataset.orderToken = issued.order_token;
+    checkout.hidden = false;
+    $("pricing-status").textContent = "";
+  } catch (e) {
+    if (request === pricing) $("pricing-status").textContent = `The shop could not price the cart: ${e.message}`;
+  }
 }
 
 // ---- backstage: the simulator, through the Worker's dev-only routes ----
@@ -105,7 +136,7 @@ function renderLedger({ charges }) {
     const row = document.createElement("tr");
     row.className = perOrder.get(c.order_ref) > 1 ? "double" : "";
     const key = c.idempotency_key ?? "—";
-    for (const [text, full] of [[new Date(c.created * 1000).toLocaleTimeString()], [c.order_ref], [money(c.amount)], [shortKey(key) + "…", key], [c.id]]) {
+    for (const [text, full] of [[new Date(c.created * 1000).toLocaleTimeString()], [c.order_ref], [money(c.amount)], ["…" + backendKeyTail(key), key], [c.id]]) {
       const cell = document.createElement("td");
       const code = document.createElement("code");
       code.textContent = text;

@@ -1,41 +1,89 @@
-//! The HTTP call to the payment backend, bounded by the configured timeout.
-//! What to send and what the answer means are decided in
-//! `chargeonce_protocol::backend`.
+//! The HTTP calls to the payment backend, each bounded by the configured
+//! timeout: the forward and the reconciliation lookup. What to send and what
+//! the answers mean are decided in `chargeonce_protocol::backend`.
 
 use chargeonce_protocol::{
-    backend::classify_response, BackendOutcome, BackendRequest, IdempotencyKey, TransportFailure,
+    backend::{classify_failure, classify_lookup, classify_lookup_failure, classify_response},
+    BackendOutcome, BackendRequest, LookupOutcome, TransportFailure,
 };
 use futures_util::future::{select, Either};
 use std::time::Duration;
 use worker::{wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-/// Sends `request` with the client's key (so an idempotent backend is a second
-/// safety net) and the backend credential, and waits at most `timeout_ms` for
-/// the whole response, body included.
-pub async fn call(
+/// A whole backend answer.
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    retry_after: Option<String>,
+    body: Vec<u8>,
+}
+
+/// Forwards `request` with the backend key (so an idempotent backend is a
+/// second safety net) and the backend credential.
+pub async fn forward(
     request: &BackendRequest,
-    key: &IdempotencyKey,
+    backend_key: &str,
     authorization: Option<&str>,
     timeout_ms: u64,
-) -> Result<BackendOutcome, TransportFailure> {
+) -> BackendOutcome {
+    let sent = send(
+        Method::Post,
+        &request.url,
+        Some((request.content_type, &request.body)),
+        Some(backend_key),
+        authorization,
+        timeout_ms,
+    )
+    .await;
+    match sent {
+        Ok(answer) => classify_response(
+            answer.status,
+            answer.content_type.as_deref(),
+            answer.body,
+            answer.retry_after.as_deref(),
+        ),
+        Err(failure) => classify_failure(&failure),
+    }
+}
+
+/// Asks the backend what it did under the backend key (`url` from
+/// `BackendKind::lookup_url`).
+pub async fn lookup(url: &str, authorization: Option<&str>, timeout_ms: u64) -> LookupOutcome {
+    match send(Method::Get, url, None, None, authorization, timeout_ms).await {
+        Ok(answer) => classify_lookup(answer.status, &answer.body),
+        Err(failure) => classify_lookup_failure(&failure),
+    }
+}
+
+/// One exchange, body included, within `timeout_ms`.
+async fn send(
+    method: Method,
+    url: &str,
+    body: Option<(&str, &str)>,
+    idempotency_key: Option<&str>,
+    authorization: Option<&str>,
+    timeout_ms: u64,
+) -> Result<Answer, TransportFailure> {
     let unreachable = |e: worker::Error| TransportFailure::Unreachable(e.to_string());
     let headers = Headers::new();
-    headers
-        .set("Content-Type", request.content_type)
-        .map_err(unreachable)?;
-    headers
-        .set("Idempotency-Key", key.as_str())
-        .map_err(unreachable)?;
+    if let Some(key) = idempotency_key {
+        headers.set("Idempotency-Key", key).map_err(unreachable)?;
+    }
     if let Some(secret) = authorization {
         headers
             .set("Authorization", &format!("Bearer {secret}"))
             .map_err(unreachable)?;
     }
     let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(wasm_bindgen::JsValue::from_str(&request.body)));
-    let req = Request::new_with_init(&request.url, &init).map_err(unreachable)?;
+    init.with_method(method);
+    if let Some((content_type, body)) = body {
+        headers
+            .set("Content-Type", content_type)
+            .map_err(unreachable)?;
+        init.with_body(Some(wasm_bindgen::JsValue::from_str(body)));
+    }
+    init.with_headers(headers);
+    let req = Request::new_with_init(url, &init).map_err(unreachable)?;
 
     let controller = AbortController::default();
     let signal = controller.signal();
@@ -44,17 +92,17 @@ pub async fn call(
         let header = |name: &str| res.headers().get(name).ok().flatten();
         let (content_type, retry_after) = (header("Content-Type"), header("Retry-After"));
         let body = res.bytes().await?;
-        Ok::<_, worker::Error>(classify_response(
-            res.status_code(),
-            content_type.as_deref(),
+        Ok::<_, worker::Error>(Answer {
+            status: res.status_code(),
+            content_type,
+            retry_after,
             body,
-            retry_after.as_deref(),
-        ))
+        })
     };
     let deadline = Delay::from(Duration::from_millis(timeout_ms));
     futures_util::pin_mut!(exchange);
     match select(exchange, deadline).await {
-        Either::Left((outcome, _)) => outcome.map_err(unreachable),
+        Either::Left((answer, _)) => answer.map_err(unreachable),
         Either::Right(((), _)) => {
             controller.abort();
             Err(TransportFailure::Timeout {

@@ -7,8 +7,8 @@
 //! atomic. KV cannot do this: it has no compare-and-set.
 //!
 //! The object keeps the record in its storage (it survives restarts) and arms
-//! an alarm for the record's next deadline, so expired leases and results are
-//! deleted rather than kept forever.
+//! an alarm for the record's next deadline, so expired leases become unknown
+//! outcomes and expired results are deleted rather than kept forever.
 
 use chargeonce_protocol::{
     ClaimToken, CompleteOutcome, Decision, Fingerprint, KeyRecord, StoredResponse,
@@ -36,6 +36,8 @@ pub enum Command {
         fingerprint: Fingerprint,
         /// How long the claim holds.
         lease_ms: u64,
+        /// How long an outcome, known or not, is kept.
+        ttl_ms: u64,
     },
     /// Store the backend's final answer.
     Complete {
@@ -48,9 +50,14 @@ pub enum Command {
         /// How long to keep it.
         ttl_ms: u64,
     },
-    /// Give the key back after a non-final failure.
+    /// Give the key back after a failure that charged nothing.
     Release {
         /// The claim being released.
+        token: ClaimToken,
+    },
+    /// End the claim without knowing whether it charged.
+    Abandon {
+        /// The claim being abandoned.
         token: ClaimToken,
     },
 }
@@ -78,7 +85,8 @@ impl DurableObject for KeyLock {
             Command::Claim {
                 fingerprint,
                 lease_ms,
-            } => serde_json::to_string(&record.claim(&fingerprint, now, lease_ms)),
+                ttl_ms,
+            } => serde_json::to_string(&record.claim(&fingerprint, now, lease_ms, ttl_ms)),
             Command::Complete {
                 token,
                 fingerprint,
@@ -87,7 +95,8 @@ impl DurableObject for KeyLock {
             } => {
                 serde_json::to_string(&record.complete(token, &fingerprint, response, now, ttl_ms))
             }
-            Command::Release { token } => serde_json::to_string(&record.release(token)),
+            Command::Release { token } => serde_json::to_string(&record.release(token, now)),
+            Command::Abandon { token } => serde_json::to_string(&record.abandon(token, now)),
         }
         .map_err(|e| worker::Error::RustError(e.to_string()))?;
         self.save(&record, deadline_before).await?;
@@ -182,10 +191,12 @@ impl KeyLockClient {
         &self,
         fingerprint: &Fingerprint,
         lease_ms: u64,
+        ttl_ms: u64,
     ) -> std::result::Result<Decision, StoreError> {
         self.call(&Command::Claim {
             fingerprint: fingerprint.clone(),
             lease_ms,
+            ttl_ms,
         })
         .await
     }
@@ -207,9 +218,15 @@ impl KeyLockClient {
         .await
     }
 
-    /// Releases a claim; returns whether it was still held.
+    /// Releases a claim that charged nothing; returns whether it was still held.
     pub async fn release(&self, token: ClaimToken) -> std::result::Result<bool, StoreError> {
         self.call(&Command::Release { token }).await
+    }
+
+    /// Ends a claim whose outcome is unknown, so the next claim reconciles;
+    /// returns whether it was still held.
+    pub async fn abandon(&self, token: ClaimToken) -> std::result::Result<bool, StoreError> {
+        self.call(&Command::Abandon { token }).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -10,8 +10,10 @@
 //! - [`backend`]: the HTTP call to the payment backend, with its timeout.
 //! - [`http`]: responses, headers and CORS.
 //! - [`dev_simulator`]: the simulator's test hooks, in local development only.
+//! - [`demo`]: the demo shop's token issuer, in local development only.
 
 pub mod backend;
+pub mod demo;
 pub mod dev_simulator;
 pub mod http;
 // The #[durable_object] macro generates public glue without docs.
@@ -39,9 +41,23 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     };
     let path = req.path();
     let origin = req.headers().get("Origin").ok().flatten();
+    let own_origin = req.url()?.origin().ascii_serialization();
     let response = match (path.as_str(), req.method()) {
         (ORDERS_PATH, Method::Options) => http::preflight(&config, origin.as_deref()),
+        // A page on another site may not place orders here, even though the
+        // browser would hide our answer from it: refusing keeps the order
+        // from reaching the backend at all.
+        (ORDERS_PATH, Method::Post) if !config.may_post_from(origin.as_deref(), &own_origin) => {
+            http::problem(&Problem::new(
+                ProblemType::OriginNotAllowed,
+                format!(
+                    "orders from {} are not accepted; add the origin to ALLOWED_ORIGINS",
+                    origin.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
         (ORDERS_PATH, _) => orders::handle(req, &env, &ctx, &config).await,
+        (demo::PATH, _) => demo::handle(req, &env, &config).await,
         ("/healthz", Method::Get | Method::Head) => Response::ok("ok"),
         (p, _) if p.starts_with("/__sim/") => dev_simulator::handle(req, &config).await,
         _ => http::not_found(&path),

@@ -1,18 +1,23 @@
 //! `POST /v1/orders`: from the bytes on the wire to the response, in the
-//! contract's order. Refuse bad input; replay from KV; claim in the key's
-//! Durable Object; forward once; store the final answer or release the key.
+//! contract's order. Refuse bad input and unsigned orders; replay from KV;
+//! claim in the key's Durable Object; reconcile if an earlier forward may
+//! have charged; forward once; store the final answer, or release or abandon
+//! the key.
 
 use crate::backend;
 use crate::http;
 use crate::key_lock::KeyLockClient;
 use crate::replay_cache;
 use chargeonce_protocol::{
-    backend::classify_failure, check_head, check_order_request, BackendOutcome, CompleteOutcome,
-    Decision, EdgeConfig, IdempotencyKey, OrderRequest, Problem, ProblemType, RequestHead,
-    StoredResponse, MAX_BODY_BYTES,
+    check_head, check_order_request, token, BackendOutcome, ClaimToken, CompleteOutcome, Completed,
+    Decision, EdgeConfig, IdempotencyKey, LookupOutcome, OrderRequest, Problem, ProblemType,
+    RequestHead, StoredResponse, MAX_BODY_BYTES,
 };
 use futures_util::StreamExt;
-use worker::{console_error, console_warn, Context, Date, Env, Request, Response, Result};
+use worker::{console_error, console_warn, Context, Date, Env, KvStore, Request, Response, Result};
+
+/// The Worker secret the storefront's server signs order tokens with.
+pub const ORDER_TOKEN_SECRET: &str = "ORDER_TOKEN_SECRET";
 
 /// What the client is told.
 enum Answer {
@@ -83,6 +88,16 @@ async fn answer(
         Ok(request) => request,
         Err(problem) => return problem.into(),
     };
+    // The token is checked before the store is touched: an order the
+    // storefront did not sign never claims a key. Its customer is the
+    // request's customer, which scopes the key.
+    let claims = match order_token_secret(env) {
+        Ok(secret) => match token::authorize(&request.order, &secret) {
+            Ok(claims) => claims,
+            Err(e) => return e.to_problem().into(),
+        },
+        Err(problem) => return problem.into(),
+    };
     let authorization = match backend_secret(env, config) {
         Ok(secret) => secret,
         Err(problem) => return problem.into(),
@@ -111,11 +126,12 @@ async fn answer(
         Ok(lock) => lock,
         Err(e) => return store_unavailable(&e),
     };
-    let token = match lock
-        .claim(&request.fingerprint, config.lease_secs * 1000)
+    let ttl_ms = config.ttl_secs * 1000;
+    let (token, reconcile) = match lock
+        .claim(&request.fingerprint, config.lease_secs * 1000, ttl_ms)
         .await
     {
-        Ok(Decision::Forward { token }) => token,
+        Ok(Decision::Forward { token, reconcile }) => (token, reconcile),
         Ok(Decision::Replay { response }) => {
             return Answer::Result {
                 response,
@@ -131,83 +147,145 @@ async fn answer(
         .into(),
         Err(e) => return store_unavailable(&e),
     };
+    let settle = Settle {
+        lock: &lock,
+        token,
+        request: &request,
+        name: &name,
+    };
+    let backend_key = request.key.backend_key();
 
-    let outcome = forward(&request, &body, authorization.as_deref(), config).await;
-    match outcome {
-        BackendOutcome::Final(response) => {
-            let ttl_ms = config.ttl_secs * 1000;
-            match lock
-                .complete(token, &request.fingerprint, response.clone(), ttl_ms)
-                .await
-            {
-                Ok(CompleteOutcome::Stored) => {
-                    if let Some(kv) = kv {
-                        let completed = chargeonce_protocol::Completed {
-                            fingerprint: request.fingerprint.clone(),
-                            response: response.clone(),
-                            expires_at_ms: Date::now().as_millis() + ttl_ms,
-                        };
-                        // Off the response path: the object already holds the result.
-                        ctx.wait_until(replay_cache::put(kv, name, completed, config.ttl_secs));
-                    }
-                    Answer::Result {
-                        response,
-                        replayed: false,
-                    }
-                }
-                Ok(CompleteOutcome::AlreadyCompleted { response }) => Answer::Result {
-                    response,
-                    replayed: true,
-                },
-                Ok(CompleteOutcome::NotStored) => Answer::Result {
-                    response,
-                    replayed: false,
-                },
-                Err(e) => {
-                    // The backend answered; the customer must hear it. The claim
-                    // stays until its lease runs out, and a retry after that
-                    // forwards the same key, which the backend deduplicates.
-                    console_error!("could not store the result for {name}: {e}");
-                    Answer::Result {
-                        response,
-                        replayed: false,
-                    }
-                }
+    // An earlier forward with this key may have charged: ask before sending
+    // it again, or a backend that ignores keys would charge twice.
+    if reconcile {
+        let url = config.backend.lookup_url(&config.backend_url, &backend_key);
+        match backend::lookup(&url, authorization.as_deref(), config.backend_timeout_ms).await {
+            LookupOutcome::Charged(response) => {
+                return settle.final_answer(response, true, kv, ctx, config).await
             }
-        }
-        BackendOutcome::Retry(problem) => {
-            match lock.release(token).await {
-                Ok(true) => {}
-                Ok(false) => console_warn!("claim on {name} was no longer held at release"),
-                Err(e) => console_error!("could not release {name} (the lease will free it): {e}"),
-            }
-            problem.into()
+            LookupOutcome::NotCharged => {}
+            LookupOutcome::Failed(problem) => return settle.release(problem).await,
         }
     }
-}
+    // Checked only now: a stored answer is replayed whatever the token's
+    // age, but nothing is charged on an expired one.
+    if let Err(e) = claims.check_fresh(Date::now().as_millis() / 1000) {
+        return settle.release(e.to_problem()).await;
+    }
 
-/// Forwards the order and reduces every way it can go to an outcome.
-async fn forward(
-    request: &OrderRequest,
-    body: &[u8],
-    authorization: Option<&str>,
-    config: &EdgeConfig,
-) -> BackendOutcome {
-    // The body passed validation as JSON, so it is UTF-8.
-    let raw = String::from_utf8_lossy(body);
     let backend_request = config
         .backend
-        .request(&config.backend_url, &request.order, &raw);
-    match backend::call(
+        .request(&config.backend_url, &request.order, &backend_key);
+    match backend::forward(
         &backend_request,
-        request.key.key(),
-        authorization,
+        &backend_key,
+        authorization.as_deref(),
         config.backend_timeout_ms,
     )
     .await
     {
-        Ok(outcome) => outcome,
-        Err(failure) => BackendOutcome::Retry(classify_failure(&failure)),
+        BackendOutcome::Final(response) => {
+            settle.final_answer(response, false, kv, ctx, config).await
+        }
+        BackendOutcome::NotCharged(problem) => settle.release(problem).await,
+        BackendOutcome::Unknown(problem) => {
+            match lock.abandon(token).await {
+                Ok(true) => {}
+                Ok(false) => console_warn!("claim on {name} was no longer held when abandoned"),
+                // The lease runs out instead, with the same effect.
+                Err(e) => console_error!("could not abandon {name}: {e}"),
+            }
+            problem.into()
+        }
+        // The request may still be running at the backend: the claim stays
+        // until its lease runs out, then the key is reconciled.
+        BackendOutcome::StillRunning(problem) => problem.into(),
+    }
+}
+
+/// Ends one claim.
+struct Settle<'a> {
+    lock: &'a KeyLockClient,
+    token: ClaimToken,
+    request: &'a OrderRequest,
+    name: &'a str,
+}
+
+impl Settle<'_> {
+    /// Stores a final answer (from the forward, or found by the lookup) and
+    /// says what the client gets.
+    async fn final_answer(
+        &self,
+        response: StoredResponse,
+        replayed: bool,
+        kv: Option<KvStore>,
+        ctx: &Context,
+        config: &EdgeConfig,
+    ) -> Answer {
+        let ttl_ms = config.ttl_secs * 1000;
+        let fingerprint = &self.request.fingerprint;
+        match self
+            .lock
+            .complete(self.token, fingerprint, response.clone(), ttl_ms)
+            .await
+        {
+            Ok(CompleteOutcome::Stored) => {
+                if let Some(kv) = kv {
+                    let completed = Completed {
+                        fingerprint: fingerprint.clone(),
+                        response: response.clone(),
+                        expires_at_ms: Date::now().as_millis() + ttl_ms,
+                    };
+                    // Off the response path: the object already holds the result.
+                    ctx.wait_until(replay_cache::put(
+                        kv,
+                        self.name.to_owned(),
+                        completed,
+                        config.ttl_secs,
+                    ));
+                }
+                Answer::Result { response, replayed }
+            }
+            Ok(CompleteOutcome::AlreadyCompleted { response }) => Answer::Result {
+                response,
+                replayed: true,
+            },
+            Ok(CompleteOutcome::NotStored) => Answer::Result { response, replayed },
+            Err(e) => {
+                // The backend answered; the customer must hear it. The claim
+                // stays until its lease runs out, and the retry after that
+                // reconciles and finds this very answer.
+                console_error!("could not store the result for {}: {e}", self.name);
+                Answer::Result { response, replayed }
+            }
+        }
+    }
+
+    /// Gives the key back after an attempt that charged nothing.
+    async fn release(&self, problem: Problem) -> Answer {
+        match self.lock.release(self.token).await {
+            Ok(true) => {}
+            Ok(false) => console_warn!("claim on {} was no longer held at release", self.name),
+            Err(e) => console_error!(
+                "could not release {} (the lease will free it): {e}",
+                self.name
+            ),
+        }
+        problem.into()
+    }
+}
+
+/// The secret the storefront's server signs order tokens with.
+pub(crate) fn order_token_secret(env: &Env) -> std::result::Result<Vec<u8>, Problem> {
+    match env.secret(ORDER_TOKEN_SECRET).map(|s| s.to_string()) {
+        Ok(secret) if secret.len() >= token::MIN_SECRET_LEN => Ok(secret.into_bytes()),
+        _ => Err(Problem::new(
+            ProblemType::EdgeMisconfigured,
+            format!(
+                "the secret {ORDER_TOKEN_SECRET} is not set or shorter than {} bytes; nothing was forwarded",
+                token::MIN_SECRET_LEN
+            ),
+        )),
     }
 }
 

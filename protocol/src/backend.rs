@@ -1,6 +1,7 @@
 //! The payment backend as the protocol sees it: what request each adapter
-//! sends, and which answers are final (stored and replayed) and which free the
-//! key for a retry.
+//! sends, which answers are final (stored and replayed), which leave the key
+//! free for a retry, and which leave it unknown; and how the edge asks the
+//! backend whether an earlier forward charged (the reconciliation lookup).
 //!
 //! The HTTP call itself is the edge's; everything decided about it is here.
 
@@ -10,6 +11,16 @@ use crate::record::StoredResponse;
 
 /// The `Retry-After` sent when the backend gave none.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
+
+/// The largest backend body the edge stores for replay. A PaymentIntent is a
+/// few KB; a backend answering with more is misbehaving, and one key must not
+/// be able to fill the store.
+pub const MAX_STORED_BODY_BYTES: usize = 64 * 1024;
+
+/// The PaymentIntent metadata field that carries the backend key, so a
+/// Stripe lookup can find a charge by it (Stripe cannot search by
+/// idempotency key).
+pub const STRIPE_KEY_METADATA: &str = "chargeonce_key";
 
 /// The longest `Retry-After` passed on to clients: a backend asking for more
 /// is treated as asking for this, so checkout never stalls for minutes.
@@ -26,7 +37,7 @@ pub enum BackendKind {
 }
 
 /// A request for the backend, minus the headers every adapter sends
-/// (`Idempotency-Key`, `Authorization`).
+/// (`Idempotency-Key` with the backend key, `Authorization`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendRequest {
     /// The full URL.
@@ -53,20 +64,50 @@ impl BackendKind {
         matches!(self, Self::Stripe)
     }
 
-    /// Builds the backend request for `order`. `raw_body` is the client's body
-    /// as received, which the passthrough adapter forwards unchanged.
-    pub fn request(self, base_url: &str, order: &Order, raw_body: &str) -> BackendRequest {
+    /// Builds the backend request for `order`, sent with
+    /// `Idempotency-Key: backend_key` ([`crate::ScopedKey::backend_key`]).
+    /// The passthrough adapter sends the order's canonical JSON without the
+    /// order token, which is the edge's business, not the backend's.
+    pub fn request(self, base_url: &str, order: &Order, backend_key: &str) -> BackendRequest {
         match self {
             Self::Stripe => BackendRequest {
                 url: format!("{}/v1/payment_intents", base_url.trim_end_matches('/')),
                 content_type: "application/x-www-form-urlencoded",
-                body: stripe_form(order),
+                body: stripe_form(order, backend_key),
             },
             Self::Passthrough => BackendRequest {
                 url: base_url.to_owned(),
                 content_type: "application/json",
-                body: raw_body.to_owned(),
+                body: order.charge().canonical_json(),
             },
+        }
+    }
+
+    /// The URL of a `GET` that lists what the backend did under
+    /// `backend_key`; [`classify_lookup`] reads the answer.
+    ///
+    /// Stripe: the Search API on the metadata the edge set
+    /// (`metadata['chargeonce_key']:'<key>'`). Search is eventually
+    /// consistent, so against real Stripe a miss is not proof; the forward
+    /// that follows a miss carries the same `Idempotency-Key`, which Stripe
+    /// deduplicates for 24 hours. Passthrough: `?idempotency_key=<key>` on
+    /// the backend URL.
+    pub fn lookup_url(self, base_url: &str, backend_key: &str) -> String {
+        match self {
+            Self::Stripe => {
+                let query = format!("metadata['{STRIPE_KEY_METADATA}']:'{backend_key}'");
+                let encoded: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+                format!(
+                    "{}/v1/payment_intents/search?query={encoded}",
+                    base_url.trim_end_matches('/')
+                )
+            }
+            Self::Passthrough => {
+                let encoded: String =
+                    form_urlencoded::byte_serialize(backend_key.as_bytes()).collect();
+                let join = if base_url.contains('?') { '&' } else { '?' };
+                format!("{base_url}{join}idempotency_key={encoded}")
+            }
         }
     }
 }
@@ -74,7 +115,7 @@ impl BackendKind {
 /// The form Stripe's API takes to create and confirm a PaymentIntent in one
 /// call. `allow_redirects=never` is what lets `confirm=true` go without a
 /// `return_url` for card payments.
-fn stripe_form(order: &Order) -> String {
+fn stripe_form(order: &Order, backend_key: &str) -> String {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("amount", &order.amount.to_string())
         .append_pair("currency", &order.currency)
@@ -86,6 +127,7 @@ fn stripe_form(order: &Order) -> String {
     if let Some(customer) = &order.customer {
         form.append_pair("metadata[customer]", customer);
     }
+    form.append_pair(&format!("metadata[{STRIPE_KEY_METADATA}]"), backend_key);
     form.finish()
 }
 
@@ -96,8 +138,27 @@ pub enum BackendOutcome {
     /// A final answer (success, decline, other client error): store it and
     /// replay it for every retry.
     Final(StoredResponse),
-    /// No final answer: release the key and tell the client to retry.
-    Retry(Problem),
+    /// The backend said it did not process the request (503, 429, refused
+    /// credentials): release the key; the retry forwards again.
+    NotCharged(Problem),
+    /// The request may have charged (a 5xx mid-request, a lost connection, a
+    /// success whose body cannot be stored): abandon the claim so the retry
+    /// reconciles first.
+    Unknown(Problem),
+    /// The backend may still be working on the request (the edge gave up
+    /// waiting): keep the claim; when its lease runs out the key becomes
+    /// unknown and the retry reconciles.
+    StillRunning(Problem),
+}
+
+impl BackendOutcome {
+    /// The problem the client gets when the outcome is not final.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Self::Final(_) => None,
+            Self::NotCharged(p) | Self::Unknown(p) | Self::StillRunning(p) => Some(p),
+        }
+    }
 }
 
 /// Why the backend call produced no response at all.
@@ -125,69 +186,166 @@ pub fn classify_response(
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(DEFAULT_RETRY_AFTER_SECS)
         .clamp(1, MAX_RETRY_AFTER_SECS);
-    let retry = |kind, detail: String| {
-        BackendOutcome::Retry(Problem::new(kind, detail).retry_after(retry_after))
-    };
+    let problem = |kind, detail: String| Problem::new(kind, detail).retry_after(retry_after);
     match status {
         200..=299 | 400 | 402 | 410..=418 | 421..=424 | 426..=428 | 431 | 451 => {
+            if body.len() > MAX_STORED_BODY_BYTES {
+                return BackendOutcome::Unknown(problem(
+                    ProblemType::BackendError,
+                    format!(
+                        "the payment backend answered {status} with a {} byte body, more than the {MAX_STORED_BODY_BYTES} bytes the edge stores; retry with the same Idempotency-Key",
+                        body.len()
+                    ),
+                ));
+            }
             match String::from_utf8(body) {
                 Ok(body) => BackendOutcome::Final(StoredResponse {
                     status,
                     content_type: content_type.unwrap_or("application/json").to_owned(),
                     body,
                 }),
-                Err(_) => retry(
+                Err(_) => BackendOutcome::Unknown(problem(
                     ProblemType::BackendError,
                     format!(
-                        "the payment backend answered {status} with a body that is not UTF-8 text"
+                        "the payment backend answered {status} with a body that is not UTF-8 text; retry with the same Idempotency-Key"
                     ),
-                ),
+                )),
             }
         }
-        409 => retry(
+        // An idempotent backend is still running an earlier request with this
+        // key (one whose worker died): wait for it like for our own timeout.
+        409 => BackendOutcome::StillRunning(problem(
             ProblemType::RequestInFlight,
             "the payment backend is still processing a request with this key".into(),
-        ),
-        408 | 425 | 429 | 503 => retry(
+        )),
+        408 | 425 | 429 | 503 => BackendOutcome::NotCharged(problem(
             ProblemType::BackendUnavailable,
             format!("the payment backend answered {status}; nothing was charged by this attempt"),
-        ),
-        504 => retry(
+        )),
+        504 => BackendOutcome::StillRunning(problem(
             ProblemType::BackendTimeout,
-            "the payment backend's own gateway timed out".into(),
-        ),
-        // 401/403/404/405 mean the edge is pointed at the wrong URL or holds the
-        // wrong secret: not the customer's fault, and not final for their key.
-        401 | 403 => retry(
+            "the payment backend's own gateway timed out; retry with the same Idempotency-Key"
+                .into(),
+        )),
+        // A server error mid-request may come after the charge.
+        500..=599 => BackendOutcome::Unknown(problem(
+            ProblemType::BackendError,
+            format!("the payment backend answered {status}; retry with the same Idempotency-Key"),
+        )),
+        // 401/403 refuse the edge's credentials and 404/405 mean it is pointed
+        // at the wrong URL: nothing ran, and it is not the customer's fault,
+        // so not final for their key either.
+        401 | 403 => BackendOutcome::NotCharged(problem(
             ProblemType::BackendError,
             format!("the payment backend refused the edge's credentials ({status})"),
-        ),
-        _ => retry(
+        )),
+        _ => BackendOutcome::NotCharged(problem(
             ProblemType::BackendError,
             format!("the payment backend answered {status}"),
+        )),
+    }
+}
+
+/// What a backend call that produced no response means for the key. A
+/// timeout leaves the request possibly still running; a broken connection
+/// may have come after the charge.
+pub fn classify_failure(failure: &TransportFailure) -> BackendOutcome {
+    match failure {
+        TransportFailure::Timeout { after_ms } => BackendOutcome::StillRunning(
+            Problem::new(
+                ProblemType::BackendTimeout,
+                format!(
+                    "the payment backend did not answer within {after_ms} ms; retry with the same Idempotency-Key"
+                ),
+            )
+            .retry_after(DEFAULT_RETRY_AFTER_SECS),
+        ),
+        TransportFailure::Unreachable(why) => BackendOutcome::Unknown(
+            Problem::new(
+                ProblemType::BackendError,
+                format!(
+                    "the payment backend could not be reached or dropped the connection ({why}); retry with the same Idempotency-Key"
+                ),
+            )
+            .retry_after(DEFAULT_RETRY_AFTER_SECS),
         ),
     }
 }
 
-/// The problem for a backend call that produced no response. The key is
-/// released and the client's retry forwards again with the same key, so an
-/// idempotent backend still charges once.
-pub fn classify_failure(failure: &TransportFailure) -> Problem {
-    match failure {
-        TransportFailure::Timeout { after_ms } => Problem::new(
-            ProblemType::BackendTimeout,
+/// What the reconciliation lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum LookupOutcome {
+    /// The backend charged under the key: this is the key's final answer.
+    Charged(StoredResponse),
+    /// No charge under the key (declined or never-run attempts are not
+    /// charges): forwarding again cannot charge twice.
+    NotCharged,
+    /// The backend could not say: forward nothing; the key stays unknown.
+    Failed(Problem),
+}
+
+/// The lookup produced no answer at all.
+pub fn classify_lookup_failure(failure: &TransportFailure) -> LookupOutcome {
+    lookup_failed(match failure {
+        TransportFailure::Timeout { after_ms } => format!("its lookup took over {after_ms} ms"),
+        TransportFailure::Unreachable(why) => format!("its lookup failed: {why}"),
+    })
+}
+
+fn lookup_failed(why: String) -> LookupOutcome {
+    LookupOutcome::Failed(
+        Problem::new(
+            ProblemType::BackendUnavailable,
             format!(
-                "the payment backend did not answer within {after_ms} ms; retry with the same Idempotency-Key"
+                "an earlier attempt with this Idempotency-Key may have been charged, and the payment backend could not confirm it ({why}); nothing was forwarded; retry with the same key"
             ),
-        ),
-        TransportFailure::Unreachable(why) => Problem::new(
-            ProblemType::BackendError,
-            format!(
-                "the payment backend could not be reached ({why}); retry with the same Idempotency-Key"
-            ),
-        ),
+        )
+        .retry_after(DEFAULT_RETRY_AFTER_SECS),
+    )
+}
+
+/// PaymentIntent statuses under which money has moved or will move without
+/// the customer doing anything more.
+const CHARGED_STATUSES: &[&str] = &["succeeded", "processing", "requires_capture"];
+
+/// Reads the lookup's answer: both adapters answer a JSON object whose `data`
+/// lists PaymentIntents, newest first. The first charged one, as compact
+/// JSON, becomes the key's final answer (status 200, as its POST would have
+/// been), replayed byte for byte from then on. It is re-serialised rather than
+/// cut out of the answer byte for byte because serde_json's `raw_value`
+/// feature would cost the widget, which shares this crate, 1.4 KB of its
+/// 60 KB budget; no client has seen the original bytes anyway.
+pub fn classify_lookup(status: u16, body: &[u8]) -> LookupOutcome {
+    let failed = lookup_failed;
+    if status != 200 {
+        return failed(format!("its lookup answered {status}"));
     }
-    .retry_after(DEFAULT_RETRY_AFTER_SECS)
+    let list: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(list) => list,
+        Err(e) => return failed(format!("its lookup answer is not JSON: {e}")),
+    };
+    let Some(data) = list.get("data").and_then(|d| d.as_array()) else {
+        return failed("its lookup answer has no data list".into());
+    };
+    for intent in data {
+        let Some(fields) = intent.as_object() else {
+            return failed("its lookup listed something that is not an object".into());
+        };
+        let status = fields.get("status").and_then(|s| s.as_str());
+        if status.is_some_and(|s| CHARGED_STATUSES.contains(&s)) {
+            let body = intent.to_string();
+            if body.len() > MAX_STORED_BODY_BYTES {
+                return failed("the charge it found is too large to store".into());
+            }
+            return LookupOutcome::Charged(StoredResponse {
+                status: 200,
+                content_type: "application/json".into(),
+                body,
+            });
+        }
+    }
+    LookupOutcome::NotCharged
 }
 
 #[cfg(test)]
@@ -200,6 +358,7 @@ mod tests {
             currency: "usd".into(),
             customer: Some("cus 1&x".into()),
             order_ref: "ord_1".into(),
+            order_token: None,
             payment_method: "pm_card_visa".into(),
         }
     }
@@ -207,13 +366,15 @@ mod tests {
     fn status_of(outcome: BackendOutcome) -> u16 {
         match outcome {
             BackendOutcome::Final(r) => r.status,
-            BackendOutcome::Retry(p) => p.status(),
+            other => other.problem().unwrap().status(),
         }
     }
 
+    const KEY: &str = "chargeonce_00ff";
+
     #[test]
     fn stripe_request_is_a_confirmed_payment_intent_without_redirects() {
-        let req = BackendKind::Stripe.request("https://api.stripe.com/", &order(), "{}");
+        let req = BackendKind::Stripe.request("https://api.stripe.com/", &order(), KEY);
         assert_eq!(req.url, "https://api.stripe.com/v1/payment_intents");
         assert_eq!(req.content_type, "application/x-www-form-urlencoded");
         assert_eq!(
@@ -221,16 +382,82 @@ mod tests {
             "amount=1999&currency=usd&payment_method=pm_card_visa&confirm=true\
              &automatic_payment_methods%5Benabled%5D=true\
              &automatic_payment_methods%5Ballow_redirects%5D=never\
-             &metadata%5Border_ref%5D=ord_1&metadata%5Bcustomer%5D=cus+1%26x"
+             &metadata%5Border_ref%5D=ord_1&metadata%5Bcustomer%5D=cus+1%26x\
+             &metadata%5Bchargeonce_key%5D=chargeonce_00ff"
         );
     }
 
     #[test]
-    fn passthrough_forwards_the_body_unchanged() {
-        let raw = r#"{"amount": 1999, "x": "as sent"}"#;
-        let req = BackendKind::Passthrough.request("http://sim/v1/orders", &order(), raw);
+    fn passthrough_forwards_the_canonical_charge_without_the_token() {
+        let order = Order {
+            order_token: Some("v1.signed".into()),
+            ..order()
+        };
+        let req = BackendKind::Passthrough.request("http://sim/v1/orders", &order, KEY);
         assert_eq!(req.url, "http://sim/v1/orders");
-        assert_eq!(req.body, raw);
+        assert_eq!(req.body, order.charge().canonical_json());
+        assert!(!req.body.contains("order_token"));
+    }
+
+    #[test]
+    fn lookups_ask_by_the_backend_key() {
+        assert_eq!(
+            BackendKind::Stripe.lookup_url("https://api.stripe.com/", KEY),
+            "https://api.stripe.com/v1/payment_intents/search?query=\
+             metadata%5B%27chargeonce_key%27%5D%3A%27chargeonce_00ff%27"
+        );
+        assert_eq!(
+            BackendKind::Passthrough.lookup_url("http://sim/v1/orders", KEY),
+            "http://sim/v1/orders?idempotency_key=chargeonce_00ff"
+        );
+        assert_eq!(
+            BackendKind::Passthrough.lookup_url("http://sim/orders?v=2", KEY),
+            "http://sim/orders?v=2&idempotency_key=chargeonce_00ff"
+        );
+    }
+
+    #[test]
+    fn a_lookup_finds_the_newest_charge() {
+        let body = br#"{"object":"search_result","data":[
+            {"id":"pi_3","status":"requires_payment_method"},
+            {"id": "pi_2", "status": "succeeded"},
+            {"id":"pi_1","status":"succeeded"}]}"#;
+        assert_eq!(
+            classify_lookup(200, body),
+            LookupOutcome::Charged(StoredResponse {
+                status: 200,
+                content_type: "application/json".into(),
+                body: r#"{"id":"pi_2","status":"succeeded"}"#.into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_lookup_without_a_charge_allows_a_forward() {
+        assert_eq!(
+            classify_lookup(200, br#"{"data":[]}"#),
+            LookupOutcome::NotCharged
+        );
+        assert_eq!(
+            classify_lookup(200, br#"{"data":[{"status":"requires_payment_method"}]}"#),
+            LookupOutcome::NotCharged
+        );
+    }
+
+    #[test]
+    fn a_lookup_that_cannot_answer_forwards_nothing() {
+        for (status, body) in [
+            (500, &br#"{"data":[]}"#[..]),
+            (401, b"{}"),
+            (200, b"not json"),
+            (200, br#"{"object":"list"}"#),
+            (200, br#"{"data":[42]}"#),
+        ] {
+            match classify_lookup(status, body) {
+                LookupOutcome::Failed(p) => assert_eq!(p.status(), 503),
+                other => panic!("{status} {body:?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -259,7 +486,22 @@ mod tests {
     }
 
     #[test]
-    fn server_errors_and_busy_answers_free_the_key() {
+    fn answers_say_whether_the_key_may_have_charged() {
+        let kind = |status| match classify_response(status, None, vec![], None) {
+            BackendOutcome::Final(_) => "final",
+            BackendOutcome::NotCharged(_) => "not charged",
+            BackendOutcome::Unknown(_) => "unknown",
+            BackendOutcome::StillRunning(_) => "still running",
+        };
+        for status in [408, 425, 429, 503, 401, 403, 404, 405, 301] {
+            assert_eq!(kind(status), "not charged", "{status}");
+        }
+        for status in [500, 502, 507] {
+            assert_eq!(kind(status), "unknown", "{status}");
+        }
+        for status in [409, 504] {
+            assert_eq!(kind(status), "still running", "{status}");
+        }
         assert_eq!(status_of(classify_response(500, None, vec![], None)), 502);
         assert_eq!(status_of(classify_response(503, None, vec![], None)), 503);
         assert_eq!(status_of(classify_response(429, None, vec![], None)), 503);
@@ -268,22 +510,9 @@ mod tests {
     }
 
     #[test]
-    fn credential_and_routing_errors_are_not_the_customers_final_answer() {
-        for status in [401, 403, 404, 405, 301] {
-            assert!(
-                matches!(
-                    classify_response(status, None, vec![], None),
-                    BackendOutcome::Retry(_)
-                ),
-                "{status} must not be stored"
-            );
-        }
-    }
-
-    #[test]
     fn retry_after_is_passed_on_within_bounds() {
         let after = |v| match classify_response(503, None, vec![], Some(v)) {
-            BackendOutcome::Retry(p) => p.retry_after_secs,
+            BackendOutcome::NotCharged(p) => p.retry_after_secs,
             other => panic!("{other:?}"),
         };
         assert_eq!(after("7"), Some(7));
@@ -296,18 +525,31 @@ mod tests {
     }
 
     #[test]
-    fn a_body_that_is_not_utf8_is_not_stored() {
-        assert_eq!(
-            status_of(classify_response(200, None, vec![0xff, 0xfe], None)),
-            502
-        );
+    fn a_success_that_cannot_be_stored_is_an_unknown_outcome() {
+        assert!(matches!(
+            classify_response(200, None, vec![0xff, 0xfe], None),
+            BackendOutcome::Unknown(_)
+        ));
+        let huge = vec![b' '; MAX_STORED_BODY_BYTES + 1];
+        assert!(matches!(
+            classify_response(200, None, huge, None),
+            BackendOutcome::Unknown(_)
+        ));
+        let largest = vec![b' '; MAX_STORED_BODY_BYTES];
+        assert!(matches!(
+            classify_response(200, None, largest, None),
+            BackendOutcome::Final(_)
+        ));
     }
 
     #[test]
-    fn transport_failures_map_to_504_and_502_with_retry_after() {
+    fn a_timeout_may_still_be_running_and_a_dropped_connection_may_have_charged() {
         let timeout = classify_failure(&TransportFailure::Timeout { after_ms: 10_000 });
-        assert_eq!((timeout.status(), timeout.retry_after_secs), (504, Some(1)));
+        assert!(matches!(timeout, BackendOutcome::StillRunning(_)));
+        let p = timeout.problem().unwrap();
+        assert_eq!((p.status(), p.retry_after_secs), (504, Some(1)));
         let down = classify_failure(&TransportFailure::Unreachable("connection reset".into()));
-        assert_eq!(down.status(), 502);
+        assert!(matches!(down, BackendOutcome::Unknown(_)));
+        assert_eq!(down.problem().unwrap().status(), 502);
     }
 }

@@ -27,6 +27,11 @@ pub struct EdgeConfig {
     /// the tests set it, with `--var`; wrangler.toml never does, so a
     /// deployed Worker has no such routes.
     pub dev_simulator_url: Option<String>,
+    /// Whether the Worker issues order tokens for the demo shop's catalogue
+    /// (`DEMO_STOREFRONT=true`), standing in for a storefront's server. Set
+    /// with `--var` by `make dev` and the tests only, like
+    /// `DEV_SIMULATOR_URL`.
+    pub demo_storefront: bool,
 }
 
 /// A setting the edge cannot run with.
@@ -101,8 +106,20 @@ impl EdgeConfig {
             };
         let dev_simulator_url =
             url("DEV_SIMULATOR_URL")?.map(|u| u.trim_end_matches('/').to_owned());
+        let demo_storefront = match var("DEMO_STOREFRONT").as_deref().map(str::trim) {
+            None | Some("" | "false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "DEMO_STOREFRONT",
+                    value: other.into(),
+                    expected: "\"true\" or \"false\"",
+                })
+            }
+        };
         let config = Self {
             dev_simulator_url,
+            demo_storefront,
             backend,
             backend_url,
             ttl_secs: number("IDEMPOTENCY_TTL_SECS", 86_400)?.max(KV_MIN_TTL_SECS),
@@ -127,6 +144,14 @@ impl EdgeConfig {
     /// Whether a browser at `origin` may call the API.
     pub fn allows_origin(&self, origin: &str) -> bool {
         self.allowed_origins.iter().any(|o| o == "*" || o == origin)
+    }
+
+    /// Whether a browser at `origin` may place an order at the Worker whose
+    /// own origin is `own_origin`: its own pages always may, other sites only
+    /// if listed. Requests without an `Origin` come from servers and tools,
+    /// not from a browser on another site, and are not refused here.
+    pub fn may_post_from(&self, origin: Option<&str>, own_origin: &str) -> bool {
+        origin.is_none_or(|o| o == own_origin || self.allows_origin(o))
     }
 }
 
@@ -157,6 +182,33 @@ mod tests {
             c.dev_simulator_url, None,
             "no simulator routes unless asked for"
         );
+    }
+
+    #[test]
+    fn orders_may_come_from_the_workers_own_origin_listed_origins_or_no_browser() {
+        let c = config(&[(
+            "ALLOWED_ORIGINS",
+            "https://shop.example, https://b.example/",
+        )])
+        .unwrap();
+        let own = "https://edge.example";
+        assert!(c.may_post_from(Some(own), own));
+        assert!(c.may_post_from(Some("https://shop.example"), own));
+        assert!(c.may_post_from(Some("https://b.example"), own));
+        assert!(c.may_post_from(None, own));
+        assert!(!c.may_post_from(Some("https://evil.example"), own));
+        assert!(!c.may_post_from(Some("null"), own));
+    }
+
+    #[test]
+    fn the_demo_storefront_is_off_unless_asked_for() {
+        assert!(!config(&[]).unwrap().demo_storefront);
+        assert!(
+            config(&[("DEMO_STOREFRONT", "true")])
+                .unwrap()
+                .demo_storefront
+        );
+        assert!(config(&[("DEMO_STOREFRONT", "yes")]).is_err());
     }
 
     #[test]

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// SHA-256 over the method, the path and the canonical body, in hex.
+/// SHA-256 over the method, the path and the canonical charge (the body
+/// without its order token), in hex.
 ///
 /// A key reused with a different fingerprint is a client bug (or an attack);
 /// the edge refuses it rather than replaying a response for another payload.
@@ -24,7 +25,7 @@ impl Fingerprint {
         hasher.update(b"\n");
         hasher.update(path.as_bytes());
         hasher.update(b"\n");
-        hasher.update(order.canonical_json().as_bytes());
+        hasher.update(order.charge().canonical_json().as_bytes());
         Self(hex::encode(hasher.finalize()))
     }
 
@@ -49,6 +50,7 @@ mod tests {
             amount,
             currency: "usd".into(),
             customer: None,
+            order_token: None,
             order_ref: "ord_1".into(),
             payment_method: "pm_card_visa".into(),
         }

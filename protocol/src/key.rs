@@ -178,6 +178,14 @@ impl ScopedKey {
         hasher.update(self.key.as_str().as_bytes());
         hex::encode(hasher.finalize())
     }
+
+    /// The `Idempotency-Key` sent to the payment backend: derived from the
+    /// scope as well as the key, so that two customers who send the same key
+    /// are two keys at the backend too (the backend's deduplication and the
+    /// edge's reconciliation lookup must never join them).
+    pub fn backend_key(&self) -> String {
+        format!("chargeonce_{}", self.storage_name())
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! 2. [`order`]: the body of `POST /v1/orders`, validated and made canonical.
 //! 3. [`fingerprint`]: what makes two requests the same request.
 //! 4. [`request`]: the contract's first step, refusing bad requests in order.
+//!    [`token`]: the storefront's signature over what the customer pays.
 //! 5. [`record`]: the per-key state machine and the edge's [`Decision`].
 //! 6. [`backend`]: what the edge sends the payment backend and which answers
 //!    are final.
@@ -26,9 +27,10 @@ pub mod order;
 pub mod problem;
 pub mod record;
 pub mod request;
+pub mod token;
 
 pub use attempt::{Answer, Attempt, IgnoreReason, Next, Phase, RetryPolicy, RetryReason, Submit};
-pub use backend::{BackendKind, BackendOutcome, BackendRequest, TransportFailure};
+pub use backend::{BackendKind, BackendOutcome, BackendRequest, LookupOutcome, TransportFailure};
 pub use config::{ConfigError, EdgeConfig};
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, ScopedKey};
@@ -38,3 +40,4 @@ pub use record::{ClaimToken, CompleteOutcome, Completed, Decision, KeyRecord, St
 pub use request::{
     check_head, check_order_request, OrderRequest, RequestHead, MAX_BODY_BYTES, ORDERS_PATH,
 };
+pub use token::{OrderClaims, TokenError};

@@ -16,6 +16,10 @@ pub const MAX_AMOUNT: u64 = 99_999_999;
 /// The longest string accepted in a text field, in bytes.
 pub const MAX_FIELD_LEN: usize = 255;
 
+/// The longest order token accepted, in bytes: a signed token for the
+/// longest order the other limits allow fits with room to spare.
+pub const MAX_TOKEN_LEN: usize = 2048;
+
 /// A validated order. Fields are in alphabetical order because that is the
 /// order [`Order::canonical_json`] writes them in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +33,12 @@ pub struct Order {
     pub customer: Option<String>,
     /// The merchant's reference for this order.
     pub order_ref: String,
+    /// The storefront server's signature over the amount, currency, customer
+    /// and reference (see [`crate::token`]). Part of the body, not of what is
+    /// charged: [`Order::charge`] leaves it out, so the fingerprint and the
+    /// backend never see it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub order_token: Option<String>,
     /// The payment method to charge (`pm_card_visa`).
     pub payment_method: String,
 }
@@ -82,6 +92,8 @@ pub struct OrderDraft {
     pub payment_method: Option<String>,
     /// See [`Order::customer`].
     pub customer: Option<String>,
+    /// See [`Order::order_token`].
+    pub order_token: Option<String>,
 }
 
 impl OrderDraft {
@@ -146,6 +158,7 @@ impl OrderDraft {
         let customer = self
             .customer
             .and_then(|c| check_text(&mut problems, "customer", c));
+        let order_token = self.order_token.and_then(|t| check_token(&mut problems, t));
         match (order_ref, amount, currency, payment_method) {
             (Some(order_ref), Some(amount), Some(currency), Some(payment_method))
                 if problems.is_empty() =>
@@ -155,6 +168,7 @@ impl OrderDraft {
                     currency,
                     customer,
                     order_ref,
+                    order_token,
                     payment_method,
                 })
             }
@@ -171,13 +185,22 @@ impl Order {
         let Value::Object(mut fields) = value else {
             return Err(OrderError::NotAnObject(json_type(&value)));
         };
-        let mut problems = Vec::new();
+        // serde_json keeps the last of two members with one name; a backend
+        // (or a reviewer) reading the first would see another order.
+        let mut problems: Vec<_> = repeated_members(body)
+            .into_iter()
+            .map(|name| FieldProblem {
+                name,
+                reason: "appears more than once; send each field once".into(),
+            })
+            .collect();
         let draft = OrderDraft {
             order_ref: take_string(&mut fields, "order_ref", &mut problems),
             amount: take_amount(&mut fields, &mut problems),
             currency: take_string(&mut fields, "currency", &mut problems),
             payment_method: take_string(&mut fields, "payment_method", &mut problems),
             customer: take_string(&mut fields, "customer", &mut problems),
+            order_token: take_string(&mut fields, "order_token", &mut problems),
         };
         // Unknown members are refused rather than ignored: a client that sends
         // `"ammount"` must hear about it, not be charged the default.
@@ -191,10 +214,59 @@ impl Order {
     }
 
     /// The canonical body: compact JSON with members in a fixed order and the
-    /// optional customer left out when absent.
+    /// optional members left out when absent.
     pub fn canonical_json(&self) -> String {
         serde_json::to_string(self).expect("an Order holds only strings and integers")
     }
+
+    /// What is charged: the order without its token. Two bodies for the same
+    /// charge with tokens issued at different times are the same request.
+    #[must_use]
+    pub fn charge(&self) -> Self {
+        Self {
+            order_token: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// The names that occur more than once among a JSON object's members, in
+/// order of their second occurrence; empty for anything but a valid object.
+fn repeated_members(body: &[u8]) -> Vec<String> {
+    struct Names(Vec<String>);
+    impl<'de> Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some((name, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                        names.push(name);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let Ok(Names(names)) = serde_json::from_slice::<Names>(body) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = Vec::new();
+    for name in names {
+        if !seen.insert(name.clone()) && !repeated.contains(&name) {
+            repeated.push(name);
+        }
+    }
+    repeated
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -229,6 +301,29 @@ fn check_text(problems: &mut Vec<FieldProblem>, name: &str, text: String) -> Opt
         problem(problems, name, "must not contain control characters");
     } else {
         return Some(text);
+    }
+    None
+}
+
+/// A token is opaque here (its signature is checked by [`crate::token`]),
+/// but it travels in a header-like role, so only visible ASCII is allowed.
+fn check_token(problems: &mut Vec<FieldProblem>, token: String) -> Option<String> {
+    if token.is_empty() {
+        problem(problems, "order_token", "must not be empty");
+    } else if token.len() > MAX_TOKEN_LEN {
+        problem(
+            problems,
+            "order_token",
+            format!("must be at most {MAX_TOKEN_LEN} bytes, not {}", token.len()),
+        );
+    } else if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        problem(
+            problems,
+            "order_token",
+            "must hold only visible ASCII characters, as the storefront's server issued it",
+        );
+    } else {
+        return Some(token);
     }
     None
 }
@@ -374,6 +469,38 @@ mod tests {
     }
 
     #[test]
+    fn the_token_travels_in_the_body_but_is_not_part_of_the_charge() {
+        let body = VALID.replace("{", r#"{"order_token":"v1.abc.def","#);
+        let order = Order::from_json(body.as_bytes()).unwrap();
+        assert_eq!(order.order_token.as_deref(), Some("v1.abc.def"));
+        assert!(order
+            .canonical_json()
+            .contains(r#""order_token":"v1.abc.def""#));
+        assert_eq!(order.charge(), Order::from_json(VALID.as_bytes()).unwrap());
+        for bad in ["\"\"", "\"a b\"", "\"é\"", "5"] {
+            let body = VALID.replace("{", &format!(r#"{{"order_token":{bad},"#));
+            assert_eq!(names(&body), ["order_token"], "token {bad} must be refused");
+        }
+        let long = VALID.replace(
+            "{",
+            &format!(r#"{{"order_token":"{}","#, "t".repeat(MAX_TOKEN_LEN + 1)),
+        );
+        assert_eq!(names(&long), ["order_token"]);
+    }
+
+    #[test]
+    fn a_field_sent_twice_is_refused_not_resolved() {
+        let body = VALID.replace("}", r#","amount":1}"#);
+        assert_eq!(
+            reasons(&body),
+            [(
+                "amount".into(),
+                "appears more than once; send each field once".into()
+            )]
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let body = VALID.replace("{", r#"{"ammount":5,"#);
         assert_eq!(
@@ -390,6 +517,7 @@ mod tests {
             currency: Some("USD".into()),
             payment_method: None,
             customer: Some("cus_1".into()),
+            order_token: None,
         };
         let Err(OrderError::InvalidFields(problems)) = draft.validate() else {
             panic!("the draft is invalid");
@@ -402,6 +530,7 @@ mod tests {
             currency: Some("usd".into()),
             payment_method: Some("pm_card_visa".into()),
             customer: Some("cus_1".into()),
+            order_token: None,
         };
         assert_eq!(
             good.validate().unwrap(),

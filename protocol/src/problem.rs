@@ -29,6 +29,15 @@ pub enum ProblemType {
     InvalidOrder,
     /// The key was already used for a different payload.
     KeyReused,
+    /// The order's token is missing, malformed or not signed by the storefront.
+    OrderTokenInvalid,
+    /// The order's token has expired.
+    OrderTokenExpired,
+    /// The body asks for another amount, currency, reference or customer
+    /// than its token vouches for.
+    OrderTokenMismatch,
+    /// A browser on an origin that is not allowed tried to place an order.
+    OriginNotAllowed,
     /// Another request with this key is being processed.
     RequestInFlight,
     /// The payment backend answered with a server error or could not be reached.
@@ -54,6 +63,10 @@ impl ProblemType {
             Self::PayloadTooLarge => 413,
             Self::InvalidIdempotencyKey => 400,
             Self::InvalidOrder | Self::KeyReused => 422,
+            Self::OrderTokenInvalid
+            | Self::OrderTokenExpired
+            | Self::OrderTokenMismatch
+            | Self::OriginNotAllowed => 403,
             Self::RequestInFlight => 409,
             Self::BackendError => 502,
             Self::BackendUnavailable | Self::StoreUnavailable => 503,
@@ -72,6 +85,10 @@ impl ProblemType {
             Self::InvalidIdempotencyKey => "Invalid Idempotency-Key",
             Self::InvalidOrder => "Invalid order",
             Self::KeyReused => "Idempotency-Key reused with a different payload",
+            Self::OrderTokenInvalid => "Invalid order token",
+            Self::OrderTokenExpired => "Order token expired",
+            Self::OrderTokenMismatch => "Order does not match its token",
+            Self::OriginNotAllowed => "Origin not allowed",
             Self::RequestInFlight => "A request with this Idempotency-Key is in progress",
             Self::BackendError => "Payment backend error",
             Self::BackendUnavailable => "Payment backend unavailable",
@@ -90,6 +107,10 @@ impl ProblemType {
             Self::InvalidIdempotencyKey => "invalid-idempotency-key",
             Self::InvalidOrder => "invalid-order",
             Self::KeyReused => "idempotency-key-reused",
+            Self::OrderTokenInvalid => "order-token-invalid",
+            Self::OrderTokenExpired => "order-token-expired",
+            Self::OrderTokenMismatch => "order-token-mismatch",
+            Self::OriginNotAllowed => "origin-not-allowed",
             Self::RequestInFlight => "request-in-flight",
             Self::BackendError => "backend-error",
             Self::BackendUnavailable => "backend-unavailable",

@@ -3,17 +3,28 @@
 //!
 //! One record lives in one Durable Object (named by
 //! [`crate::ScopedKey::storage_name`]), which runs these methods one at a time;
-//! that is what makes a claim atomic. The record moves between three states:
+//! that is what makes a claim atomic. The record moves between four states:
 //!
 //! ```text
-//!            claim                    complete (final answer)
-//!  Vacant ──────────▶ Claimed ──────────────────────────▶ Completed
-//!    ▲                 │  ▲                                   │
-//!    │   release (5xx, │  │ claim after the lease ran out     │
-//!    ├── timeout) or ──┘  └─ (the old worker is presumed dead) │
-//!    │   lease expiry                                         │
-//!    └──────────────────────── TTL expiry ◀───────────────────┘
+//!            claim                     complete (final answer)
+//!  Vacant ──────────▶ Claimed ───────────────────────────────▶ Completed
+//!    ▲   release       │  ▲ │                                     │
+//!    ├─ (not charged) ─┘  │ │ abandon (maybe charged) or           │
+//!    │                    │ ▼ the lease ran out (worker died,      │
+//!    │   claim (same      │   backend still busy)                  │
+//!    │   payload): must ──┴── Unknown                              │
+//!    │   reconcile first        │                                  │
+//!    └──────── TTL expiry ◀─────┴────────── TTL expiry ◀───────────┘
 //! ```
+//!
+//! `Unknown` is what keeps a lost response from becoming a second charge: a
+//! key whose forward may have charged is never forwarded again blind. The
+//! next claim for it comes with [`Decision::Forward`]'s `reconcile` set, and
+//! the edge asks the backend whether it charged under the key (see
+//! [`crate::backend::classify_lookup`]) before it forwards again. This is
+//! sound as long as the backend finishes any request within the lease, which
+//! is why the lease must outlast the backend timeout (see
+//! [`crate::config::ConfigError::LeaseShorterThanTimeout`]).
 //!
 //! Time is passed in as Unix milliseconds; the record never reads a clock.
 //! [`KeyRecord::poll_timeout`] tells the shell when to call
@@ -27,14 +38,18 @@ use serde::{Deserialize, Serialize};
 pub const IN_FLIGHT_RETRY_AFTER_SECS: u32 = 1;
 
 /// A backend response kept for replay, exactly as the client first got it.
+///
+/// Only the status, the media type and the body are kept: headers such as
+/// `Set-Cookie` or hop-by-hop ones are never stored, so never replayed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredResponse {
     /// The HTTP status.
     pub status: u16,
     /// The `Content-Type` header.
     pub content_type: String,
-    /// The body, byte for byte. Bodies that are not UTF-8 are never stored
-    /// (see [`crate::backend::classify_response`]).
+    /// The body, byte for byte. Bodies that are not UTF-8 or larger than
+    /// [`crate::backend::MAX_STORED_BODY_BYTES`] are never stored (see
+    /// [`crate::backend::classify_response`]).
     pub body: String,
 }
 
@@ -81,17 +96,21 @@ pub struct ClaimToken(pub u64);
 #[must_use]
 pub enum Decision {
     /// The key is ours: forward the request to the backend, then
-    /// [`KeyRecord::complete`] or [`KeyRecord::release`] with this token.
+    /// [`KeyRecord::complete`], [`KeyRecord::release`] or
+    /// [`KeyRecord::abandon`] with this token.
     Forward {
-        /// The claim to complete or release.
+        /// The claim to settle.
         token: ClaimToken,
+        /// An earlier forward with this key may have charged: ask the backend
+        /// first, and complete with what it found instead of forwarding.
+        reconcile: bool,
     },
     /// The request was already answered: send this response again.
     Replay {
         /// The stored response.
         response: StoredResponse,
     },
-    /// The key was answered for a different payload: refuse with 422.
+    /// The key was used for a different payload: refuse with 422.
     Mismatch,
     /// Another request with this key is being forwarded: refuse with 409.
     InFlight {
@@ -127,6 +146,16 @@ enum State {
         token: ClaimToken,
         fingerprint: Fingerprint,
         lease_expires_at_ms: u64,
+        /// Whether the claimant was told to reconcile: if it gives the key
+        /// back without an answer, the key is still [`State::Unknown`].
+        reconcile: bool,
+        /// How long an unknown outcome is remembered if this claim ends in one.
+        ttl_ms: u64,
+    },
+    /// A forward with `fingerprint` may have charged, and nobody knows.
+    Unknown {
+        fingerprint: Fingerprint,
+        expires_at_ms: u64,
     },
     Completed(Completed),
 }
@@ -151,32 +180,52 @@ impl Default for KeyRecord {
 
 impl KeyRecord {
     /// Decides a request with `fingerprint` at `now_ms`, claiming the key for
-    /// `lease_ms` if it is free. The checks run in the contract's order: a
-    /// stored result (mismatch, then replay) before a claim in flight.
-    pub fn claim(&mut self, fingerprint: &Fingerprint, now_ms: u64, lease_ms: u64) -> Decision {
+    /// `lease_ms` if it is free. `ttl_ms` is how long an outcome (known or
+    /// not) is kept. The checks run in the contract's order: a result or an
+    /// unknown outcome for another payload (mismatch) and a stored result
+    /// (replay) before a claim in flight.
+    pub fn claim(
+        &mut self,
+        fingerprint: &Fingerprint,
+        now_ms: u64,
+        lease_ms: u64,
+        ttl_ms: u64,
+    ) -> Decision {
         self.handle_timeout(now_ms);
-        match &self.state {
-            State::Completed(done) => done
-                .decide(fingerprint, now_ms)
-                .expect("handle_timeout cleared an expired result"),
-            State::Claimed { .. } => Decision::InFlight {
-                retry_after_secs: IN_FLIGHT_RETRY_AFTER_SECS,
-            },
-            State::Vacant => {
-                let token = ClaimToken(self.next_token);
-                self.next_token += 1;
-                self.state = State::Claimed {
-                    token,
-                    fingerprint: fingerprint.clone(),
-                    lease_expires_at_ms: now_ms.saturating_add(lease_ms),
-                };
-                Decision::Forward { token }
+        let reconcile = match &self.state {
+            State::Completed(done) => {
+                return done
+                    .decide(fingerprint, now_ms)
+                    .expect("handle_timeout cleared an expired result")
             }
-        }
+            State::Claimed { .. } => {
+                return Decision::InFlight {
+                    retry_after_secs: IN_FLIGHT_RETRY_AFTER_SECS,
+                }
+            }
+            // The key may have charged for that payload; another payload
+            // cannot have it, whatever the backend says later.
+            State::Unknown {
+                fingerprint: held, ..
+            } if held != fingerprint => return Decision::Mismatch,
+            State::Unknown { .. } => true,
+            State::Vacant => false,
+        };
+        let token = ClaimToken(self.next_token);
+        self.next_token += 1;
+        self.state = State::Claimed {
+            token,
+            fingerprint: fingerprint.clone(),
+            lease_expires_at_ms: now_ms.saturating_add(lease_ms),
+            reconcile,
+            ttl_ms,
+        };
+        Decision::Forward { token, reconcile }
     }
 
     /// Records the backend's final answer to the claim `token` for a request
-    /// with `fingerprint`, kept until `now_ms + ttl_ms`.
+    /// with `fingerprint`, kept until `now_ms + ttl_ms`. A reconciling claim
+    /// completes with what the backend's lookup found.
     pub fn complete(
         &mut self,
         token: ClaimToken,
@@ -198,8 +247,11 @@ impl KeyRecord {
                 fingerprint: held,
                 ..
             } => *holder == token || held == fingerprint,
-            // Our lease expired and nobody took the key: the backend's answer
+            // Our lease ran out before the answer came: the backend's answer
             // is still the truth about this key.
+            State::Unknown {
+                fingerprint: held, ..
+            } => held == fingerprint,
             State::Vacant => true,
         };
         if !store {
@@ -213,13 +265,50 @@ impl KeyRecord {
         CompleteOutcome::Stored
     }
 
-    /// Gives the key back after a failure that did not produce a final answer
-    /// (backend 5xx, timeout, connection failure), so the client's retry can
-    /// claim it at once. Returns whether `token` still held the claim.
-    pub fn release(&mut self, token: ClaimToken) -> bool {
-        match self.state {
-            State::Claimed { token: holder, .. } if holder == token => {
-                self.state = State::Vacant;
+    /// Gives the key back after a failure that certainly charged nothing
+    /// (the backend said it did not process the request), so the client's
+    /// retry can claim it at once. A reconciling claim leaves the key
+    /// unknown: its own forward charged nothing, but the earlier one may
+    /// have. Returns whether `token` still held the claim.
+    pub fn release(&mut self, token: ClaimToken, now_ms: u64) -> bool {
+        match &self.state {
+            State::Claimed {
+                token: holder,
+                fingerprint,
+                reconcile,
+                ttl_ms,
+                ..
+            } if *holder == token => {
+                self.state = if *reconcile {
+                    State::Unknown {
+                        fingerprint: fingerprint.clone(),
+                        expires_at_ms: now_ms.saturating_add(*ttl_ms),
+                    }
+                } else {
+                    State::Vacant
+                };
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Marks the claim `token` as ended without knowing whether it charged
+    /// (the response was lost, or the backend failed mid-request), so the
+    /// retry reconciles before it forwards. Returns whether `token` still
+    /// held the claim.
+    pub fn abandon(&mut self, token: ClaimToken, now_ms: u64) -> bool {
+        match &self.state {
+            State::Claimed {
+                token: holder,
+                fingerprint,
+                ttl_ms,
+                ..
+            } if *holder == token => {
+                self.state = State::Unknown {
+                    fingerprint: fingerprint.clone(),
+                    expires_at_ms: now_ms.saturating_add(*ttl_ms),
+                };
                 true
             }
             _ => false,
@@ -234,20 +323,41 @@ impl KeyRecord {
                 lease_expires_at_ms,
                 ..
             } => Some(*lease_expires_at_ms),
+            State::Unknown { expires_at_ms, .. } => Some(*expires_at_ms),
             State::Completed(done) => Some(done.expires_at_ms),
         }
     }
 
-    /// Lets expired leases and results go.
+    /// Lets expired results go, and turns a claim whose lease ran out into
+    /// an unknown outcome: its worker is presumed dead or still waiting, and
+    /// its request may have charged.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        if self.poll_timeout().is_some_and(|at| now_ms >= at) {
-            self.state = State::Vacant;
+        if self.poll_timeout().is_none_or(|at| now_ms < at) {
+            return;
         }
+        self.state = match &self.state {
+            State::Claimed {
+                fingerprint,
+                lease_expires_at_ms,
+                ttl_ms,
+                ..
+            } if lease_expires_at_ms.saturating_add(*ttl_ms) > now_ms => State::Unknown {
+                fingerprint: fingerprint.clone(),
+                expires_at_ms: lease_expires_at_ms.saturating_add(*ttl_ms),
+            },
+            _ => State::Vacant,
+        };
     }
 
     /// Whether the record holds nothing (its storage can be deleted).
     pub fn is_vacant(&self) -> bool {
         matches!(self.state, State::Vacant)
+    }
+
+    /// Whether an earlier forward's outcome is unknown (the next claim will
+    /// reconcile).
+    pub fn is_unknown(&self) -> bool {
+        matches!(self.state, State::Unknown { .. })
     }
 
     /// The stored final result, if any.
@@ -275,6 +385,7 @@ mod tests {
                 amount,
                 currency: "usd".into(),
                 customer: None,
+                order_token: None,
                 order_ref: "ord".into(),
                 payment_method: "pm_card_visa".into(),
             },
@@ -290,9 +401,22 @@ mod tests {
     }
 
     fn claimed(record: &mut KeyRecord, fingerprint: &Fingerprint, now: u64) -> ClaimToken {
-        match record.claim(fingerprint, now, LEASE) {
-            Decision::Forward { token } => token,
-            other => panic!("expected a claim, got {other:?}"),
+        match record.claim(fingerprint, now, LEASE, TTL) {
+            Decision::Forward {
+                token,
+                reconcile: false,
+            } => token,
+            other => panic!("expected a plain claim, got {other:?}"),
+        }
+    }
+
+    fn reconciling(record: &mut KeyRecord, fingerprint: &Fingerprint, now: u64) -> ClaimToken {
+        match record.claim(fingerprint, now, LEASE, TTL) {
+            Decision::Forward {
+                token,
+                reconcile: true,
+            } => token,
+            other => panic!("expected a reconciling claim, got {other:?}"),
         }
     }
 
@@ -300,7 +424,7 @@ mod tests {
     fn first_request_is_forwarded() {
         let mut record = KeyRecord::default();
         assert!(matches!(
-            record.claim(&fp(1), 0, LEASE),
+            record.claim(&fp(1), 0, LEASE, TTL),
             Decision::Forward { .. }
         ));
     }
@@ -310,7 +434,7 @@ mod tests {
         let mut record = KeyRecord::default();
         claimed(&mut record, &fp(1), 0);
         assert_eq!(
-            record.claim(&fp(1), 10, LEASE),
+            record.claim(&fp(1), 10, LEASE, TTL),
             Decision::InFlight {
                 retry_after_secs: 1
             }
@@ -327,7 +451,7 @@ mod tests {
             CompleteOutcome::Stored
         );
         assert_eq!(
-            record.claim(&fp(1), 10, LEASE),
+            record.claim(&fp(1), 10, LEASE, TTL),
             Decision::Replay { response: ok }
         );
     }
@@ -339,7 +463,7 @@ mod tests {
         let declined = response(402, r#"{"error":{"code":"card_declined"}}"#);
         let _ = record.complete(token, &fp(1), declined.clone(), 5, TTL);
         assert_eq!(
-            record.claim(&fp(1), 10, LEASE),
+            record.claim(&fp(1), 10, LEASE, TTL),
             Decision::Replay { response: declined }
         );
     }
@@ -349,7 +473,7 @@ mod tests {
         let mut record = KeyRecord::default();
         let token = claimed(&mut record, &fp(1), 0);
         let _ = record.complete(token, &fp(1), response(200, "{}"), 5, TTL);
-        assert_eq!(record.claim(&fp(2), 10, LEASE), Decision::Mismatch);
+        assert_eq!(record.claim(&fp(2), 10, LEASE, TTL), Decision::Mismatch);
     }
 
     #[test]
@@ -359,7 +483,7 @@ mod tests {
         let mut record = KeyRecord::default();
         claimed(&mut record, &fp(1), 0);
         assert!(matches!(
-            record.claim(&fp(2), 1, LEASE),
+            record.claim(&fp(2), 1, LEASE, TTL),
             Decision::InFlight { .. }
         ));
     }
@@ -368,37 +492,98 @@ mod tests {
     fn release_frees_the_key_for_the_retry() {
         let mut record = KeyRecord::default();
         let token = claimed(&mut record, &fp(1), 0);
-        assert!(record.release(token));
+        assert!(record.release(token, 1));
         assert!(record.is_vacant());
         assert!(matches!(
-            record.claim(&fp(1), 1, LEASE),
+            record.claim(&fp(1), 1, LEASE, TTL),
             Decision::Forward { .. }
         ));
     }
 
     #[test]
-    fn an_expired_lease_can_be_taken_over() {
+    fn an_expired_lease_is_taken_over_by_a_reconciling_claim() {
         let mut record = KeyRecord::default();
         let first = claimed(&mut record, &fp(1), 0);
         assert!(matches!(
-            record.claim(&fp(1), LEASE - 1, LEASE),
+            record.claim(&fp(1), LEASE - 1, LEASE, TTL),
             Decision::InFlight { .. }
         ));
-        let second = claimed(&mut record, &fp(1), LEASE);
+        // The first worker may have died after the backend charged.
+        let second = reconciling(&mut record, &fp(1), LEASE);
         assert_ne!(first, second);
-        // The dead worker's late release must not free the new claim.
-        assert!(!record.release(first));
+        // The dead worker's late release or abandon must not free the new claim.
+        assert!(!record.release(first, LEASE + 1));
+        assert!(!record.abandon(first, LEASE + 1));
         assert!(matches!(
-            record.claim(&fp(1), LEASE + 1, LEASE),
+            record.claim(&fp(1), LEASE + 1, LEASE, TTL),
             Decision::InFlight { .. }
         ));
+    }
+
+    #[test]
+    fn another_payload_cannot_take_over_a_key_that_may_have_charged() {
+        let mut record = KeyRecord::default();
+        claimed(&mut record, &fp(1), 0);
+        assert_eq!(record.claim(&fp(2), LEASE, LEASE, TTL), Decision::Mismatch);
+
+        let mut lost = KeyRecord::default();
+        let token = claimed(&mut lost, &fp(1), 0);
+        assert!(lost.abandon(token, 5));
+        assert_eq!(lost.claim(&fp(2), 6, LEASE, TTL), Decision::Mismatch);
+    }
+
+    #[test]
+    fn a_lost_answer_makes_the_retry_reconcile() {
+        let mut record = KeyRecord::default();
+        let token = claimed(&mut record, &fp(1), 0);
+        assert!(record.abandon(token, 5));
+        assert!(record.is_unknown());
+        let retry = reconciling(&mut record, &fp(1), 6);
+        // The lookup found the charge: it becomes the key's final answer.
+        let found = response(200, r#"{"id":"pi_1"}"#);
+        assert_eq!(
+            record.complete(retry, &fp(1), found.clone(), 7, TTL),
+            CompleteOutcome::Stored
+        );
+        assert_eq!(
+            record.claim(&fp(1), 8, LEASE, TTL),
+            Decision::Replay { response: found }
+        );
+    }
+
+    #[test]
+    fn a_reconciling_claim_given_back_stays_unknown() {
+        let mut record = KeyRecord::default();
+        let token = claimed(&mut record, &fp(1), 0);
+        assert!(record.abandon(token, 1));
+        let retry = reconciling(&mut record, &fp(1), 2);
+        // The lookup failed, or the lookup found nothing and the new forward
+        // answered 503: the first forward may still have charged.
+        assert!(record.release(retry, 3));
+        assert!(record.is_unknown());
+        reconciling(&mut record, &fp(1), 4);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_forgotten_after_the_ttl() {
+        let mut record = KeyRecord::default();
+        let token = claimed(&mut record, &fp(1), 0);
+        assert!(record.abandon(token, 10));
+        assert_eq!(record.poll_timeout(), Some(10 + TTL));
+        record.handle_timeout(10 + TTL);
+        assert!(record.is_vacant());
+        // An expired lease is remembered as unknown for the TTL after it.
+        claimed(&mut record, &fp(1), 20 + TTL);
+        record.handle_timeout(20 + TTL + LEASE);
+        assert!(record.is_unknown());
+        assert_eq!(record.poll_timeout(), Some(20 + TTL + LEASE + TTL));
     }
 
     #[test]
     fn a_late_completion_for_the_same_payload_is_kept() {
         let mut record = KeyRecord::default();
         let first = claimed(&mut record, &fp(1), 0);
-        let second = claimed(&mut record, &fp(1), LEASE);
+        let second = reconciling(&mut record, &fp(1), LEASE);
         let ok = response(200, r#"{"id":"pi_1"}"#);
         assert_eq!(
             record.complete(first, &fp(1), ok.clone(), LEASE + 1, TTL),
@@ -418,18 +603,18 @@ mod tests {
     }
 
     #[test]
-    fn a_late_completion_for_another_payload_is_not_stored() {
+    fn a_completion_after_the_lease_ran_out_is_kept() {
         let mut record = KeyRecord::default();
         let first = claimed(&mut record, &fp(1), 0);
-        claimed(&mut record, &fp(2), LEASE);
+        let ok = response(200, r#"{"id":"pi_1"}"#);
         assert_eq!(
-            record.complete(first, &fp(1), response(200, "{}"), LEASE + 1, TTL),
-            CompleteOutcome::NotStored
+            record.complete(first, &fp(1), ok.clone(), LEASE + 1, TTL),
+            CompleteOutcome::Stored
         );
-        assert!(matches!(
-            record.claim(&fp(2), LEASE + 2, LEASE),
-            Decision::InFlight { .. }
-        ));
+        assert_eq!(
+            record.claim(&fp(1), LEASE + 2, LEASE, TTL),
+            Decision::Replay { response: ok }
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
+import { createHash } from "node:crypto";
 
 const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
 const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
@@ -45,6 +46,13 @@ async function simulator(path, body) {
     { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
   assert.ok(response.ok, `${path}: ${response.status}`);
   return response.status === 204 ? null : response.json();
+}
+
+/** The key the edge sends the backend: scoped to the customer (ScopedKey::backend_key). */
+function backendKey(customer, key) {
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64BE(BigInt(Buffer.byteLength(customer)));
+  return "chargeonce_" + createHash("sha256").update(length).update(customer).update(key).digest("hex");
 }
 
 const chargesFor = async (orderRef) =>
@@ -129,7 +137,7 @@ shopTest("a response dropped after the charge is retried with the same key and c
   assert.equal(new Set(keys).size, 1, "every retry carried the same key");
   const charges = await chargesFor(await s.orderRef());
   assert.equal(charges.length, 1);
-  assert.equal(charges[0].idempotency_key, keys[0]);
+  assert.equal(charges[0].idempotency_key, backendKey("cus_demo", keys[0]));
   // The picture for the README: the shop after a chaotic order.
   await s.page.locator("#ledger-summary").filter({ hasText: "one each" }).waitFor();
   await s.page.screenshot({ path: `${ARTIFACTS}storefront.png` });
@@ -174,4 +182,15 @@ shopTest("a changed cart after a placed order is a second charge under a new key
   const [a] = await chargesFor(first);
   const [b] = await chargesFor(second);
   assert.equal(b.amount, a.amount + 1600);
+});
+
+shopTest("a page that lowers the amount is refused with a clear message and charges nothing", async (s) => {
+  await recordKeys(s.page);
+  // What a customer could do in the console: the token still says the real price.
+  await s.page.evaluate(() => { document.getElementById("checkout").dataset.amount = "1"; });
+  await s.placeOrder();
+  await s.waitForStatus("was issued for");
+  assert.match(await s.statusText(), /amount is "1" but the order_token was issued for "2400"/);
+  assert.equal((await s.sentKeys()).length, 1, "a refusal is final, not retried");
+  assert.equal((await chargesFor(await s.orderRef())).length, 0);
 });

@@ -45,6 +45,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StackError {
     move |source| StackError::Io { what, source }
 }
 
+/// The order-token secret every test stack shares with its Worker, as a
+/// storefront's server would (see `chargeonce_protocol::token`).
+pub const ORDER_TOKEN_SECRET: &str = "chargeonce-test-order-token-secret-000001";
+
 /// Settings for one stack.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
@@ -53,8 +57,9 @@ pub struct StackOptions {
     /// Appended to the simulator's URL to make `PAYMENT_BACKEND_URL` (the
     /// passthrough adapter posts to the URL itself, e.g. `/v1/orders`).
     pub backend_path: String,
-    /// Whether the Worker passes the simulator's `/__sim/*` hooks through,
-    /// as under `make dev` (`DEV_SIMULATOR_URL`).
+    /// Whether the Worker serves the development routes, as under `make dev`:
+    /// the simulator's `/__sim/*` hooks (`DEV_SIMULATOR_URL`) and the demo
+    /// shop's token issuer (`DEMO_STOREFRONT`).
     pub dev_simulator_routes: bool,
 }
 
@@ -66,6 +71,8 @@ pub struct Stack {
     pub sim_url: String,
     sim: Child,
     wrangler: Child,
+    edge_port: u16,
+    vars: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -112,9 +119,14 @@ impl Stack {
             ),
             ("STRIPE_SECRET_KEY".to_owned(), secret.to_owned()),
             ("PASSTHROUGH_SECRET".to_owned(), secret.to_owned()),
+            (
+                "ORDER_TOKEN_SECRET".to_owned(),
+                ORDER_TOKEN_SECRET.to_owned(),
+            ),
         ];
         if options.dev_simulator_routes {
             vars.push(("DEV_SIMULATOR_URL".to_owned(), sim_url.clone()));
+            vars.push(("DEMO_STOREFRONT".to_owned(), "true".to_owned()));
         }
         vars.extend(options.vars.iter().cloned());
         let wrangler = match start_wrangler(edge_port, &vars, dir.path()) {
@@ -129,10 +141,43 @@ impl Stack {
             sim_url,
             sim,
             wrangler,
+            edge_port,
+            vars,
             dir,
         };
         stack.wait_until_ready()?;
         Ok(stack)
+    }
+
+    /// Kills the Worker's processes at once (SIGKILL to wrangler and workerd,
+    /// no chance to finish anything), as a crash would.
+    pub fn kill_edge(&mut self) {
+        kill_group(&mut self.wrangler);
+    }
+
+    /// Starts the Worker again on the same port with the same local KV and
+    /// Durable Object state, and waits until it answers.
+    pub fn restart_edge(&mut self) -> Result<(), StackError> {
+        kill_group(&mut self.wrangler);
+        // The old listener may linger for a moment after its process died.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpListener::bind((Ipv4Addr::LOCALHOST, self.edge_port)).is_err()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wrangler = start_wrangler(self.edge_port, &self.vars, self.dir.path())?;
+        self.wait_until_ready()
+    }
+
+    /// The folder holding the Worker's local KV and Durable Object state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything wrangler and workerd printed, including `console.log`.
+    pub fn wrangler_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("wrangler.log")).unwrap_or_default()
     }
 
     /// The last lines wrangler printed, for failure reports.
@@ -213,7 +258,12 @@ fn start_wrangler(port: u16, vars: &[(String, String)], dir: &Path) -> Result<Ch
         node_bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let log = File::create(dir.join("wrangler.log")).map_err(io("creating wrangler.log"))?;
+    // Appended to, so the log of a restarted Worker keeps what came before.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("wrangler.log"))
+        .map_err(io("creating wrangler.log"))?;
     let log_err = log.try_clone().map_err(io("opening wrangler.log"))?;
     let mut cmd = Command::new(&wrangler);
     cmd.current_dir(workspace_root())
@@ -271,6 +321,13 @@ fn log_tail(path: &Path) -> String {
 
 fn stop(mut child: Child) {
     let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// SIGKILL to the child's process group.
+fn kill_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
     let _ = child.wait();
 }
 

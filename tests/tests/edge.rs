@@ -11,6 +11,7 @@
 // allow-unwrap-in-tests does not reach it; a panic is the failure report here.
 #![allow(clippy::unwrap_used)]
 
+use chargeonce_tests::shop::{self, now_secs, order_token, signed_order, signed_order_for};
 use chargeonce_tests::sim::{Charge, Faults, Ledger, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
 use futures_util::future::join_all;
@@ -22,7 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The edge's backend timeout in this suite: short, so the timeout test is quick.
-const BACKEND_TIMEOUT_MS: u64 = 1_500;
+/// Long enough that the storm's one forward, queued behind 199 duplicates in
+/// one isolate on a 2-core machine, still gets its answer.
+const BACKEND_TIMEOUT_MS: u64 = 3_000;
+/// The suite's lease: longer than the timeout, as the edge requires.
+const LEASE_SECS: u64 = 6;
 const ALLOWED_ORIGIN: &str = "http://shop.test";
 
 struct Suite {
@@ -77,8 +82,9 @@ impl Reply {
     }
 }
 
+/// An order the shop's server signed, for the tests' customer.
 fn order(order_ref: &str, amount: u64) -> Value {
-    json!({"order_ref": order_ref, "amount": amount, "currency": "usd", "payment_method": "pm_card_visa"})
+    signed_order(order_ref, amount)
 }
 
 fn paysim() -> &'static Path {
@@ -225,10 +231,14 @@ fn two_hundred_parallel_duplicates_charge_once_with_a_naive_backend(s: &Suite) {
             .iter()
             .filter(|r| r.status == 200 && !r.replayed())
             .collect();
+        let mut statuses = std::collections::BTreeMap::new();
+        for reply in &replies {
+            *statuses.entry(reply.status).or_insert(0) += 1;
+        }
         assert_eq!(
             first.len(),
             1,
-            "exactly one response is the first, not replayed"
+            "exactly one response is the first, not replayed; statuses: {statuses:?}"
         );
         let charge_body = &first[0].body;
         assert_eq!(
@@ -252,9 +262,11 @@ fn two_hundred_parallel_duplicates_charge_once_with_a_naive_backend(s: &Suite) {
     });
 }
 
-fn a_response_lost_after_the_charge_is_replayed_on_retry(s: &Suite) {
+fn a_response_lost_after_the_charge_is_reconciled_not_charged_again(s: &Suite) {
     s.block_on(async {
-        s.reset(json!({"drop_after_commit_next": 1})).await;
+        // A naive backend: the retry is saved by the edge's lookup alone.
+        s.reset(json!({"honor_idempotency": false, "drop_after_commit_next": 1}))
+            .await;
         let body = order("lost-1", 1500);
         let lost = s.post("lost-key-0000000001", &body).await;
         lost.problem(502);
@@ -264,6 +276,7 @@ fn a_response_lost_after_the_charge_is_replayed_on_retry(s: &Suite) {
         );
         let retry = s.post("lost-key-0000000001", &body).await;
         assert_eq!(retry.status, 200);
+        assert!(retry.replayed(), "the charge was made by the first request");
         let charges = s.charges("lost-1").await;
         assert_eq!(charges.len(), 1, "the retry must not charge again");
         assert_eq!(
@@ -356,56 +369,65 @@ fn a_duplicate_while_in_flight_gets_409_with_retry_after(s: &Suite) {
     });
 }
 
-fn a_backend_timeout_gives_504_and_the_retry_charges_once(s: &Suite) {
+fn a_backend_timeout_holds_the_key_for_the_lease_then_reconciles(s: &Suite) {
     s.block_on(async {
-        // The simulator answers after the edge gave up, but charges anyway:
-        // the outcome is unknown to the edge, which releases the key.
+        // A naive backend that answers after the edge gave up, and charges
+        // anyway. The edge cannot know, so it holds the key for the lease
+        // and then asks the backend before forwarding again.
         let slow = BACKEND_TIMEOUT_MS + 1_000;
-        s.reset(json!({"latency_ms": slow})).await;
+        s.reset(json!({"honor_idempotency": false, "latency_ms": slow}))
+            .await;
         let body = order("timeout-1", 1234);
+        let started = std::time::Instant::now();
         let timed_out = s.post("timeout-key-0000001", &body).await;
         timed_out.problem(504);
         assert!(timed_out.header("Retry-After").is_some());
         s.sim("/__sim/faults", json!({"latency_ms": 0})).await;
-        // Until the backend finishes the first request it answers 409 (its
-        // own in-progress rule), which the edge passes on as retryable.
         let mut retry = s.post("timeout-key-0000001", &body).await;
-        for _ in 0..20 {
-            if retry.status != 409 {
-                break;
-            }
+        retry.problem(409);
+        while retry.status == 409 && started.elapsed() < Duration::from_secs(LEASE_SECS + 10) {
             tokio::time::sleep(Duration::from_millis(250)).await;
             retry = s.post("timeout-key-0000001", &body).await;
         }
+        assert!(
+            started.elapsed() >= Duration::from_secs(LEASE_SECS),
+            "the key was free before the lease ran out"
+        );
         assert_eq!(
             retry.status,
             200,
             "body: {}",
             String::from_utf8_lossy(&retry.body)
         );
+        assert!(retry.replayed(), "the charge came from the first request");
         let charges = s.charges("timeout-1").await;
-        assert_eq!(
-            charges.len(),
-            1,
-            "the backend's own dedup kept it to one charge"
-        );
+        assert_eq!(charges.len(), 1, "the lookup kept it to one charge");
         assert_eq!(retry.json()["id"], charges[0].id);
     });
 }
 
 fn customers_never_see_each_others_results(s: &Suite) {
     s.block_on(async {
-        s.reset(json!({"honor_idempotency": false})).await;
-        let mut alice = order("tenant-1", 100);
-        alice["customer"] = json!("cus_alice");
-        let mut bob = alice.clone();
-        bob["customer"] = json!("cus_bob");
+        // An idempotent backend: the key it is sent is scoped per customer
+        // too, so its own deduplication does not join the two either.
+        s.reset(json!({})).await;
+        let alice = signed_order_for("tenant-1", 100, "cus_alice");
+        let bob = signed_order_for("tenant-1", 100, "cus_bob");
         let a = s.post("shared-key-00000001", &alice).await;
         let b = s.post("shared-key-00000001", &bob).await;
-        assert_eq!((a.status, b.status), (200, 200));
+        assert_eq!((a.status, b.status), (200, 200), "{:?}", b.json());
         assert!(!b.replayed(), "bob must not get alice's stored response");
         assert_eq!(b.json()["metadata"]["customer"], "cus_bob");
         assert_ne!(a.json()["id"], b.json()["id"]);
+        let again = s.post("shared-key-00000001", &alice).await;
+        assert_eq!(again.body, a.body, "alice still gets her own answer");
+        let charges = s.charges("tenant-1").await;
+        assert_eq!(charges.len(), 2);
+        assert_ne!(charges[0].idempotency_key, charges[1].idempotency_key);
+        // Bob cannot claim to be alice: the token names the customer.
+        let mut forged = bob.clone();
+        forged["customer"] = json!("cus_alice");
+        s.post("shared-key-00000001", &forged).await.problem(403);
     });
 }
 
@@ -683,6 +705,14 @@ fn a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend(s:
             ("customer empty", "customer", json!("")),
             ("customer as number", "customer", json!(7)),
             ("customer with a NUL", "customer", json!("cus\u{0}1")),
+            ("order_token empty", "order_token", json!("")),
+            ("order_token as number", "order_token", json!(1)),
+            ("order_token with a space", "order_token", json!("v1.a b.c")),
+            (
+                "order_token over 2 KB",
+                "order_token",
+                json!("t".repeat(2049)),
+            ),
             ("unknown field", "coupon", json!("FREE")),
             ("misspelt field", "ammount", json!(1)),
         ] {
@@ -715,8 +745,140 @@ fn a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend(s:
             add(&format!("content type {content_type:?}"), req, 415);
         }
 
+        let twice = good.to_string().replacen('}', r#","amount":1}"#, 1);
+        add("amount sent twice", json_post(twice.into_bytes()), 422);
+
+        // Orders the shop did not sign, or signed for something else.
+        let body_with = |token: Option<String>, amount: u64| {
+            let mut body = order("hostile-1", amount);
+            match token {
+                Some(token) => body["order_token"] = json!(token),
+                None => {
+                    body.as_object_mut().unwrap().remove("order_token");
+                }
+            }
+            body.to_string()
+        };
+        let later = now_secs() + 600;
+        let signed_with_another_secret = chargeonce_protocol::OrderClaims {
+            order_ref: "hostile-1".into(),
+            amount: 100,
+            currency: "usd".into(),
+            customer: shop::CUSTOMER.into(),
+            expires_at: later,
+        }
+        .sign(b"a secret the worker does not know, 32+ bytes");
+        let genuine = order_token("hostile-1", 100, shop::CUSTOMER, later);
+        let mut tampered = genuine.clone().into_bytes();
+        let at = tampered.len() - 3;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        for (name, body) in [
+            ("no order token", body_with(None, 100)),
+            (
+                "token for 100, body says 1",
+                body_with(Some(genuine.clone()), 1),
+            ),
+            (
+                "token signed with another secret",
+                body_with(Some(signed_with_another_secret), 100),
+            ),
+            (
+                "token with one signature byte changed",
+                body_with(Some(String::from_utf8(tampered).unwrap()), 100),
+            ),
+            (
+                "expired token",
+                body_with(Some(order_token("hostile-1", 100, shop::CUSTOMER, 1)), 100),
+            ),
+            (
+                "token for another customer",
+                body_with(Some(order_token("hostile-1", 100, "cus_other", later)), 100),
+            ),
+            (
+                "token for another order",
+                body_with(
+                    Some(order_token("hostile-2", 100, shop::CUSTOMER, later)),
+                    100,
+                ),
+            ),
+            (
+                "token of version 2",
+                body_with(Some(genuine.replacen("v1.", "v2.", 1)), 100),
+            ),
+            (
+                "token that is not a token",
+                body_with(Some("v1.x.y".into()), 100),
+            ),
+        ] {
+            add(name, json_post(body.into_bytes()), 403);
+        }
+        add(
+            "POST from an origin that is not allowed",
+            json_post(good.to_string().into_bytes()).header("Origin", "http://evil.test"),
+            403,
+        );
+
         assert!(cases.len() >= 60, "the matrix has {} cases", cases.len());
         s.assert_refused_and_not_forwarded(cases).await;
+    });
+}
+
+/// Writes one request by hand, with whatever `Content-Length` it is given,
+/// and returns the response as text (empty if none came within `wait`).
+fn raw_post(edge_url: &str, content_length: &str, body: &str, wait: Duration) -> String {
+    use std::io::{Read, Write};
+    let host = edge_url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(wait)).unwrap();
+    write!(
+        stream,
+        "POST /v1/orders HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: raw-length-key-00001\r\nContent-Length: {content_length}\r\n\
+         Connection: close\r\n\r\n{body}"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    // What arrived before the server closed, or before `wait` ran out.
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn status_of(response: &str) -> Option<u16> {
+    response.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+fn absurd_content_lengths_are_refused_and_never_forwarded(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false})).await;
+    });
+    let body = order("length-1", 100).to_string();
+    let wait = Duration::from_secs(10);
+    // Values that are not a length at all never reach the Worker: the
+    // runtime's HTTP parser refuses them (with a plain-text 400, not ours).
+    for absurd in ["99999999999999999999", "-1", "abc", "1, 2", "0x10"] {
+        let response = raw_post(&s.stack.edge_url, absurd, &body, wait);
+        assert!(
+            status_of(&response).is_some_and(|status| (400..500).contains(&status)),
+            "Content-Length {absurd:?} got {response:?}"
+        );
+    }
+    // A length over the limit, with that many bytes: our 413.
+    let padded = format!("{body}{}", " ".repeat(20_000 - body.len()));
+    let response = raw_post(&s.stack.edge_url, "20000", &padded, wait);
+    assert_eq!(status_of(&response), Some(413), "{response}");
+    assert!(response.contains("application/problem+json"), "{response}");
+    // A length larger than the bytes sent: HTTP waits for the rest, which
+    // never comes; the client gives up, and nothing was forwarded.
+    let response = raw_post(&s.stack.edge_url, "99999999", &body, Duration::from_secs(2));
+    assert!(
+        status_of(&response).is_none_or(|status| status >= 400),
+        "{response}"
+    );
+    s.block_on(async {
+        assert!(
+            s.charges("length-1").await.is_empty(),
+            "an order got through"
+        );
     });
 }
 
@@ -815,8 +977,7 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
         Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a passthrough stack"));
     s.block_on(async {
         s.reset(json!({"honor_idempotency": false})).await;
-        let mut body = order("pass-1", 2500);
-        body["customer"] = json!("cus_pass");
+        let body = signed_order_for("pass-1", 2500, "cus_pass");
         let first = s.post("pass-key-000000001", &body).await;
         assert_eq!(
             first.status,
@@ -829,9 +990,11 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
         assert_eq!(again.body, first.body);
         let charges = s.charges("pass-1").await;
         assert_eq!(charges.len(), 1);
-        assert_eq!(
-            charges[0].idempotency_key.as_deref(),
-            Some("pass-key-000000001")
+        // The backend gets the key scoped to the customer, not the raw one.
+        let sent = charges[0].idempotency_key.as_deref().unwrap();
+        assert!(
+            sent.starts_with("chargeonce_") && sent.len() == 75,
+            "{sent}"
         );
         assert_eq!(charges[0].customer.as_deref(), Some("cus_pass"));
         assert_eq!(charges[0].amount, 2500);
@@ -839,6 +1002,13 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
             .send(s.http.get(format!("{}/__sim/ledger", s.stack.edge_url)))
             .await;
         hidden.problem(404);
+        let no_demo = s
+            .send(
+                s.http
+                    .post(format!("{}/demo/order-token", s.stack.edge_url)),
+            )
+            .await;
+        no_demo.problem(404);
     });
 }
 
@@ -873,12 +1043,196 @@ fn the_simulator_hooks_pass_through_the_edge_in_development(s: &Suite) {
     });
 }
 
+fn the_demo_storefront_prices_the_cart_and_signs_the_order(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let issue = |cart: Value| {
+            s.send(
+                s.http
+                    .post(format!("{}/demo/order-token", s.stack.edge_url))
+                    .header("Content-Type", "application/json")
+                    .body(cart.to_string()),
+            )
+        };
+        let issued = issue(json!({
+            "customer": "cus_demo",
+            "order_ref": "demo-1",
+            "items": {"kettle": 2, "filters": 1},
+        }))
+        .await;
+        assert_eq!(issued.status, 200);
+        let issued = issued.json();
+        assert_eq!(
+            issued["amount"],
+            2 * 5900 + 600,
+            "priced from the catalogue"
+        );
+        let body = json!({
+            "order_ref": "demo-1",
+            "amount": issued["amount"],
+            "currency": "usd",
+            "customer": "cus_demo",
+            "payment_method": "pm_card_visa",
+            "order_token": issued["order_token"],
+        });
+        assert_eq!(s.post("demo-key-000000001", &body).await.status, 200);
+        assert_eq!(s.charges("demo-1").await[0].amount, 12_400);
+        // The browser cannot lower the price, nor order what is not sold.
+        let mut cheaper = body.clone();
+        cheaper["amount"] = json!(100);
+        s.post("demo-key-000000002", &cheaper).await.problem(403);
+        let yacht = issue(json!({"customer": "c", "order_ref": "o", "items": {"yacht": 1}}));
+        assert!(yacht.await.problem(422)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("yacht"));
+        assert_eq!(s.charges("demo-1").await.len(), 1);
+    });
+}
+
+fn a_worker_killed_after_forwarding_recovers_after_the_lease_with_one_charge(_: &Suite) {
+    // Its own stack, with a lease long enough to outlast a restart.
+    const LEASE_SECS: u64 = 25;
+    let options = StackOptions {
+        vars: vec![
+            ("BACKEND_TIMEOUT_MS".into(), "5000".into()),
+            ("CLAIM_LEASE_SECS".into(), LEASE_SECS.to_string()),
+        ],
+        dev_simulator_routes: false,
+        ..StackOptions::default()
+    };
+    let mut s = Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a stack"));
+    let body = order("crash-1", 3100);
+    let key = "crash-key-00000001";
+    s.block_on(async {
+        s.reset(json!({})).await;
+        // A first order, so the Worker and its Durable Objects are warm.
+        assert_eq!(
+            s.post("crash-warmup-000001", &order("crash-0", 1))
+                .await
+                .status,
+            200
+        );
+        s.sim("/__sim/faults", json!({"latency_ms": 2_000})).await;
+    });
+    let claimed_at = std::time::Instant::now();
+    let (http, url, payload) = (
+        s.http.clone(),
+        format!("{}/v1/orders", s.stack.edge_url),
+        body.to_string(),
+    );
+    let doomed = s.rt.spawn(async move {
+        http.post(url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", key)
+            .body(payload)
+            .send()
+            .await
+    });
+    // The edge has claimed the key and forwarded; the backend is working.
+    std::thread::sleep(Duration::from_millis(1_000));
+    s.stack.kill_edge();
+    assert!(
+        s.block_on(doomed).unwrap().is_err(),
+        "the killed Worker must not have answered"
+    );
+    s.stack.restart_edge().expect("the Worker starts again");
+    s.block_on(async {
+        s.sim("/__sim/faults", json!({"latency_ms": 0})).await;
+        // The backend finished the orphaned request and charged.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let charges = s.charges("crash-1").await;
+        assert_eq!(charges.len(), 1, "the orphaned request charged once");
+        assert!(
+            claimed_at.elapsed() < Duration::from_secs(LEASE_SECS),
+            "the restart outlasted the lease; the test cannot check the 409"
+        );
+        s.post(key, &body).await.problem(409);
+        let mut retry = s.post(key, &body).await;
+        while retry.status == 409 && claimed_at.elapsed() < Duration::from_secs(LEASE_SECS + 30) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            retry = s.post(key, &body).await;
+        }
+        assert!(claimed_at.elapsed() >= Duration::from_secs(LEASE_SECS));
+        assert_eq!(
+            retry.status,
+            200,
+            "body: {}",
+            String::from_utf8_lossy(&retry.body)
+        );
+        assert!(retry.replayed());
+        assert_eq!(retry.json()["id"], charges[0].id, "the backend's answer");
+        let again = s.post(key, &body).await;
+        assert!(again.replayed());
+        assert_eq!(again.body, retry.body);
+        assert_eq!(s.charges("crash-1").await.len(), 1, "one charge");
+    });
+}
+
+fn secrets_never_reach_a_response_a_log_or_the_store(s: &Suite) {
+    use chargeonce_tests::stack::ORDER_TOKEN_SECRET;
+    let secrets = [DEFAULT_SECRET, ORDER_TOKEN_SECRET];
+    let leaks = |what: &str, bytes: &[u8]| {
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{what} holds the secret {secret:?}"
+            );
+        }
+    };
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false, "drop_after_commit_next": 1}))
+            .await;
+        let body = order("secrets-1", 4100);
+        let mut declined = order("secrets-2", 4200);
+        declined["payment_method"] = json!("pm_card_chargeDeclined");
+        let mut replies = vec![
+            s.post("secrets-key-0000001", &body).await,
+            s.post("secrets-key-0000001", &body).await,
+            s.post("secrets-key-0000001", &body).await,
+            s.post("secrets-key-0000002", &declined).await,
+            s.post("secrets-key-0000001", &order("secrets-1", 1)).await,
+            s.post("short", &body).await,
+        ];
+        let mut forged = order("secrets-3", 5);
+        forged["order_token"] = json!("v1.e30.AAAA");
+        replies.push(s.post("secrets-key-0000003", &forged).await);
+        s.reset(json!({"fail_next": 1})).await;
+        replies.push(s.post("secrets-key-0000004", &order("secrets-4", 1)).await);
+        for reply in &replies {
+            leaks("a response body", &reply.body);
+            for (name, value) in &reply.headers {
+                leaks(&format!("the {name} header"), value.as_bytes());
+            }
+            // The backend's own headers are never passed on or stored.
+            assert!(reply.header("Set-Cookie").is_none());
+            assert!(
+                reply.header("Request-Id").is_none(),
+                "a backend header leaked"
+            );
+        }
+        assert!(replies[2].replayed(), "{:?}", replies[2].status);
+    });
+    leaks("the Worker's log", s.stack.wrangler_log().as_bytes());
+    let mut files = vec![s.stack.state_dir()];
+    let mut searched = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            leaks(&path.display().to_string(), &std::fs::read(&path).unwrap());
+            searched += 1;
+        }
+    }
+    assert!(searched > 0, "no stored state to search");
+}
+
 fn main() {
     let args = Arguments::from_args();
     let options = StackOptions {
         vars: vec![
             ("BACKEND_TIMEOUT_MS".into(), BACKEND_TIMEOUT_MS.to_string()),
-            ("CLAIM_LEASE_SECS".into(), "5".into()),
+            ("CLAIM_LEASE_SECS".into(), LEASE_SECS.to_string()),
             ("ALLOWED_ORIGINS".into(), ALLOWED_ORIGIN.into()),
         ],
         dev_simulator_routes: true,
@@ -894,21 +1248,26 @@ fn main() {
     let suite = Arc::new(Suite::new(stack));
     let tests = named![
         two_hundred_parallel_duplicates_charge_once_with_a_naive_backend,
-        a_response_lost_after_the_charge_is_replayed_on_retry,
+        a_response_lost_after_the_charge_is_reconciled_not_charged_again,
         a_backend_failure_then_a_retry_charges_once,
         the_same_key_with_another_amount_is_refused_with_422,
         a_decline_is_final_and_replayed_without_a_charge,
         a_duplicate_while_in_flight_gets_409_with_retry_after,
-        a_backend_timeout_gives_504_and_the_retry_charges_once,
+        a_backend_timeout_holds_the_key_for_the_lease_then_reconciles,
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,
         malformed_requests_get_their_status_and_are_never_forwarded,
         a_matrix_of_hostile_requests_gets_clear_4xx_answers_and_reaches_no_backend,
+        absurd_content_lengths_are_refused_and_never_forwarded,
         an_invalid_order_names_each_bad_field,
         unknown_paths_get_a_404_problem,
         cors_answers_allowed_origins_only,
         the_passthrough_backend_gets_the_json_body_and_the_key,
         the_simulator_hooks_pass_through_the_edge_in_development,
+        the_demo_storefront_prices_the_cart_and_signs_the_order,
+        a_worker_killed_after_forwarding_recovers_after_the_lease_with_one_charge,
+        // Last: it searches everything the suite left behind.
+        secrets_never_reach_a_response_a_log_or_the_store,
     ];
     let trials = tests
         .into_iter()

@@ -20,6 +20,7 @@ pub const ATTRIBUTES: &[(&str, &str)] = &[
     ("currency", "data-currency"),
     ("paymentMethod", "data-payment-method"),
     ("customer", "data-customer"),
+    ("orderToken", "data-order-token"),
     ("label", "data-label"),
     ("retryBaseMs", "data-retry-base-ms"),
     ("retryCapMs", "data-retry-cap-ms"),
@@ -72,6 +73,7 @@ pub fn checkout(host: &HtmlElement) -> Result<Checkout, String> {
         currency: attr(host, "data-currency"),
         payment_method: attr(host, "data-payment-method"),
         customer: attr(host, "data-customer"),
+        order_token: attr(host, "data-order-token"),
     }
     .validate()
     .map_err(|e| e.to_string())?;

@@ -546,3 +546,30 @@ async fn a_misconfigured_button_says_what_is_wrong_and_sends_nothing() {
     assert!(page.keys_sent().is_empty());
     page.unmount();
 }
+
+#[wasm_bindgen_test]
+async fn the_order_token_is_passed_through_and_a_re_signed_order_is_the_same_order() {
+    let page = Page::mount(&unique_ref(), vec![]);
+    page.host.set_attribute("data-customer", "cus_1").unwrap();
+    page.host
+        .set_attribute("data-order-token", "v1.first.signature")
+        .unwrap();
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let body = page.transport.sent.borrow()[0].0.body.clone();
+    assert!(
+        body.contains(r#""customer":"cus_1""#)
+            && body.contains(r#""order_token":"v1.first.signature""#),
+        "{body}"
+    );
+    // The shop signs the same order again (a later expiry): the token is not
+    // part of what is charged, so this is still the placed order.
+    page.host
+        .set_attribute("data-order-token", "v1.second.signature")
+        .unwrap();
+    sleep(20).await;
+    page.click_place_order();
+    sleep(30).await;
+    assert_eq!(page.keys_sent().len(), 1, "a new token is not a new order");
+    page.unmount();
+}
