@@ -59,7 +59,7 @@ screenshot:
 	cp tests/artifacts/storefront.png docs/storefront.png
 
 ## make soak: the chaos soak with ATTEMPTS checkout attempts (default 10000,
-## about 10 minutes); prints the table the README quotes. Also CONCURRENCY,
+## about 6 minutes); prints the table the README quotes. Also CONCURRENCY,
 ## FAULT_RATE, KILLS, SEED.
 soak: build
 	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak

@@ -494,11 +494,16 @@ fn main() -> ExitCode {
                     Arc::clone(&gate),
                     Arc::clone(&done),
                 );
-                let (seed, rate) = (settings.seed, settings.fault_rate);
+                let (seed, rate, attempts) =
+                    (settings.seed, settings.fault_rate, settings.attempts);
                 tokio::spawn(async move {
                     let _slot = gate.acquire_owned().await.unwrap();
                     let checkout = client.checkout(i, seed, injector, rate).await;
-                    done.fetch_add(1, Ordering::Relaxed);
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    // A sign of life every tenth of the run.
+                    if finished % (attempts / 10).max(1) == 0 {
+                        println!("soak: {finished} of {attempts} attempts finished");
+                    }
                     checkout
                 })
             })
