@@ -955,6 +955,25 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
         for name in ["Idempotent-Replayed", "Retry-After", "Idempotency-Key"] {
             assert!(exposed.contains(name), "{name} is not exposed: {exposed}");
         }
+
+        // A page on another site: no CORS headers, a 403, nothing forwarded.
+        let foreign = s
+            .send(
+                s.http
+                    .post(&url)
+                    .header("Origin", "http://evil.test")
+                    .header("Content-Type", "application/json")
+                    .header("Idempotency-Key", "cors-key-000000002")
+                    .body(order("cors-2", 100).to_string()),
+            )
+            .await;
+        let problem = foreign.problem(403);
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("origin-not-allowed"));
+        assert_eq!(foreign.header("Access-Control-Allow-Origin"), None);
+        assert!(s.charges("cors-2").await.is_empty());
     });
 }
 
