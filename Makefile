@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak
+.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak bench
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 dev: build
@@ -33,7 +33,7 @@ lint: setup
 	@echo "==> cargo fmt --check and clippy (native and wasm32)"
 	cargo fmt --all --check
 	cargo clippy --quiet --workspace --all-targets -- -D warnings
-	cargo clippy --quiet -p chargeonce-edge --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --quiet -p chargeonce-edge -p chargeonce-bench-workers --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --quiet -p chargeonce-widget --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 ## make fuzz: the protocol's parsers under random input for FUZZ_SECS seconds each (default 60).
@@ -63,3 +63,14 @@ screenshot:
 ## FAULT_RATE, KILLS, SEED.
 soak: build
 	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak
+
+## make bench: ChargeOnce against its floor and the naive KV Worker on the
+## same workerd (wrk), duplicate storms, the Worker's size and cold start, the
+## widget in Chromium; writes BENCHMARKS.md. Not part of `make test`.
+bench: build
+	@bash scripts/setup-bench.sh
+	@bash scripts/build-bench-workers.sh
+	@echo "==> building the benchmark driver"
+	@cargo build --quiet -p chargeonce-bench
+	@# Local KV and Durable Object state on tmpfs, so the disk does not dominate.
+	@TMPDIR=$$( [ -d /dev/shm ] && echo /dev/shm || echo "$${TMPDIR:-/tmp}" ) target/debug/bench

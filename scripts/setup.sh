@@ -73,17 +73,7 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   have "chromium + chromedriver" "$(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"
 else
   step "chromium + chromium-driver (apt-get, about 1 min)"
-  if [ "$(id -u)" -eq 0 ]; then
-    as_root=(env DEBIAN_FRONTEND=noninteractive)
-  elif command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo DEBIAN_FRONTEND=noninteractive)
-  else
-    echo "setup: chromium and chromedriver are missing and installing them needs root;" >&2
-    echo "       run: apt-get update && apt-get install -y chromium chromium-driver" >&2
-    exit 1
-  fi
-  "${as_root[@]}" apt-get update -qq
-  "${as_root[@]}" apt-get install -y -qq chromium chromium-driver
+  bash "$here/scripts/apt-install.sh" chromium chromium-driver
 fi
 
 echo "==> setup: tools ready in $tools"

