@@ -32,7 +32,7 @@ pub const MAX_RETRY_AFTER_SECS: u32 = 60;
 pub enum BackendKind {
     /// Stripe's `POST /v1/payment_intents`, form-encoded, confirmed at once.
     Stripe,
-    /// The order's JSON body forwarded as-is to the configured URL.
+    /// The order as canonical JSON (without its token) to the configured URL.
     Passthrough,
 }
 

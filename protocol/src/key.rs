@@ -102,8 +102,8 @@ impl IdempotencyKey {
         Ok(Self(key))
     }
 
-    /// The key as sent, without quotes: this is what is forwarded to the
-    /// backend and echoed to the client.
+    /// The key as sent, without quotes: this is what is echoed to the
+    /// client. The backend gets [`ScopedKey::backend_key`] instead.
     pub fn as_str(&self) -> &str {
         &self.0
     }
