@@ -8,8 +8,8 @@
 //! is fine for a demo and would not be for a shop.
 
 use crate::http;
-use crate::orders::order_token_secret;
-use chargeonce_protocol::{EdgeConfig, OrderClaims, Problem, ProblemType};
+use crate::orders::{order_token_secret, read_at_most};
+use chargeonce_protocol::{EdgeConfig, OrderClaims, Problem, ProblemType, MAX_BODY_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use worker::{Date, Request, Response, Result};
@@ -69,7 +69,14 @@ pub async fn handle(mut req: Request, env: &worker::Env, config: &EdgeConfig) ->
         Ok(secret) => secret,
         Err(problem) => return http::problem(&problem),
     };
-    let body = req.bytes().await.unwrap_or_default();
+    // Bounded like the orders route: a cart is a few hundred bytes.
+    let body = read_at_most(&mut req, MAX_BODY_BYTES + 1).await?;
+    if body.len() > MAX_BODY_BYTES {
+        return http::problem(&Problem::new(
+            ProblemType::PayloadTooLarge,
+            format!("a cart may be at most {MAX_BODY_BYTES} bytes"),
+        ));
+    }
     let claims = match price(&body, Date::now().as_millis() / 1000) {
         Ok(claims) => claims,
         Err(detail) => return http::problem(&Problem::new(ProblemType::InvalidOrder, detail)),

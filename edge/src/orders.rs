@@ -322,7 +322,7 @@ fn store_unavailable(e: &crate::key_lock::StoreError) -> Answer {
 
 /// Reads the body but stops after `limit` bytes, so a 10 MB body costs no
 /// more than a 16 KiB one.
-async fn read_at_most(req: &mut Request, limit: usize) -> Result<Vec<u8>> {
+pub(crate) async fn read_at_most(req: &mut Request, limit: usize) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     if req.inner().body().is_none() {
         return Ok(body);

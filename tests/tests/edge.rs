@@ -1100,6 +1100,14 @@ fn the_demo_storefront_prices_the_cart_and_signs_the_order(s: &Suite) {
         let mut cheaper = body.clone();
         cheaper["amount"] = json!(100);
         s.post("demo-key-000000002", &cheaper).await.problem(403);
+        let huge = s
+            .send(
+                s.http
+                    .post(format!("{}/demo/order-token", s.stack.edge_url))
+                    .body(" ".repeat(17 * 1024)),
+            )
+            .await;
+        huge.problem(413);
         let yacht = issue(json!({"customer": "c", "order_ref": "o", "items": {"yacht": 1}}));
         assert!(yacht.await.problem(422)["detail"]
             .as_str()
