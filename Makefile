@@ -64,9 +64,12 @@ screenshot:
 soak: build
 	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak
 
-## make bench: ChargeOnce against its floor and the naive KV Worker on the
-## same workerd (wrk), duplicate storms, the Worker's size and cold start, the
-## widget in Chromium; writes BENCHMARKS.md. Not part of `make test`.
+## make bench: ChargeOnce against its peers (idempotent-proxy-server with
+## Redis, express-idempotency, @node-idempotency/core, the naive KV Worker),
+## each beside a pass-through floor on its own runtime, driven by wrk;
+## duplicate storms; the Worker's size and cold start; the widget in
+## Chromium. Writes BENCHMARKS.md. Not part of `make test`; about 8 minutes
+## once its tools are installed (scripts/setup-bench.sh).
 bench: build
 	@bash scripts/setup-bench.sh
 	@bash scripts/build-bench-workers.sh

@@ -1,8 +1,12 @@
 // The widget's numbers for `make bench`: its bundle size, the time from its
 // script starting to load to an enabled "Place order" button, and from a
 // click to the order request leaving, in headless Chromium (Debian's, driven
-// by playwright-core), over RUNS cold loads. Prints one JSON object on
-// stdout (bench/src/report.rs reads it); progress goes to stderr.
+// by playwright-core), over RUNS rounds of cold loads. Each round loads the
+// widget, the widget with its wasm preloaded, and two floors with a plain-JS
+// button in its place (after the same wasm bytes, and at once), so the
+// browser's own cost on this machine is measured beside the widget's.
+// Prints one JSON object on stdout (bench/src/report.rs reads it); progress
+// goes to stderr.
 //
 // "Starting to load" is the request for chargeonce.js in Resource Timing,
 // not a mark beside the script tag: Chromium's preload scanner requests the
@@ -10,13 +14,14 @@
 // timing from the tag would leave out part of the wait. The mark is still
 // reported, as interactive_from_tag_ms.
 //
-// The page and a stub `POST /v1/orders` are served by this script itself, so
-// the figures are the widget's, not a Worker's or the network's.
+// The page and a stub `POST /v1/orders` are served by this script itself
+// (bench/widget-server.mjs, on a thread of its own), so the figures are the
+// widget's, not a Worker's or the network's.
 //
 // Usage: RUNS=15 node bench/widget.mjs   (CHROMIUM, PLAYWRIGHT_CORE and
 // CHARGEONCE_TOOLS as for tests/e2e)
 
-import { createServer } from "node:http";
+import { Worker } from "node:worker_threads";
 import { existsSync, readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { gzipSync, brotliCompressSync, constants } from "node:zlib";
@@ -55,8 +60,8 @@ const { chromium } = await import(PLAYWRIGHT_CORE)
 // in headless Chromium was 0.5 to 23 ms later. The shadow root is open, but
 // mutations inside it are invisible to an observer on the document, hence
 // the attachShadow wrapper.
-const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>widget bench</title>
-<link rel="icon" href="data:,"></head><body>
+const page = (script, head = "") => `<!doctype html><html><head><meta charset="utf-8"><title>widget bench</title>
+<link rel="icon" href="data:,">${head}</head><body>
 <script>
   const realFetch = window.fetch;
   window.fetch = function (input, init) {
@@ -82,34 +87,41 @@ const PAGE = `<!doctype html><html><head><meta charset="utf-8"><title>widget ben
   // the script already.
   performance.mark("chargeonce:script-start");
 </script>
-<script type="module" src="/pkg/chargeonce.js"></script>
+<script type="module" src="${script}"></script>
 <div id="checkout" data-chargeonce data-endpoint="/v1/orders" data-order-ref="ord_bench"
      data-amount="1999" data-currency="usd" data-payment-method="pm_card_visa"
      data-customer="cus_bench" data-order-token="v1.bench.token" data-label="Place order"></div>
 </body></html>`;
 
-const server = createServer((req, res) => {
-  if (req.method === "POST" && req.url === "/v1/orders") {
-    // Answered once the body is in, as a real backend would.
-    req.resume().on("end", () => {
-      res.writeHead(200, { "Content-Type": "application/json" });
-      res.end('{"id":"pi_bench","status":"succeeded"}');
-    });
-    return;
-  }
-  if (req.method === "GET" && req.url === "/") {
-    res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
-    return res.end(PAGE);
-  }
-  const name = req.url.startsWith("/pkg/") ? req.url.slice("/pkg/".length) : "";
-  if (req.method === "GET" && name in BYTES) {
-    // application/wasm matters: without it wasm-bindgen falls back from
-    // instantiateStreaming to a slower buffered compile.
-    res.writeHead(200, { "Content-Type": TYPES[name.slice(name.lastIndexOf("."))] });
-    return res.end(BYTES[name]);
-  }
-  res.writeHead(404).end();
+// Two floors, on the same page in the same harness, with a plain-JS button
+// in place of the widget: "plain" shows it at once (what this browser on
+// this machine needs to load a script and show a button), "bytes" first
+// downloads the widget's wasm without compiling it (plus what the bundle's
+// bytes cost to fetch). The widget's time over "bytes" is the widget's own.
+const floorJs = (fetchBytes) => `const host = document.getElementById("checkout");
+const root = host.attachShadow({ mode: "open" });
+const button = document.createElement("button");
+button.textContent = host.dataset.label;
+button.disabled = true;
+const status = document.createElement("p");
+status.setAttribute("role", "status");
+root.append(button, status);
+button.addEventListener("click", async () => {
+  await fetch(host.dataset.endpoint, { method: "POST", body: "{}" });
+  status.textContent = "Order placed";
 });
+${fetchBytes ? 'await fetch(new URL("chargeonce_bg.wasm", import.meta.url)).then((r) => r.arrayBuffer());' : ""}
+button.disabled = false;
+`;
+const FLOOR_FILES = { "plain.js": Buffer.from(floorJs(false)), "bytes.js": Buffer.from(floorJs(true)) };
+// Each variant's path and script.
+const VARIANTS = { widget: "/pkg/chargeonce.js", preload: "/pkg/chargeonce.js", bytes: "/pkg/bytes.js", plain: "/pkg/plain.js" };
+// "preload" is the widget with the tag the README offers storefronts beside
+// the script: the wasm's request then starts with the script's instead of
+// after it.
+const PRELOAD = '<link rel="preload" href="/pkg/chargeonce_bg.wasm" as="fetch" type="application/wasm" crossorigin>';
+const PAGES = Object.fromEntries(Object.entries(VARIANTS)
+  .map(([name, script]) => [`/${name}`, page(script, name === "preload" ? PRELOAD : "")]));
 
 const round = (ms) => Math.round(ms * 10) / 10;
 
@@ -158,40 +170,66 @@ async function run(context, url) {
   return page.evaluate(() => ({
     ...Object.fromEntries(["script-start", "interactive", "click", "request"]
       .map((n) => [n, performance.getEntriesByName(`chargeonce:${n}`)[0].startTime])),
-    js: performance.getEntriesByType("resource").find((r) => r.name.endsWith("/chargeonce.js")).startTime,
+    js: performance.getEntriesByType("resource").find((r) => /\/pkg\/(chargeonce|bytes|plain)\.js$/.test(r.name)).startTime,
     // Splits the wait for report.rs: the wasm's bytes arriving, then
     // compiling, instantiating and mounting.
-    wasm: performance.getEntriesByType("resource").find((r) => r.name.endsWith(".wasm")).responseEnd,
+    wasm: performance.getEntriesByType("resource").find((r) => r.name.endsWith(".wasm"))?.responseEnd ?? NaN,
+    // More than one means a preload the widget's own fetch did not reuse.
+    wasmFetches: performance.getEntriesByType("resource").filter((r) => r.name.endsWith(".wasm")).length,
   }));
 }
 
-let browser;
+let browser, server;
 try {
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const url = `http://127.0.0.1:${server.address().port}/`;
+  server = new Worker(new URL("./widget-server.mjs", import.meta.url), {
+    workerData: { pages: PAGES, files: { ...BYTES, ...FLOOR_FILES }, types: TYPES },
+  });
+  const port = await new Promise((resolve, reject) => {
+    server.once("message", resolve);
+    server.once("error", reject);
+  });
+  const url = `http://127.0.0.1:${port}/`;
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   const interactive = [], fromTag = [], fromNavigation = [], wasmLoaded = [], clickToRequest = [];
+  const floorBytes = [], floorPlain = [], floorClickToRequest = [], preloaded = [];
   // Run 0 is a warm-up, not counted: the first page of a just-launched
   // browser also pays for starting the browser's own services, which a
-  // shopper's long-running browser has done already.
+  // shopper's long-running browser has done already. Each run loads the
+  // widget and both floors, the order rotating, so drift hits all alike.
+  const names = Object.keys(VARIANTS);
   for (let i = 0; i <= RUNS; i++) {
-    // A fresh context each run: its own HTTP cache and renderer, so every
-    // load fetches and compiles the wasm from nothing.
-    const context = await browser.newContext();
-    const m = await run(context, url)
-      .catch((e) => { throw new Error(`${i ? `run ${i} of ${RUNS}` : "the warm-up run"} failed: ${e.message}`); })
-      .finally(() => context.close());
+    const measured = {};
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(i + k) % names.length];
+      // A fresh context each load: its own HTTP cache and renderer, so
+      // every load fetches (and the widget compiles) the wasm from nothing.
+      const context = await browser.newContext();
+      measured[name] = await run(context, `${url}${name}`)
+        .catch((e) => {
+          throw new Error(`${name}, ${i ? `run ${i} of ${RUNS}` : "the warm-up run"}: ${e.message}`);
+        })
+        .finally(() => context.close());
+    }
     if (i === 0) continue;
+    const { widget: m, bytes: b, plain: p, preload: w } = measured;
+    if (w.wasmFetches !== 1) {
+      throw new Error(`with the preload tag the wasm was fetched ${w.wasmFetches} times: the tag and the widget's fetch do not match`);
+    }
+    preloaded.push(w.interactive - w.js);
     interactive.push(m.interactive - m.js);
     fromTag.push(m.interactive - m["script-start"]);
     fromNavigation.push(m.interactive);
     wasmLoaded.push(m.wasm - m.js);
     clickToRequest.push(m.request - m.click);
-    process.stderr.write(`widget: run ${i} of ${RUNS}: interactive after ${round(interactive.at(-1))} ms, ` +
+    floorBytes.push(b.interactive - b.js);
+    floorPlain.push(p.interactive - p.js);
+    floorClickToRequest.push(p.request - p.click);
+    process.stderr.write(`widget: run ${i} of ${RUNS}: interactive after ${round(interactive.at(-1))} ms ` +
+      `(floors: ${round(floorBytes.at(-1))} ms with the bytes, ${round(floorPlain.at(-1))} ms without), ` +
       `request ${round(clickToRequest.at(-1))} ms after the click\n`);
   }
   console.log(JSON.stringify({
@@ -203,6 +241,10 @@ try {
     from_navigation_ms: stats(fromNavigation),
     wasm_loaded_ms: stats(wasmLoaded),
     click_to_request_ms: stats(clickToRequest),
+    preload_interactive_ms: stats(preloaded),
+    floor_bytes_interactive_ms: stats(floorBytes),
+    floor_plain_interactive_ms: stats(floorPlain),
+    floor_click_to_request_ms: stats(floorClickToRequest),
     bundle: bundle(),
     chromium: browser.version(),
   }));
@@ -211,6 +253,5 @@ try {
   process.exitCode = 1;
 } finally {
   await browser?.close();
-  server.closeAllConnections();
-  server.close();
+  server?.postMessage("close");
 }

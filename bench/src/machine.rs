@@ -91,8 +91,55 @@ pub fn describe(_root: &Path) -> Machine {
             ("node".into(), first_line(&node(), &["--version"])),
             ("wrangler".into(), first_line(&wrangler(), &["--version"])),
             ("wrk".into(), first_line(Path::new("wrk"), &["--version"])),
-        ],
+            (
+                "redis-server".into(),
+                first_line(Path::new("redis-server"), &["--version"]),
+            ),
+            (
+                "idempotent-proxy-server".into(),
+                installed_crate("idempotent-proxy-server"),
+            ),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "express-idempotency",
+                "express",
+                "@node-idempotency/core",
+                "@node-idempotency/storage-adapter-memory",
+            ]
+            .map(|name| (name.to_owned(), installed_npm(name))),
+        )
+        .collect(),
     }
+}
+
+/// The version `cargo install --list` reports for `name` in the tools cache
+/// (the binary prints none).
+fn installed_crate(name: &str) -> String {
+    let list = Command::new("cargo")
+        .args(["install", "--list", "--root"])
+        .arg(tools_dir().join("cargo"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    list.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .map(|rest| rest.trim_end_matches(':').to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The version of an npm peer as installed (its own package.json).
+fn installed_npm(name: &str) -> String {
+    let manifest = tools_dir()
+        .join("bench-node/node_modules")
+        .join(name)
+        .join("package.json");
+    std::fs::read(manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Runs `wrangler deploy --dry-run --outdir` on the edge and reads the sizes

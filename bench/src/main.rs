@@ -1,50 +1,96 @@
-//! `make bench`: ChargeOnce against a pass-through floor and the naive KV
-//! get-then-put Worker, on the same local workerd, in front of the same
-//! payment simulator, driven by the same load tool (`wrk`), contenders
-//! alternating so that drift hits all alike; then a duplicate storm against
-//! each, the widget in headless Chromium, and the Worker's size and cold
-//! start. It prints what it measures and writes `BENCHMARKS.md`.
+//! `make bench`: ChargeOnce against its floor and its peers, all in front of
+//! the same payment simulator, driven by the same load tool (`wrk`),
+//! contenders alternating so that drift hits all alike. Every peer also runs
+//! beside a pass-through floor on its own runtime, so each one's cost over
+//! its floor can be compared. Then a duplicate storm against each, the
+//! widget in headless Chromium, and the Worker's size and cold start. It
+//! prints what it measures and writes `BENCHMARKS.md`.
 //!
-//! Settings from the environment: `ROUNDS` (3), `SECS` per run (5),
-//! `CONNECTIONS` (16), `STORM_KEYS` (20), `STORM_COPIES` (20).
+//! Settings from the environment: `ROUNDS` (3), `SECS` per run (3),
+//! `CONNECTIONS` (16), `STORM_KEYS` (20), `STORM_COPIES` (20),
+//! `PROFILE_REQUESTS` (200).
 
 mod machine;
+mod profile;
 mod report;
+mod servers;
 mod storm;
 mod wrk;
 
 use chargeonce_tests::shop::{now_secs, order_token};
 use chargeonce_tests::sim::DEFAULT_SECRET;
-use chargeonce_tests::stack::{workspace_root, Paysim, WranglerDev, ORDER_TOKEN_SECRET};
+use chargeonce_tests::stack::{workspace_root, Paysim};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// Flags every Worker runs with, so they pay the same: wrangler's own
-/// per-request logging off.
-const WRANGLER_FLAGS: &[&str] = &["--log-level", "warn"];
-
-/// The contenders on workerd.
+/// Everything measured. The floors forward without any idempotency; every
+/// other contender has one of them as its own floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Contender {
-    /// The pass-through Worker: no idempotency.
-    Floor,
+    /// The pass-through Rust Worker on workerd.
+    WorkerFloor,
     /// ChargeOnce's edge.
     ChargeOnce,
     /// The hand-written KV get-then-put Worker.
     NaiveKv,
+    /// A pass-through axum + reqwest proxy: idempotent-proxy-server's stack.
+    RustFloor,
+    /// idempotent-proxy-server (crates.io) with Redis.
+    IdempotentProxy,
+    /// A pass-through `node:http` proxy.
+    NodeFloor,
+    /// @node-idempotency/core in that proxy.
+    NodeIdempotency,
+    /// A pass-through Express proxy.
+    ExpressFloor,
+    /// express-idempotency in that proxy.
+    ExpressIdempotency,
 }
 
 impl Contender {
+    /// Every contender, floors first within each runtime.
+    pub const ALL: [Contender; 9] = [
+        Self::WorkerFloor,
+        Self::ChargeOnce,
+        Self::NaiveKv,
+        Self::RustFloor,
+        Self::IdempotentProxy,
+        Self::NodeFloor,
+        Self::NodeIdempotency,
+        Self::ExpressFloor,
+        Self::ExpressIdempotency,
+    ];
+
     /// Its name in tables.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Floor => "Floor (pass-through Worker)",
+            Self::WorkerFloor => "Worker floor",
             Self::ChargeOnce => "ChargeOnce",
             Self::NaiveKv => "Naive KV Worker (anti-pattern)",
+            Self::RustFloor => "Rust floor (axum + reqwest)",
+            Self::IdempotentProxy => "idempotent-proxy-server + Redis",
+            Self::NodeFloor => "Node floor (node:http)",
+            Self::NodeIdempotency => "@node-idempotency/core",
+            Self::ExpressFloor => "Express floor",
+            Self::ExpressIdempotency => "express-idempotency",
         }
+    }
+
+    /// The pass-through on the same runtime (a floor is its own).
+    pub fn floor(self) -> Contender {
+        match self {
+            Self::WorkerFloor | Self::ChargeOnce | Self::NaiveKv => Self::WorkerFloor,
+            Self::RustFloor | Self::IdempotentProxy => Self::RustFloor,
+            Self::NodeFloor | Self::NodeIdempotency => Self::NodeFloor,
+            Self::ExpressFloor | Self::ExpressIdempotency => Self::ExpressFloor,
+        }
+    }
+
+    /// Whether it forwards without idempotency.
+    pub fn is_floor(self) -> bool {
+        self.floor() == self
     }
 }
 
@@ -76,6 +122,7 @@ struct Settings {
     connections: usize,
     storm_keys: usize,
     storm_copies: usize,
+    profile_requests: usize,
 }
 
 fn var<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -91,6 +138,8 @@ pub struct Target {
     pub contender: Contender,
     /// Its base URL.
     pub url: String,
+    /// The path orders are POSTed to.
+    pub path: String,
     /// The JSON body for `order_ref`.
     pub body: Box<dyn Fn(&str) -> String + Send + Sync>,
     /// The `Authorization` header the client sends ("" for none).
@@ -124,10 +173,11 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let settings = Settings {
         rounds: var("ROUNDS", 3),
-        secs: var("SECS", 5),
+        secs: var("SECS", 3),
         connections: var("CONNECTIONS", 16),
         storm_keys: var("STORM_KEYS", 20),
         storm_copies: var("STORM_COPIES", 20),
+        profile_requests: var("PROFILE_REQUESTS", 200),
     };
     let root = workspace_root();
     let started = Instant::now();
@@ -148,41 +198,24 @@ fn run() -> Result<(), String> {
     sim_faults(json!({"honor_idempotency": false}))?;
 
     let backend = format!("{}/v1/orders", sim.url);
-    let workers_toml = root.join("bench/workers/wrangler.toml");
-    eprintln!("bench: starting the three Workers under wrangler dev");
-    let start = |contender: Contender| -> Result<WranglerDev, String> {
-        start_worker(contender, &workers_toml, &backend)
-    };
-    let floor = start(Contender::Floor)?;
-    let chargeonce = start(Contender::ChargeOnce)?;
-    let naive = start(Contender::NaiveKv)?;
+    let redis = servers::redis()?;
+    let redis_url = redis.url.replacen("http://", "redis://", 1);
+    eprintln!("bench: starting the contenders (three Workers under wrangler dev, the peers and their floors)");
+    let mut running = Vec::new();
+    for contender in Contender::ALL {
+        running.push((contender, servers::start(contender, &backend, &redis_url)?));
+    }
     let bearer = format!("Bearer {DEFAULT_SECRET}");
-    let targets = [
-        Target {
-            contender: Contender::Floor,
-            url: floor.url.clone(),
-            body: Box::new(|r| order(r, None)),
-            authorization: bearer.clone(),
-        },
-        Target {
-            contender: Contender::ChargeOnce,
-            url: chargeonce.url.clone(),
-            // The token is the shop's; the client only carries it.
-            body: Box::new(|r| {
-                order(
-                    r,
-                    Some(order_token(r, 1999, "cus_bench", now_secs() + 3_600)),
-                )
-            }),
-            authorization: String::new(),
-        },
-        Target {
-            contender: Contender::NaiveKv,
-            url: naive.url.clone(),
-            body: Box::new(|r| order(r, None)),
-            authorization: bearer.clone(),
-        },
-    ];
+    let targets: Vec<Target> = running
+        .iter()
+        .map(|(contender, server)| target(*contender, server.url(), &bearer))
+        .collect();
+    for target in &targets {
+        // One order through each, so a broken contender stops the run here
+        // rather than as a table of errors.
+        let key = format!("bench-smoke-{:?}-0001", target.contender).to_lowercase();
+        rt.block_on(storm::send(&http, target, &key, "o-smoke"))?;
+    }
 
     // Throughput and latency: rounds of every contender on every path, the
     // order rotating each round.
@@ -192,8 +225,8 @@ fn run() -> Result<(), String> {
         for path in [Scenario::First, Scenario::Replay, Scenario::Conflict] {
             for i in 0..targets.len() {
                 let target = &targets[(i + round) % targets.len()];
-                // The floor forwards everything: its paths are all the same.
-                if target.contender == Contender::Floor && path != Scenario::First {
+                // A floor forwards everything: its paths are all the same.
+                if target.contender.is_floor() && path != Scenario::First {
                     continue;
                 }
                 let tag = format!("r{round}-{:?}-{:?}", target.contender, path).to_lowercase();
@@ -205,13 +238,17 @@ fn run() -> Result<(), String> {
                         key
                     }
                     Scenario::Conflict => {
-                        // A first request the backend holds for a minute:
-                        // every run request finds it in flight.
+                        // A first request the backend holds until both
+                        // runs are over: every run request finds it in
+                        // flight, and whatever a contender holds for it
+                        // (idempotent-proxy-server's pollers keep a Redis
+                        // connection each) is released before the next run.
                         let key = format!("bench-conflict-{tag}");
-                        sim_faults(json!({"slow_next": 1, "slow_ms": 60_000}))?;
+                        let hold_ms = (2 * settings.secs + 2) * 1000;
+                        sim_faults(json!({"slow_next": 1, "slow_ms": hold_ms}))?;
                         let (http, url, body, auth, k) = (
                             http.clone(),
-                            target.url.clone(),
+                            format!("{}{}", target.url, target.path),
                             (target.body)(&format!("o-{tag}")),
                             target.authorization.clone(),
                             key.clone(),
@@ -244,15 +281,16 @@ fn run() -> Result<(), String> {
                     } else {
                         key.clone()
                     };
-                    let result = wrk::run(
-                        &target.url,
+                    let result = wrk::run(&wrk::Load {
+                        url: &target.url,
+                        path: &target.path,
                         mode,
-                        &key,
-                        &body,
-                        &target.authorization,
+                        key: &key,
+                        body: &body,
+                        authorization: &target.authorization,
                         connections,
-                        settings.secs,
-                    )?;
+                        secs: settings.secs,
+                    })?;
                     eprintln!(
                         "bench:   {connections} connection(s): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} of {} not 2xx",
                         result.rps, result.p50_ms, result.p99_ms, result.non_2xx, result.requests
@@ -266,18 +304,49 @@ fn run() -> Result<(), String> {
     }
     sim_faults(json!({"slow_next": 0, "slow_ms": 0}))?;
 
+    eprintln!(
+        "bench: ChargeOnce's Server-Timing, {} sequential orders per path",
+        settings.profile_requests
+    );
+    let find = |c: Contender| targets.iter().find(|t| t.contender == c);
+    let (Some(chargeonce), Some(floor)) =
+        (find(Contender::ChargeOnce), find(Contender::WorkerFloor))
+    else {
+        return Err("ChargeOnce and its floor must both run".into());
+    };
+    let mut profiles = Vec::new();
+    for scenario in [Scenario::First, Scenario::Replay] {
+        let p = rt.block_on(profile::profile(
+            &http,
+            chargeonce,
+            floor,
+            scenario,
+            settings.profile_requests,
+        ))?;
+        eprintln!(
+            "bench:   {}: {:?}, client {:.2} ms, floor {:.2} ms",
+            scenario.name(),
+            p.steps,
+            p.client_ms,
+            p.floor_ms
+        );
+        profiles.push(p);
+    }
+
     eprintln!("bench: duplicate storms");
     let mut storms = Vec::new();
     for target in &targets {
-        storms.push(rt.block_on(storm::storm(
+        // One floor shows what no idempotency does; the others would repeat it.
+        if target.contender.is_floor() && target.contender != Contender::WorkerFloor {
+            continue;
+        }
+        let storm = rt.block_on(storm::storm(
             &http,
             &sim.url,
             target,
             settings.storm_keys,
             settings.storm_copies,
-        ))?);
-    }
-    for storm in &storms {
+        ))?;
         eprintln!(
             "bench:   {}: {} of {} keys charged exactly once, {}-{} charges per key",
             storm.contender.name(),
@@ -286,15 +355,17 @@ fn run() -> Result<(), String> {
             storm.min,
             storm.max
         );
+        storms.push(storm);
     }
-    drop((floor, chargeonce, naive));
+    drop(running);
+    drop(redis);
 
     eprintln!("bench: cold starts");
     let mut cold: BTreeMap<Contender, Vec<Duration>> = BTreeMap::new();
     for _ in 0..3 {
-        for contender in [Contender::Floor, Contender::ChargeOnce] {
+        for contender in [Contender::WorkerFloor, Contender::ChargeOnce] {
             let t0 = Instant::now();
-            let worker = start_worker(contender, &workers_toml, &backend)?;
+            let worker = servers::worker(contender, &backend)?;
             cold.entry(contender).or_default().push(t0.elapsed());
             drop(worker);
         }
@@ -308,6 +379,7 @@ fn run() -> Result<(), String> {
         runs: &runs,
         unloaded: &unloaded,
         storms: &storms,
+        profiles: &profiles,
         cold: &cold,
         bundle: &bundle,
         widget: &widget,
@@ -324,31 +396,31 @@ fn run() -> Result<(), String> {
     Ok(())
 }
 
-fn start_worker(
-    contender: Contender,
-    workers_toml: &Path,
-    backend: &str,
-) -> Result<WranglerDev, String> {
-    let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
-    let (config, vars): (Option<PathBuf>, Vec<(String, String)>) = match contender {
-        Contender::Floor => (
-            Some(workers_toml.to_owned()),
-            vec![var("MODE", "floor"), var("PAYMENT_BACKEND_URL", backend)],
-        ),
-        Contender::NaiveKv => (
-            Some(workers_toml.to_owned()),
-            vec![var("MODE", "naive-kv"), var("PAYMENT_BACKEND_URL", backend)],
-        ),
-        Contender::ChargeOnce => (
-            None,
-            vec![
-                var("PAYMENT_BACKEND", "passthrough"),
-                var("PAYMENT_BACKEND_URL", backend),
-                var("PASSTHROUGH_SECRET", DEFAULT_SECRET),
-                var("ORDER_TOKEN_SECRET", ORDER_TOKEN_SECRET),
-            ],
-        ),
+/// How `contender` at `url` is called: ChargeOnce's client carries the
+/// shop's order token and no credential; the others carry the backend's
+/// API key for the proxy to pass on.
+fn target(contender: Contender, url: &str, bearer: &str) -> Target {
+    let path = match contender {
+        // It picks the upstream by the path's name (`URL_ORDERS`).
+        Contender::IdempotentProxy => "/URL_ORDERS",
+        _ => "/v1/orders",
     };
-    WranglerDev::start(config.as_deref(), WRANGLER_FLAGS, &vars)
-        .map_err(|e| format!("{}: {e}", contender.name()))
+    Target {
+        contender,
+        url: url.to_owned(),
+        path: path.to_owned(),
+        body: match contender {
+            Contender::ChargeOnce => Box::new(|r| {
+                order(
+                    r,
+                    Some(order_token(r, 1999, "cus_bench", now_secs() + 3_600)),
+                )
+            }),
+            _ => Box::new(|r| order(r, None)),
+        },
+        authorization: match contender {
+            Contender::ChargeOnce => String::new(),
+            _ => bearer.to_owned(),
+        },
+    }
 }

@@ -49,7 +49,44 @@ pub async fn post_json(
     }
 }
 
-/// POSTs one order; returns the status.
+/// An order POST to `url` (base and path), ready to send.
+fn order_post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: String,
+    authorization: &str,
+) -> reqwest::RequestBuilder {
+    let req = http
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Idempotency-Key", key)
+        .body(body);
+    if authorization.is_empty() {
+        req
+    } else {
+        req.header("Authorization", authorization)
+    }
+}
+
+/// `target`'s order `order_ref` under `key`, ready to send.
+pub fn order_request(
+    http: &reqwest::Client,
+    target: &Target,
+    key: &str,
+    order_ref: &str,
+) -> reqwest::RequestBuilder {
+    let url = format!("{}{}", target.url, target.path);
+    order_post(
+        http,
+        &url,
+        key,
+        (target.body)(order_ref),
+        &target.authorization,
+    )
+}
+
+/// POSTs one order to `url` (base and path); returns the status.
 pub async fn post_order(
     http: &reqwest::Client,
     url: &str,
@@ -57,15 +94,10 @@ pub async fn post_order(
     body: String,
     authorization: &str,
 ) -> Result<u16, String> {
-    let mut req = http
-        .post(format!("{url}/v1/orders"))
-        .header("Content-Type", "application/json")
-        .header("Idempotency-Key", key)
-        .body(body);
-    if !authorization.is_empty() {
-        req = req.header("Authorization", authorization);
-    }
-    let res = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+    let res = order_post(http, url, key, body, authorization)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = res.status().as_u16();
     let _ = res.bytes().await;
     Ok(status)
@@ -78,10 +110,17 @@ pub async fn send(
     key: &str,
     order_ref: &str,
 ) -> Result<(), String> {
-    let body = (target.body)(order_ref);
-    match post_order(http, &target.url, key, body, &target.authorization).await? {
+    let res = order_request(http, target, key, order_ref)
+        .send()
+        .await
+        .map_err(|e| format!("{}: {e}", target.contender.name()))?;
+    match res.status().as_u16() {
         200 => Ok(()),
-        other => Err(format!("{} answered {other}", target.contender.name())),
+        other => Err(format!(
+            "{} answered {other}: {}",
+            target.contender.name(),
+            res.text().await.unwrap_or_default()
+        )),
     }
 }
 
@@ -109,8 +148,10 @@ pub async fn storm(
         let body = (target.body)(&order_ref);
         (0..copies).map(move |_| (key.clone(), body.clone()))
     });
+    let url = format!("{}{}", target.url, target.path);
+    let url = &url;
     let answers = join_all(requests.map(|(key, body)| async move {
-        post_order(http, &target.url, &key, body, &target.authorization).await
+        post_order(http, url, &key, body, &target.authorization).await
     }))
     .await;
     let mut statuses = BTreeMap::new();

@@ -18,23 +18,43 @@ pub struct Run {
     pub non_2xx: u64,
 }
 
-/// One run of `secs` seconds with `connections` connections on one thread.
-pub fn run(
-    url: &str,
-    mode: &str,
-    key: &str,
-    body: &str,
-    authorization: &str,
-    connections: usize,
-    secs: u64,
-) -> Result<Run, String> {
+/// One load: where, what, how hard.
+pub struct Load<'a> {
+    /// Base URL.
+    pub url: &'a str,
+    /// Path orders are POSTed to.
+    pub path: &'a str,
+    /// `unique` (a new key per request, `key` its prefix) or `same`.
+    pub mode: &'a str,
+    /// The key, or the prefix of the keys.
+    pub key: &'a str,
+    /// The JSON body.
+    pub body: &'a str,
+    /// The `Authorization` value ("" for none).
+    pub authorization: &'a str,
+    /// Open connections.
+    pub connections: usize,
+    /// Duration.
+    pub secs: u64,
+}
+
+/// One run of `load.secs` seconds on one thread.
+pub fn run(load: &Load<'_>) -> Result<Run, String> {
     let script = workspace_root().join("bench/wrk/orders.lua");
     let output = Command::new("wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s")])
+        .args(["-t1", &format!("-c{}", load.connections)])
+        .arg(format!("-d{}s", load.secs))
         .args(["--latency", "--timeout", "30s", "-s"])
         .arg(&script)
-        .arg(format!("{url}/v1/orders"))
-        .args(["--", mode, key, body, authorization])
+        .arg(format!("{}{}", load.url, load.path))
+        .args([
+            "--",
+            load.mode,
+            load.key,
+            load.body,
+            load.authorization,
+            load.path,
+        ])
         .output()
         .map_err(|e| format!("could not run wrk (make bench installs it): {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);
@@ -56,18 +76,28 @@ pub fn parse(text: &str) -> Option<Run> {
         requests: 0,
         non_2xx: 0,
     };
+    let mut answered = None;
     for line in text.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
             (Some("50%"), Some(v)) => run.p50_ms = millis(v)?,
             (Some("99%"), Some(v)) => run.p99_ms = millis(v)?,
             (Some("Requests/sec:"), Some(v)) => run.rps = v.parse().ok()?,
-            (Some(n), Some("requests")) => run.requests = n.parse().ok()?,
+            (Some(n), Some("requests")) => answered = Some(n.parse().ok()?),
             _ if line.starts_with("Non-2xx or 3xx responses:") => {
                 run.non_2xx = line.rsplit(' ').next()?.parse().ok()?;
             }
             _ => {}
         }
+    }
+    run.requests = answered?;
+    if run.requests == 0 && !run.rps.is_nan() {
+        // Nothing answered within the run (a contender that holds every
+        // duplicate until the first finishes): wrk's latencies are zeros
+        // then, not measurements.
+        run.p50_ms = f64::NAN;
+        run.p99_ms = f64::NAN;
+        return Some(run);
     }
     (!run.rps.is_nan() && !run.p50_ms.is_nan() && !run.p99_ms.is_nan()).then_some(run)
 }
@@ -112,6 +142,14 @@ Transfer/sec:    600.00KB
         assert!((run.p99_ms - 1200.0).abs() < 1e-9);
         assert!((run.rps - 1402.4).abs() < 1e-9);
         assert_eq!((run.requests, run.non_2xx), (7012, 7011));
+    }
+
+    #[test]
+    fn a_run_nothing_answered_has_no_latencies() {
+        let report = "  Latency Distribution\n     50%    0.00us\n     99%    0.00us\n  0 requests in 3.00s, 0.00B read\nRequests/sec:      0.00\n";
+        let run = parse(report).unwrap();
+        assert_eq!((run.requests, run.rps), (0, 0.0));
+        assert!(run.p50_ms.is_nan() && run.p99_ms.is_nan());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 -- wrk's script for `make bench`: POST /v1/orders with a JSON body, and an
 -- Idempotency-Key that is new for every request ("unique", the first-request
 -- path) or the same for all ("same", the replay and conflict paths).
--- Arguments after `--`: mode, key (a prefix for "unique"), body, and the
--- Authorization header value ("" for none).
+-- Arguments after `--`: mode, key (a prefix for "unique"), body, the
+-- Authorization header value ("" for none), and the path.
 
 local threads = 0
 
@@ -12,7 +12,7 @@ function setup(thread)
 end
 
 function init(args)
-  mode, key, body, authorization = args[1], args[2], args[3], args[4]
+  mode, key, body, authorization, path = args[1], args[2], args[3], args[4], args[5]
   n = 0
 end
 
@@ -27,5 +27,5 @@ function request()
   if authorization ~= "" then
     headers["Authorization"] = authorization
   end
-  return wrk.format("POST", "/v1/orders", headers, body)
+  return wrk.format("POST", path, headers, body)
 end

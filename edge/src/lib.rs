@@ -21,6 +21,7 @@ pub mod http;
 pub mod key_lock;
 pub mod orders;
 pub mod replay_cache;
+pub mod timing;
 
 use chargeonce_protocol::{EdgeConfig, Problem, ProblemType, ORDERS_PATH};
 use worker::{event, Context, Env, Method, Request, Response, Result};

@@ -8,6 +8,7 @@ use crate::backend;
 use crate::http;
 use crate::key_lock::KeyLockClient;
 use crate::replay_cache;
+use crate::timing::Steps;
 use chargeonce_protocol::{
     check_head, check_order_request, token, BackendOutcome, ClaimToken, CompleteOutcome, Completed,
     Decision, EdgeConfig, IdempotencyKey, LookupOutcome, OrderRequest, Problem, ProblemType,
@@ -57,10 +58,14 @@ pub async fn handle(
     // Parsed here as well as in the contract's checks because the key is
     // echoed even on errors that come before the key check (405, 415, 413).
     let echoed = IdempotencyKey::parse(key.as_deref()).ok();
-    let response = match answer(&mut req, head, env, ctx, config).await {
+    let mut steps = Steps::start();
+    let mut response = match answer(&mut req, head, env, ctx, config, &mut steps).await {
         Answer::Problem(problem) => http::problem(&problem),
         Answer::Result { response, replayed } => http::stored(&response, replayed),
     }?;
+    if let Some(timing) = steps.header() {
+        response.headers_mut().set("Server-Timing", &timing)?;
+    }
     http::with_key(response, echoed.as_ref())
 }
 
@@ -70,6 +75,7 @@ async fn answer(
     env: &Env,
     ctx: &Context,
     config: &EdgeConfig,
+    steps: &mut Steps,
 ) -> Answer {
     if let Err(problem) = check_head(&head) {
         return problem.into();
@@ -103,12 +109,15 @@ async fn answer(
         Err(problem) => return problem.into(),
     };
     let name = request.key.storage_name();
+    steps.mark("read");
 
     // Fast path: a final result cached in KV. Only a hit is trusted; anything
     // else goes to the authoritative record.
     let kv = replay_cache::store(env);
     if let Some(kv) = &kv {
-        if let Some(cached) = replay_cache::get(kv, &name).await {
+        let cached = replay_cache::get(kv, &name).await;
+        steps.mark("kv");
+        if let Some(cached) = cached {
             match cached.decide(&request.fingerprint, Date::now().as_millis()) {
                 Some(Decision::Replay { response }) => {
                     return Answer::Result {
@@ -127,10 +136,11 @@ async fn answer(
         Err(e) => return store_unavailable(&e),
     };
     let ttl_ms = config.ttl_secs * 1000;
-    let (token, reconcile) = match lock
+    let claimed = lock
         .claim(&request.fingerprint, config.lease_secs * 1000, ttl_ms)
-        .await
-    {
+        .await;
+    steps.mark("claim");
+    let (token, reconcile) = match claimed {
         Ok(Decision::Forward { token, reconcile }) => (token, reconcile),
         Ok(Decision::Replay { response }) => {
             return Answer::Result {
@@ -159,9 +169,14 @@ async fn answer(
     // it again, or a backend that ignores keys would charge twice.
     if reconcile {
         let url = config.backend.lookup_url(&config.backend_url, &backend_key);
-        match backend::lookup(&url, authorization.as_deref(), config.backend_timeout_ms).await {
+        let found =
+            backend::lookup(&url, authorization.as_deref(), config.backend_timeout_ms).await;
+        steps.mark("lookup");
+        match found {
             LookupOutcome::Charged(response) => {
-                return settle.final_answer(response, true, kv, ctx, config).await
+                let answer = settle.final_answer(response, true, kv, ctx, config).await;
+                steps.mark("complete");
+                return answer;
             }
             LookupOutcome::NotCharged => {}
             LookupOutcome::Failed(problem) => return settle.release(problem).await,
@@ -176,16 +191,19 @@ async fn answer(
     let backend_request = config
         .backend
         .request(&config.backend_url, &request.order, &backend_key);
-    match backend::forward(
+    let outcome = backend::forward(
         &backend_request,
         &backend_key,
         authorization.as_deref(),
         config.backend_timeout_ms,
     )
-    .await
-    {
+    .await;
+    steps.mark("backend");
+    match outcome {
         BackendOutcome::Final(response) => {
-            settle.final_answer(response, false, kv, ctx, config).await
+            let answer = settle.final_answer(response, false, kv, ctx, config).await;
+            steps.mark("complete");
+            answer
         }
         BackendOutcome::NotCharged(problem) => settle.release(problem).await,
         BackendOutcome::Unknown(problem) => {

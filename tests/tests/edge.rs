@@ -351,6 +351,58 @@ fn a_decline_is_final_and_replayed_without_a_charge(s: &Suite) {
     });
 }
 
+/// The step names in a `Server-Timing` value, each checked to carry a whole
+/// number of milliseconds.
+fn timing_steps(reply: &Reply) -> Vec<String> {
+    let value = reply.header("Server-Timing").unwrap_or_default();
+    value
+        .split(", ")
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (name, dur) = entry
+                .split_once(";dur=")
+                .unwrap_or_else(|| panic!("a Server-Timing entry without dur: {value}"));
+            assert!(dur.parse::<u64>().is_ok(), "dur is not whole ms: {value}");
+            name.to_owned()
+        })
+        .collect()
+}
+
+fn server_timing_names_each_step_a_request_waited_on(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let body = order("timing-1", 1999);
+        let first = s.post("timing-key-00000001", &body).await;
+        assert_eq!(first.status, 200);
+        assert_eq!(
+            timing_steps(&first),
+            ["read", "kv", "claim", "backend", "complete"],
+            "a first request waits on each of these once"
+        );
+        let again = s.post("timing-key-00000001", &body).await;
+        assert!(again.replayed());
+        // Answered from the replay cache, or (if its write is not visible
+        // yet) by the object: never by the backend.
+        let steps = timing_steps(&again);
+        assert_eq!(steps[..2], ["read", "kv"]);
+        assert!(
+            steps[2..].iter().all(|s| s == "claim"),
+            "a replay never calls the backend: {steps:?}"
+        );
+        // Refused before the first step: nothing to report.
+        let refused = s
+            .send(
+                s.http
+                    .post(format!("{}/v1/orders", s.stack.edge_url))
+                    .header("Content-Type", "application/json")
+                    .body(body.to_string()),
+            )
+            .await;
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.header("Server-Timing"), None);
+    });
+}
+
 fn a_duplicate_while_in_flight_gets_409_with_retry_after(s: &Suite) {
     s.block_on(async {
         s.reset(json!({"honor_idempotency": false, "latency_ms": 1000}))
@@ -1280,6 +1332,7 @@ fn main() {
         the_same_key_with_another_amount_is_refused_with_422,
         a_decline_is_final_and_replayed_without_a_charge,
         a_duplicate_while_in_flight_gets_409_with_retry_after,
+        server_timing_names_each_step_a_request_waited_on,
         a_backend_timeout_holds_the_key_for_the_lease_then_reconciles,
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,
