@@ -6,7 +6,7 @@
 //! widget in headless Chromium, and the Worker's size and cold start. It
 //! prints what it measures and writes `BENCHMARKS.md`.
 //!
-//! Settings from the environment: `ROUNDS` (3), `SECS` per run (3),
+//! Settings from the environment: `ROUNDS` (3), `SECS` per run (2),
 //! `CONNECTIONS` (16), `STORM_KEYS` (20), `STORM_COPIES` (20),
 //! `PROFILE_REQUESTS` (200).
 
@@ -173,7 +173,7 @@ fn main() -> ExitCode {
 fn run() -> Result<(), String> {
     let settings = Settings {
         rounds: var("ROUNDS", 3),
-        secs: var("SECS", 3),
+        secs: var("SECS", 2),
         connections: var("CONNECTIONS", 16),
         storm_keys: var("STORM_KEYS", 20),
         storm_copies: var("STORM_COPIES", 20),

@@ -381,26 +381,51 @@ impl WranglerDev {
         extra: &[&str],
         vars: &[(String, String)],
     ) -> Result<Self, StackError> {
+        // A port found free can be taken before wrangler binds it (with
+        // several Workers starting side by side, by another workerd): that
+        // start fails at once and is retried on new ports.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::start_once(config, extra, vars) {
+                Err(StackError::NotReady { detail, .. })
+                    if attempts < 3 && detail.contains("Address already in use") => {}
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(
+        config: Option<&Path>,
+        extra: &[&str],
+        vars: &[(String, String)],
+    ) -> Result<Self, StackError> {
         let dir = tempfile::tempdir().map_err(io("creating the state folder"))?;
         let port = free_port()?;
         let child = start_wrangler_with(config, extra, port, vars, dir.path())?;
-        let worker = Self {
+        let mut worker = Self {
             url: format!("http://127.0.0.1:{port}"),
             child,
             dir,
         };
         let started = Instant::now();
         let health = format!("127.0.0.1:{port}/healthz");
+        let log = worker.dir.path().join("wrangler.log");
+        let not_ready = |log: &Path| StackError::NotReady {
+            what: "wrangler dev",
+            detail: log_tail(log),
+        };
         while started.elapsed() < READY_TIMEOUT {
             if http_get_ok(&health) {
                 return Ok(worker);
             }
+            let exited = matches!(worker.child.try_wait(), Ok(Some(_)));
+            if exited || log_tail(&log).contains("Address already in use") {
+                return Err(not_ready(&log));
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(StackError::NotReady {
-            what: "wrangler dev",
-            detail: log_tail(&worker.dir.path().join("wrangler.log")),
-        })
+        Err(not_ready(&log))
     }
 }
 
