@@ -68,8 +68,8 @@ soak: build
 ## Redis, express-idempotency, @node-idempotency/core, the naive KV Worker),
 ## each beside a pass-through floor on its own runtime, driven by wrk;
 ## duplicate storms; the Worker's size and cold start; the widget in
-## Chromium. Writes BENCHMARKS.md. Not part of `make test`; about 8 minutes
-## once its tools are installed (scripts/setup-bench.sh).
+## Chromium. Writes BENCHMARKS.md. Not part of `make test`; about 6 minutes
+## once its tools are installed (scripts/setup-bench.sh, about 4 minutes).
 bench: build
 	@bash scripts/setup-bench.sh
 	@bash scripts/build-bench-workers.sh
