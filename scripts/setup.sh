@@ -36,7 +36,7 @@ fi
 stamp="$tools/npm/.stamp"
 want=$(cat "$here/tools/package.json" "$here/tools/package-lock.json" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  step "npm tools: Node 22, wrangler + workerd, binaryen, playwright-core (about 30 s)"
+  step "npm tools: Node 22, wrangler + workerd, binaryen, esbuild, playwright-core (about 30 s)"
   cp "$here/tools/package.json" "$here/tools/package-lock.json" "$tools/npm/"
   # `npm ci` trips over workerd's optional per-platform packages (npm reports
   # them missing from a lockfile it wrote itself); `npm install` over the same

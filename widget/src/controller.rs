@@ -324,10 +324,27 @@ impl Widget {
 
     /// Re-renders whenever the page changes the host's attributes (the
     /// cart's amount, say), for as long as the element lives.
+    /// Loads the attempt saved for the order when the page names the order
+    /// only after the widget mounted (a shop that prices the cart on its
+    /// server first, say), and resumes it if a reload interrupted it. An
+    /// attempt already in hand is never replaced: this page may be running it.
+    fn adopt_saved_attempt(self: &Rc<Self>) {
+        if self.attempt.borrow().is_some() {
+            return;
+        }
+        let Some(saved) = options::order_ref(&self.host).and_then(|r| storage::load_attempt(&r))
+        else {
+            return;
+        };
+        *self.attempt.borrow_mut() = Some(saved);
+        self.resume();
+    }
+
     fn watch_attributes(self: &Rc<Self>) {
         let widget = Rc::downgrade(self);
         let on_change = Closure::<dyn FnMut()>::new(move || {
             if let Some(widget) = widget.upgrade() {
+                widget.adopt_saved_attempt();
                 widget.render();
             }
         });

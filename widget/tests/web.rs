@@ -434,6 +434,29 @@ async fn a_remount_mid_attempt_resumes_with_the_same_key() {
 }
 
 #[wasm_bindgen_test]
+async fn an_order_named_after_mounting_still_resumes_with_its_key() {
+    let order_ref = unique_ref();
+    let first = Page::mount(&order_ref, vec![Script::Hang]);
+    first.click_place_order();
+    first.until_sent(1).await;
+    let key = first.keys_sent()[0].clone();
+    first.unmount();
+    sleep(150).await;
+    // The reloaded page mounts the widget before it knows the order (it
+    // prices the cart on its server first), then names it.
+    let second = Page::mount(&unique_ref(), vec![Script::Answer(200, OK)]);
+    leptos::task::tick().await;
+    assert!(second.keys_sent().is_empty());
+    second
+        .host
+        .set_attribute("data-order-ref", &order_ref)
+        .unwrap();
+    second.until_status("Order placed").await;
+    assert_eq!(second.keys_sent(), [key]);
+    second.unmount();
+}
+
+#[wasm_bindgen_test]
 async fn retry_after_is_honoured() {
     let busy = HttpAnswer {
         status: 503,
