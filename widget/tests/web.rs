@@ -409,18 +409,24 @@ async fn an_unconfirmed_order_is_retried_with_the_same_key() {
     page.unmount();
 }
 
-#[wasm_bindgen_test]
-async fn a_remount_mid_attempt_resumes_with_the_same_key() {
+/// Places an order whose request never answers, then removes the page, as
+/// a reload mid-flight does; returns the order and the key it sent.
+async fn interrupted_order() -> (String, String) {
     let order_ref = unique_ref();
     let first = Page::mount(&order_ref, vec![Script::Hang]);
     first.click_place_order();
     first.until_sent(1).await;
     let key = first.keys_sent()[0].clone();
-    // The page goes away mid-flight, as on a reload. A removed widget keeps
-    // its order's lock until its request ends (a reloaded page's locks go
-    // with it at once), so give it that long.
+    // A removed widget keeps its order's lock until its request ends (a
+    // reloaded page's locks go with it at once), so give it that long.
     first.unmount();
     sleep(150).await;
+    (order_ref, key)
+}
+
+#[wasm_bindgen_test]
+async fn a_remount_mid_attempt_resumes_with_the_same_key() {
+    let (order_ref, key) = interrupted_order().await;
     let second = Page::mount(&order_ref, vec![Script::Answer(200, OK)]);
     second.until_status("Order placed").await;
     assert_eq!(second.keys_sent(), [key]);
@@ -435,13 +441,7 @@ async fn a_remount_mid_attempt_resumes_with_the_same_key() {
 
 #[wasm_bindgen_test]
 async fn an_order_named_after_mounting_still_resumes_with_its_key() {
-    let order_ref = unique_ref();
-    let first = Page::mount(&order_ref, vec![Script::Hang]);
-    first.click_place_order();
-    first.until_sent(1).await;
-    let key = first.keys_sent()[0].clone();
-    first.unmount();
-    sleep(150).await;
+    let (order_ref, key) = interrupted_order().await;
     // The reloaded page mounts the widget before it knows the order (it
     // prices the cart on its server first), then names it.
     let second = Page::mount(&unique_ref(), vec![Script::Answer(200, OK)]);
