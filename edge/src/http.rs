@@ -7,6 +7,9 @@ use chargeonce_protocol::{
 };
 use worker::{Headers, Response, Result};
 
+/// The methods of the orders route: placing an order, and its status lookup.
+const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
+
 /// Headers a browser script may read from our responses.
 const EXPOSED_HEADERS: &str = "Idempotent-Replayed, Retry-After, Idempotency-Key";
 
@@ -16,7 +19,7 @@ pub fn problem(problem: &Problem) -> Result<Response> {
     headers.set("Content-Type", PROBLEM_CONTENT_TYPE)?;
     if problem.kind == ProblemType::MethodNotAllowed {
         // RFC 9110 requires Allow with a 405; only the orders route sends one.
-        headers.set("Allow", "POST, OPTIONS")?;
+        headers.set("Allow", ALLOWED_METHODS)?;
     }
     if let Some(secs) = problem.retry_after_secs {
         headers.set("Retry-After", &secs.to_string())?;
@@ -63,10 +66,10 @@ pub fn preflight(config: &EdgeConfig, origin: Option<&str>) -> Result<Response> 
     match origin {
         Some(origin) if config.allows_origin(origin) => {
             let headers = Headers::new();
-            headers.set("Access-Control-Allow-Methods", "POST")?;
+            headers.set("Access-Control-Allow-Methods", "GET, POST")?;
             headers.set(
                 "Access-Control-Allow-Headers",
-                "Content-Type, Idempotency-Key",
+                "Content-Type, Idempotency-Key, Authorization",
             )?;
             headers.set("Access-Control-Max-Age", "600")?;
             Ok(Response::empty()?.with_status(204).with_headers(headers))

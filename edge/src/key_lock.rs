@@ -3,21 +3,29 @@
 //!
 //! One object per key name (`id_from_name`) runs its requests one at a time,
 //! and between loading the record and saving it the object awaits nothing but
-//! its own storage, so input gates keep every claim, complete and release
-//! atomic. KV cannot do this: it has no compare-and-set.
+//! its own storage, so input gates keep every claim, settlement, completion
+//! and release atomic. KV cannot do this: it has no compare-and-set.
 //!
-//! The object keeps the record in its storage (it survives restarts) and arms
-//! an alarm for the record's next deadline, so expired leases become unknown
-//! outcomes and expired results are deleted rather than kept forever.
+//! The object keeps the record in its storage (it survives restarts) and
+//! persists each change in the order [`KeyRecord::writes`] gives: the alarm
+//! first. Its alarm moves the record on ([`KeyRecord::handle_timeout`]) and
+//! reconciles an unknown key by itself ([`KeyRecord::begin_check`]): it asks
+//! the backend's lookup, with the Worker's own settings and secret, and
+//! stores what it finds, so a key settles even when its customer has gone.
+//! It never forwards an order: it has only the order's fingerprint.
 
+use crate::backend;
+use crate::orders::now;
+use chargeonce_protocol::key::backend_key_of;
 use chargeonce_protocol::{
-    ClaimToken, CompleteOutcome, Decision, Fingerprint, KeyRecord, StoredResponse,
+    flow::StoreFailure, ClaimToken, CompleteOutcome, Decision, EdgeConfig, Fingerprint, Found,
+    KeyRecord, KeyStatus, Settlement, StoredResponse, UnixMs, Write,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 use worker::{
-    durable_object, js_sys, wasm_bindgen, Date, DurableObject, Env, Method, Request, RequestInit,
-    Response, Result, ScheduledTime, State, Stub,
+    console_error, console_log, durable_object, js_sys, wasm_bindgen, DurableObject, Env, Method,
+    Request, RequestInit, Response, Result, ScheduledTime, State, Stub,
 };
 
 /// The Durable Object namespace binding in wrangler.toml.
@@ -30,14 +38,22 @@ const RECORD: &str = "record";
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
-    /// Decide a request; claim the key if it is free.
+    /// Decide a request; claim the key if it is free or unknown.
     Claim {
+        /// The object's name ([`chargeonce_protocol::ScopedKey::storage_name`]),
+        /// kept so that the alarm can find the key at the backend.
+        name: String,
         /// The request's fingerprint.
         fingerprint: Fingerprint,
-        /// How long the claim holds.
-        lease_ms: u64,
-        /// How long an outcome, known or not, is kept.
-        ttl_ms: u64,
+    },
+    /// Settle a reconciling claim with what its lookup found.
+    Settle {
+        /// The claim being settled.
+        token: ClaimToken,
+        /// The fingerprint of the request that holds it.
+        fingerprint: Fingerprint,
+        /// What the lookup found.
+        found: Found,
     },
     /// Store the backend's final answer.
     Complete {
@@ -47,8 +63,6 @@ pub enum Command {
         fingerprint: Fingerprint,
         /// The backend's answer.
         response: StoredResponse,
-        /// How long to keep it.
-        ttl_ms: u64,
     },
     /// Give the key back after a failure that charged nothing.
     Release {
@@ -60,97 +74,241 @@ pub enum Command {
         /// The claim being abandoned.
         token: ClaimToken,
     },
+    /// Say what is known of the key (a status lookup).
+    Status,
+}
+
+/// What the object keeps: the record, and the name it is addressed by.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    name: String,
+    record: KeyRecord,
 }
 
 /// One idempotency key's lock and record.
 #[durable_object]
 pub struct KeyLock {
     state: State,
+    env: Env,
 }
 
 impl DurableObject for KeyLock {
-    fn new(state: State, _env: Env) -> Self {
-        Self { state }
+    fn new(state: State, env: Env) -> Self {
+        Self { state, env }
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let command: Command = match req.json().await {
+        // Parsed from text by serde_json: JavaScript's JSON.parse would turn
+        // a 64-bit claim token into a float.
+        let command: Command = match serde_json::from_str(&req.text().await?) {
             Ok(command) => command,
             Err(e) => return Response::error(format!("unreadable command: {e}"), 400),
         };
-        let mut record = self.load().await?;
+        let config = match config(&self.env) {
+            Ok(config) => config,
+            Err(e) => return Response::error(e, 500),
+        };
+        let policy = config.key_policy();
+        let (name, mut record) = match self.load().await? {
+            Some(saved) => (saved.name, saved.record),
+            None => (String::new(), KeyRecord::default()),
+        };
         let before = record.clone();
-        let deadline_before = record.poll_timeout();
-        let now = Date::now().as_millis();
-        let reply = match command {
+        let now = now();
+        log_timeouts(&name, &record.handle_timeout(now, &policy));
+        let (name, reply) = match command {
             Command::Claim {
+                name: claimed,
                 fingerprint,
-                lease_ms,
-                ttl_ms,
-            } => serde_json::to_string(&record.claim(&fingerprint, now, lease_ms, ttl_ms)),
+            } => {
+                let decision = record.claim(&fingerprint, now, random_token(), &policy);
+                (claimed, to_json(&decision)?)
+            }
+            Command::Settle {
+                token,
+                fingerprint,
+                found,
+            } => {
+                let settled = record.handle_lookup(token, &fingerprint, found, now, &policy);
+                log_settlement(&name, "a request's lookup", &settled);
+                (name, to_json(&settled)?)
+            }
             Command::Complete {
                 token,
                 fingerprint,
                 response,
-                ttl_ms,
             } => {
-                serde_json::to_string(&record.complete(token, &fingerprint, response, now, ttl_ms))
+                let stored = record.complete(token, &fingerprint, response, now, &policy);
+                (name, to_json(&stored)?)
             }
-            Command::Release { token } => serde_json::to_string(&record.release(token, now)),
-            Command::Abandon { token } => serde_json::to_string(&record.abandon(token, now)),
-        }
-        .map_err(|e| worker::Error::RustError(e.to_string()))?;
-        // A refused claim (409, 422) or a replay changes nothing: no write.
-        if record != before {
-            self.save(&record, deadline_before).await?;
-        }
+            Command::Release { token } => {
+                let released = record.release(token, now, &policy);
+                (name, to_json(&released)?)
+            }
+            Command::Abandon { token } => {
+                let abandoned = record.abandon(token, now, &policy);
+                (name, to_json(&abandoned)?)
+            }
+            Command::Status => {
+                let status = record.status(now, &policy);
+                (name, to_json(&status)?)
+            }
+        };
+        self.persist(&name, &record, record != before, before.poll_timeout())
+            .await?;
         Response::ok(reply)
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let mut record = self.load().await?;
-        record.handle_timeout(Date::now().as_millis());
-        // `None` as the previous deadline: the alarm that woke us is spent,
-        // so re-arm whenever the record still has a deadline.
-        self.save(&record, None).await?;
+        let Some(Saved { name, mut record }) = self.load().await? else {
+            return Response::empty();
+        };
+        let config = match config(&self.env) {
+            Ok(config) => config,
+            Err(e) => {
+                console_error!("key {name}: no reconciliation, the configuration is invalid: {e}");
+                return Response::empty();
+            }
+        };
+        let policy = config.key_policy();
+        let before = record.clone();
+        let now = now();
+        log_timeouts(&name, &record.handle_timeout(now, &policy));
+        let check = record.begin_check(now, random_token(), &policy);
+        // The alarm that woke us is spent: re-arm whatever the record needs.
+        self.persist(&name, &record, record != before, None).await?;
+        let Some(token) = check else {
+            return Response::empty();
+        };
+        let Some(fingerprint) = record.fingerprint().cloned() else {
+            return Response::empty();
+        };
+        // Other requests may reach the object while the lookup is out; they
+        // see the key claimed by this check and are asked to come back.
+        console_log!("key {name}: reconciling an unknown outcome with the backend's lookup");
+        let secret = backend_secret(&self.env, &config);
+        let url = config
+            .backend
+            .lookup_url(&config.backend_url, &backend_key_of(&name));
+        let outcome = backend::lookup(&url, secret.as_deref(), config.backend_timeout).await;
+        let (found, failure) = outcome.found(now);
+        if let Some(problem) = failure {
+            console_error!("key {name}: the lookup failed: {}", problem.detail);
+        }
+        let Some(Saved { mut record, .. }) = self.load().await? else {
+            return Response::empty();
+        };
+        let armed = record.poll_timeout();
+        let settled =
+            record.handle_lookup(token, &fingerprint, found, crate::orders::now(), &policy);
+        log_settlement(&name, "the object's own check", &settled);
+        self.persist(&name, &record, true, armed).await?;
         Response::empty()
     }
 }
 
 impl KeyLock {
-    async fn load(&self) -> Result<KeyRecord> {
+    async fn load(&self) -> Result<Option<Saved>> {
         // Stored as a JSON string: exact for u64 timestamps, and readable in
         // wrangler's local state when debugging.
         match self.state.storage().get::<String>(RECORD).await? {
-            Some(json) => {
-                serde_json::from_str(&json).map_err(|e| worker::Error::RustError(e.to_string()))
-            }
-            None => Ok(KeyRecord::default()),
+            Some(json) => serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| worker::Error::RustError(e.to_string())),
+            None => Ok(None),
         }
     }
 
-    async fn save(&self, record: &KeyRecord, deadline_before: Option<u64>) -> Result<()> {
+    /// Performs the record's writes, in their order.
+    async fn persist(
+        &self,
+        name: &str,
+        record: &KeyRecord,
+        changed: bool,
+        armed: Option<UnixMs>,
+    ) -> Result<()> {
         let storage = self.state.storage();
-        if record.is_vacant() {
-            storage.delete(RECORD).await?;
-            if deadline_before.is_some() {
-                storage.delete_alarm().await?;
+        for write in record.writes(changed, armed) {
+            match write {
+                Write::SetAlarm(at) => {
+                    storage
+                        .set_alarm(ScheduledTime::new(js_sys::Date::new(&(at.0 as f64).into())))
+                        .await?
+                }
+                Write::PutRecord => {
+                    let saved = Saved {
+                        name: name.to_owned(),
+                        record: record.clone(),
+                    };
+                    storage.put(RECORD, to_json(&saved)?).await?
+                }
+                Write::DeleteRecord => storage.delete(RECORD).await.map(|_| ())?,
+                Write::DeleteAlarm => storage.delete_alarm().await?,
             }
-            return Ok(());
-        }
-        let json =
-            serde_json::to_string(record).map_err(|e| worker::Error::RustError(e.to_string()))?;
-        storage.put(RECORD, json).await?;
-        if let Some(at) = record
-            .poll_timeout()
-            .filter(|at| Some(*at) != deadline_before)
-        {
-            storage
-                .set_alarm(ScheduledTime::new(js_sys::Date::new(&(at as f64).into())))
-                .await?;
         }
         Ok(())
     }
+}
+
+/// A claim token no earlier claim of this key has had: the record may have
+/// been deleted and started again, so no counter could promise that.
+fn random_token() -> ClaimToken {
+    // Two draws for 64 bits; collisions between claims of one key are what
+    // matters, and they are one in 2^64.
+    let high = (js_sys::Math::random() * f64::from(u32::MAX)) as u64;
+    let low = (js_sys::Math::random() * f64::from(u32::MAX)) as u64;
+    ClaimToken((high << 32) | low)
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))
+}
+
+fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
+    EdgeConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
+        .map_err(|e| e.to_string())
+}
+
+/// The backend credential, as the Worker reads it.
+pub(crate) fn backend_secret(env: &Env, config: &EdgeConfig) -> Option<String> {
+    env.secret(config.backend.secret_name())
+        .ok()
+        .map(|s| s.to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn log_timeouts(name: &str, changes: &[chargeonce_protocol::record::Timeout]) {
+    use chargeonce_protocol::record::Timeout;
+    for change in changes {
+        match change {
+            Timeout::LeaseRanOut => {
+                console_log!("key {name}: a claim's lease ran out; its outcome is unknown")
+            }
+            Timeout::AnswerExpired => {}
+            Timeout::GaveUp => console_error!(
+                "key {name}: still unresolved after the TTL; kept as a tombstone, and any later request reconciles it first"
+            ),
+        }
+    }
+}
+
+fn log_settlement(name: &str, by: &str, settled: &Settlement) {
+    let what = match settled {
+        Settlement::Charged { .. } => "found the charge; it is the key's answer now",
+        Settlement::NotCharged { .. } => {
+            "found no charge after the settle window; the key's answer is 'not charged'"
+        }
+        Settlement::AlreadyAnswered { .. } => "the key was answered meanwhile",
+        Settlement::Forward => {
+            "found nothing yet; the backend still deduplicates the key, so the request forwards"
+        }
+        Settlement::Pending { .. } => {
+            "found nothing within the settle window; the key stays unknown"
+        }
+        Settlement::LookupFailed => "could not ask the backend; the key stays unknown",
+        Settlement::NotHeld => "came after its claim ran out",
+    };
+    console_log!("key {name}: {by} {what}");
 }
 
 /// The key's object could not be reached or answered nonsense. The request
@@ -169,6 +327,13 @@ pub enum StoreError {
         /// Its body.
         body: String,
     },
+}
+
+impl From<StoreError> for StoreFailure {
+    fn from(e: StoreError) -> Self {
+        console_error!("{e}");
+        StoreFailure(e.to_string())
+    }
 }
 
 /// A handle on one key's object.
@@ -190,17 +355,30 @@ impl KeyLockClient {
         Ok(Self { stub })
     }
 
-    /// Decides a request and claims the key if it is free.
+    /// Decides a request and claims the key if it is free or unknown.
     pub async fn claim(
         &self,
+        name: &str,
         fingerprint: &Fingerprint,
-        lease_ms: u64,
-        ttl_ms: u64,
     ) -> std::result::Result<Decision, StoreError> {
         self.call(&Command::Claim {
+            name: name.to_owned(),
             fingerprint: fingerprint.clone(),
-            lease_ms,
-            ttl_ms,
+        })
+        .await
+    }
+
+    /// Settles a reconciling claim with what its lookup found.
+    pub async fn settle(
+        &self,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        found: &Found,
+    ) -> std::result::Result<Settlement, StoreError> {
+        self.call(&Command::Settle {
+            token,
+            fingerprint: fingerprint.clone(),
+            found: found.clone(),
         })
         .await
     }
@@ -210,14 +388,12 @@ impl KeyLockClient {
         &self,
         token: ClaimToken,
         fingerprint: &Fingerprint,
-        response: StoredResponse,
-        ttl_ms: u64,
+        response: &StoredResponse,
     ) -> std::result::Result<CompleteOutcome, StoreError> {
         self.call(&Command::Complete {
             token,
             fingerprint: fingerprint.clone(),
-            response,
-            ttl_ms,
+            response: response.clone(),
         })
         .await
     }
@@ -227,10 +403,15 @@ impl KeyLockClient {
         self.call(&Command::Release { token }).await
     }
 
-    /// Ends a claim whose outcome is unknown, so the next claim reconciles;
+    /// Ends a claim whose outcome is unknown, so the key is reconciled;
     /// returns whether it was still held.
     pub async fn abandon(&self, token: ClaimToken) -> std::result::Result<bool, StoreError> {
         self.call(&Command::Abandon { token }).await
+    }
+
+    /// What is known of the key.
+    pub async fn status(&self) -> std::result::Result<KeyStatus, StoreError> {
+        self.call(&Command::Status).await
     }
 
     async fn call<T: DeserializeOwned>(

@@ -4,11 +4,14 @@
 //! `Idempotency-Key` before the payment backend sees it. Every rule it follows
 //! lives in `chargeonce-protocol`; this crate is the shell that does the I/O:
 //!
-//! - [`orders`]: the request path, from the bytes on the wire to the response.
-//! - [`key_lock`]: the Durable Object that makes claims atomic, one per key.
+//! - [`orders`]: `/v1/orders`, running the protocol's request flow: placing
+//!   an order, and the read-only status lookup.
+//! - [`key_lock`]: the Durable Object that makes claims atomic, one per key,
+//!   and reconciles unknown outcomes by itself.
 //! - [`replay_cache`]: the Workers KV copy of final results, read first.
 //! - [`backend`]: the HTTP call to the payment backend, with its timeout.
 //! - [`http`]: responses, headers and CORS.
+//! - [`timing`]: the `Server-Timing` header of the orders route.
 //! - [`dev_simulator`]: the simulator's test hooks, in local development only.
 //! - [`demo`]: the demo shop's token issuer, in local development only.
 

@@ -1,39 +1,21 @@
-//! `POST /v1/orders`: from the bytes on the wire to the response, in the
-//! contract's order. Refuse bad input and unsigned orders; replay from KV;
-//! claim in the key's Durable Object; reconcile if an earlier forward may
-//! have charged; forward once; store the final answer, or release or abandon
-//! the key.
+//! `/v1/orders`: the shell that runs the protocol's request flow. A `POST`
+//! places an order ([`flow::order`]); a `GET` is the read-only status lookup
+//! ([`flow::status`]). This module decides nothing: it performs the I/O each
+//! [`Step`] names (the body, KV, the key's object, the backend) and hands the
+//! result back, until the flow is done.
 
 use crate::backend;
 use crate::http;
-use crate::key_lock::KeyLockClient;
+use crate::key_lock::{self, KeyLockClient};
 use crate::replay_cache;
 use crate::timing::Steps;
-use chargeonce_protocol::{
-    check_head, check_order_request, token, BackendOutcome, ClaimToken, CompleteOutcome, Completed,
-    Decision, EdgeConfig, IdempotencyKey, LookupOutcome, OrderRequest, Problem, ProblemType,
-    RequestHead, StoredResponse, MAX_BODY_BYTES,
-};
+use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StatusHead, StoreFailure};
+use chargeonce_protocol::{EdgeConfig, IdempotencyKey, RequestHead, Step, UnixMs};
 use futures_util::StreamExt;
-use worker::{console_error, console_warn, Context, Date, Env, KvStore, Request, Response, Result};
+use worker::{console_warn, Context, Date, Env, Request, Response, Result};
 
 /// The Worker secret the storefront's server signs order tokens with.
 pub const ORDER_TOKEN_SECRET: &str = "ORDER_TOKEN_SECRET";
-
-/// What the client is told.
-enum Answer {
-    Problem(Problem),
-    Result {
-        response: StoredResponse,
-        replayed: bool,
-    },
-}
-
-impl From<Problem> for Answer {
-    fn from(problem: Problem) -> Self {
-        Self::Problem(problem)
-    }
-}
 
 /// Handles one request to the orders route (any method but OPTIONS).
 pub async fn handle(
@@ -43,299 +25,159 @@ pub async fn handle(
     config: &EdgeConfig,
 ) -> Result<Response> {
     let header = |name: &str| req.headers().get(name).ok().flatten();
-    let (content_type, content_length, key) = (
+    let (content_type, content_length, key, authorization) = (
         header("Content-Type"),
         header("Content-Length"),
         header("Idempotency-Key"),
+        header("Authorization"),
     );
     let method = req.method().to_string();
-    let head = RequestHead {
-        method: &method,
-        content_type: content_type.as_deref(),
-        content_length: content_length.as_deref(),
-        idempotency_key: key.as_deref(),
+    let secrets = Secrets {
+        order_token: order_token_secret(env),
+        backend: key_lock::backend_secret(env, config),
     };
-    // Parsed here as well as in the contract's checks because the key is
-    // echoed even on errors that come before the key check (405, 415, 413).
-    let echoed = IdempotencyKey::parse(key.as_deref()).ok();
+    let step = if method == "GET" {
+        let head = StatusHead {
+            idempotency_key: key.as_deref(),
+            authorization: authorization.as_deref(),
+        };
+        flow::status(head, &secrets, now())
+    } else {
+        let head = RequestHead {
+            method: &method,
+            content_type: content_type.as_deref(),
+            content_length: content_length.as_deref(),
+            idempotency_key: key.as_deref(),
+        };
+        flow::order(head, config, secrets)
+    };
     let mut steps = Steps::start();
-    let mut response = match answer(&mut req, head, env, ctx, config, &mut steps).await {
-        Answer::Problem(problem) => http::problem(&problem),
-        Answer::Result { response, replayed } => http::stored(&response, replayed),
+    let Done { reply, cache } = drive(step, &mut req, env, &mut steps).await;
+    if let (Some(write), Some(kv)) = (cache, replay_cache::store(env)) {
+        // Off the response path: the object already holds the answer.
+        ctx.wait_until(replay_cache::put(kv, write));
+    }
+    let mut response = match reply {
+        Reply::Problem(problem) => http::problem(&problem),
+        Reply::Stored { response, replayed } => http::stored(&response, replayed),
     }?;
     if let Some(timing) = steps.header() {
         response.headers_mut().set("Server-Timing", &timing)?;
     }
-    http::with_key(response, echoed.as_ref())
+    // Echoed even on errors that come before the key check (405, 415, 413),
+    // so a client can tie any response to its attempt.
+    http::with_key(
+        response,
+        IdempotencyKey::parse(key.as_deref()).ok().as_ref(),
+    )
 }
 
-async fn answer(
-    req: &mut Request,
-    head: RequestHead<'_>,
-    env: &Env,
-    ctx: &Context,
-    config: &EdgeConfig,
-    steps: &mut Steps,
-) -> Answer {
-    if let Err(problem) = check_head(&head) {
-        return problem.into();
-    }
-    let body = match read_at_most(req, MAX_BODY_BYTES + 1).await {
-        Ok(body) => body,
-        Err(e) => {
-            return Problem::new(
-                ProblemType::InvalidOrder,
-                format!("the body could not be read: {e}"),
-            )
-            .into()
-        }
-    };
-    let request = match check_order_request(&head, &body) {
-        Ok(request) => request,
-        Err(problem) => return problem.into(),
-    };
-    // The token is checked before the store is touched: an order the
-    // storefront did not sign never claims a key. Its customer is the
-    // request's customer, which scopes the key.
-    let claims = match order_token_secret(env) {
-        Ok(secret) => match token::authorize(&request.order, &secret) {
-            Ok(claims) => claims,
-            Err(e) => return e.to_problem().into(),
-        },
-        Err(problem) => return problem.into(),
-    };
-    let authorization = match backend_secret(env, config) {
-        Ok(secret) => secret,
-        Err(problem) => return problem.into(),
-    };
-    let name = request.key.storage_name();
-    steps.mark("read");
-
-    // Fast path: a final result cached in KV. Only a hit is trusted; anything
-    // else goes to the authoritative record.
-    let kv = replay_cache::store(env);
-    if let Some(kv) = &kv {
-        let cached = replay_cache::get(kv, &name).await;
-        steps.mark("kv");
-        if let Some(cached) = cached {
-            match cached.decide(&request.fingerprint, Date::now().as_millis()) {
-                Some(Decision::Replay { response }) => {
-                    return Answer::Result {
-                        response,
-                        replayed: true,
+/// Performs each step the flow asks for until it is done, marking each wait
+/// on I/O in `Server-Timing`.
+async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) -> Done {
+    // The key's object, once a step named it.
+    let mut lock: Option<KeyLockClient> = None;
+    loop {
+        let name = step.name();
+        step = match step {
+            Step::Done(done) => return done,
+            Step::ReadBody(s) => {
+                let body = read_at_most(req, s.limit()).await;
+                s.handle_body(body.map_err(|e| e.to_string()))
+            }
+            Step::ReadCache(s) => {
+                let cached = match replay_cache::store(env) {
+                    Some(kv) => replay_cache::get(&kv, s.name()).await,
+                    None => None,
+                };
+                s.handle_cached(cached, now())
+            }
+            Step::Claim(s) => {
+                let decided = match KeyLockClient::for_key(env, s.name()) {
+                    Ok(client) => {
+                        let decided = client.claim(s.name(), s.fingerprint()).await;
+                        lock = Some(client);
+                        decided.map_err(StoreFailure::from)
                     }
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_claim(decided, now())
+            }
+            Step::Lookup(s) => {
+                let found = backend::lookup(&s.url(), s.authorization(), s.timeout()).await;
+                s.handle_lookup(found, now())
+            }
+            Step::Settle(s) => {
+                let settled = match &lock {
+                    Some(lock) => lock
+                        .settle(s.token(), s.fingerprint(), s.found())
+                        .await
+                        .map_err(StoreFailure::from),
+                    None => Err(no_lock()),
+                };
+                s.handle_settlement(settled, now())
+            }
+            Step::Forward(s) => {
+                let outcome = backend::forward(&s).await;
+                s.handle_forward(outcome)
+            }
+            Step::Complete(s) => {
+                let stored = match &lock {
+                    Some(lock) => lock
+                        .complete(s.token(), s.fingerprint(), s.response())
+                        .await
+                        .map_err(StoreFailure::from),
+                    None => Err(no_lock()),
+                };
+                s.handle_complete(stored, now())
+            }
+            Step::Release(s) => {
+                let released = match &lock {
+                    Some(lock) => lock.release(s.token()).await.map_err(StoreFailure::from),
+                    None => Err(no_lock()),
+                };
+                if released == Ok(false) {
+                    console_warn!("a claim was no longer held when released");
                 }
-                Some(Decision::Mismatch) => return mismatch(),
-                _ => {}
+                s.handle_release(released)
             }
-        }
-    }
-
-    let lock = match KeyLockClient::for_key(env, &name) {
-        Ok(lock) => lock,
-        Err(e) => return store_unavailable(&e),
-    };
-    let ttl_ms = config.ttl_secs * 1000;
-    let claimed = lock
-        .claim(&request.fingerprint, config.lease_secs * 1000, ttl_ms)
-        .await;
-    steps.mark("claim");
-    let (token, reconcile) = match claimed {
-        Ok(Decision::Forward { token, reconcile }) => (token, reconcile),
-        Ok(Decision::Replay { response }) => {
-            return Answer::Result {
-                response,
-                replayed: true,
-            }
-        }
-        Ok(Decision::Mismatch) => return mismatch(),
-        Ok(Decision::InFlight { retry_after_secs }) => return Problem::new(
-            ProblemType::RequestInFlight,
-            "another request with this Idempotency-Key is being processed; retry with the same key",
-        )
-        .retry_after(retry_after_secs)
-        .into(),
-        Err(e) => return store_unavailable(&e),
-    };
-    let settle = Settle {
-        lock: &lock,
-        token,
-        request: &request,
-        name: &name,
-    };
-    let backend_key = request.key.backend_key();
-
-    // An earlier forward with this key may have charged: ask before sending
-    // it again, or a backend that ignores keys would charge twice.
-    if reconcile {
-        let url = config.backend.lookup_url(&config.backend_url, &backend_key);
-        let found =
-            backend::lookup(&url, authorization.as_deref(), config.backend_timeout_ms).await;
-        steps.mark("lookup");
-        match found {
-            LookupOutcome::Charged(response) => {
-                let answer = settle.final_answer(response, true, kv, ctx, config).await;
-                steps.mark("complete");
-                return answer;
-            }
-            LookupOutcome::NotCharged => {}
-            LookupOutcome::Failed(problem) => return settle.release(problem).await,
-        }
-    }
-    // Checked only now: a stored answer is replayed whatever the token's
-    // age, but nothing is charged on an expired one.
-    if let Err(e) = claims.check_fresh(Date::now().as_millis() / 1000) {
-        return settle.release(e.to_problem()).await;
-    }
-
-    let backend_request = config
-        .backend
-        .request(&config.backend_url, &request.order, &backend_key);
-    let outcome = backend::forward(
-        &backend_request,
-        &backend_key,
-        authorization.as_deref(),
-        config.backend_timeout_ms,
-    )
-    .await;
-    steps.mark("backend");
-    match outcome {
-        BackendOutcome::Final(response) => {
-            let answer = settle.final_answer(response, false, kv, ctx, config).await;
-            steps.mark("complete");
-            answer
-        }
-        BackendOutcome::NotCharged(problem) => settle.release(problem).await,
-        BackendOutcome::Unknown(problem) => {
-            match lock.abandon(token).await {
-                Ok(true) => {}
-                Ok(false) => console_warn!("claim on {name} was no longer held when abandoned"),
-                // The lease runs out instead, with the same effect.
-                Err(e) => console_error!("could not abandon {name}: {e}"),
-            }
-            problem.into()
-        }
-        // The request may still be running at the backend: the claim stays
-        // until its lease runs out, then the key is reconciled.
-        BackendOutcome::StillRunning(problem) => problem.into(),
-    }
-}
-
-/// Ends one claim.
-struct Settle<'a> {
-    lock: &'a KeyLockClient,
-    token: ClaimToken,
-    request: &'a OrderRequest,
-    name: &'a str,
-}
-
-impl Settle<'_> {
-    /// Stores a final answer (from the forward, or found by the lookup) and
-    /// says what the client gets.
-    async fn final_answer(
-        &self,
-        response: StoredResponse,
-        replayed: bool,
-        kv: Option<KvStore>,
-        ctx: &Context,
-        config: &EdgeConfig,
-    ) -> Answer {
-        let ttl_ms = config.ttl_secs * 1000;
-        let fingerprint = &self.request.fingerprint;
-        match self
-            .lock
-            .complete(self.token, fingerprint, response.clone(), ttl_ms)
-            .await
-        {
-            Ok(CompleteOutcome::Stored) => {
-                if let Some(kv) = kv {
-                    let completed = Completed {
-                        fingerprint: fingerprint.clone(),
-                        response: response.clone(),
-                        expires_at_ms: Date::now().as_millis() + ttl_ms,
-                    };
-                    // Off the response path: the object already holds the result.
-                    ctx.wait_until(replay_cache::put(
-                        kv,
-                        self.name.to_owned(),
-                        completed,
-                        config.ttl_secs,
-                    ));
+            Step::Abandon(s) => {
+                let abandoned = match &lock {
+                    Some(lock) => lock.abandon(s.token()).await.map_err(StoreFailure::from),
+                    None => Err(no_lock()),
+                };
+                if abandoned == Ok(false) {
+                    console_warn!("a claim was no longer held when abandoned");
                 }
-                Answer::Result { response, replayed }
+                s.handle_abandon(abandoned)
             }
-            Ok(CompleteOutcome::AlreadyCompleted { response }) => Answer::Result {
-                response,
-                replayed: true,
-            },
-            Ok(CompleteOutcome::NotStored) => Answer::Result { response, replayed },
-            Err(e) => {
-                // The backend answered; the customer must hear it. The claim
-                // stays until its lease runs out, and the retry after that
-                // reconciles and finds this very answer.
-                console_error!("could not store the result for {}: {e}", self.name);
-                Answer::Result { response, replayed }
+            Step::QueryStatus(s) => {
+                let status = match KeyLockClient::for_key(env, s.name()) {
+                    Ok(client) => client.status().await.map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_status(status)
             }
-        }
-    }
-
-    /// Gives the key back after an attempt that charged nothing.
-    async fn release(&self, problem: Problem) -> Answer {
-        match self.lock.release(self.token).await {
-            Ok(true) => {}
-            Ok(false) => console_warn!("claim on {} was no longer held at release", self.name),
-            Err(e) => console_error!(
-                "could not release {} (the lease will free it): {e}",
-                self.name
-            ),
-        }
-        problem.into()
+        };
+        steps.mark(name);
     }
 }
 
-/// The secret the storefront's server signs order tokens with.
-pub(crate) fn order_token_secret(env: &Env) -> std::result::Result<Vec<u8>, Problem> {
-    match env.secret(ORDER_TOKEN_SECRET).map(|s| s.to_string()) {
-        Ok(secret) if secret.len() >= token::MIN_SECRET_LEN => Ok(secret.into_bytes()),
-        _ => Err(Problem::new(
-            ProblemType::EdgeMisconfigured,
-            format!(
-                "the secret {ORDER_TOKEN_SECRET} is not set or shorter than {} bytes; nothing was forwarded",
-                token::MIN_SECRET_LEN
-            ),
-        )),
-    }
+/// The Worker's clock, as the protocol takes it.
+pub(crate) fn now() -> UnixMs {
+    UnixMs(Date::now().as_millis())
 }
 
-/// The backend credential: required for Stripe, optional for passthrough.
-fn backend_secret(env: &Env, config: &EdgeConfig) -> std::result::Result<Option<String>, Problem> {
-    let name = config.backend.secret_name();
-    match env.secret(name).map(|s| s.to_string()) {
-        Ok(secret) if !secret.is_empty() => Ok(Some(secret)),
-        _ if config.backend.requires_secret() => Err(Problem::new(
-            ProblemType::EdgeMisconfigured,
-            format!("the secret {name} is not set; nothing was forwarded"),
-        )),
-        _ => Ok(None),
-    }
+/// The flow asks the key's object to settle a claim only after the claim.
+fn no_lock() -> StoreFailure {
+    StoreFailure("no claim was made through the key's object".into())
 }
 
-fn mismatch() -> Answer {
-    Problem::new(
-        ProblemType::KeyReused,
-        "this Idempotency-Key was already used for a different order; use a new key for a new order",
-    )
-    .into()
-}
-
-fn store_unavailable(e: &crate::key_lock::StoreError) -> Answer {
-    console_error!("{e}");
-    Problem::new(
-        ProblemType::StoreUnavailable,
-        "the idempotency store is unavailable, so the order was not forwarded; retry with the same key",
-    )
-    .retry_after(1)
-    .into()
+/// The secret the storefront's server signs order tokens with, if set.
+pub(crate) fn order_token_secret(env: &Env) -> Option<Vec<u8>> {
+    env.secret(ORDER_TOKEN_SECRET)
+        .ok()
+        .map(|s| s.to_string().into_bytes())
 }
 
 /// Reads the body but stops after `limit` bytes, so a 10 MB body costs no

@@ -5,7 +5,7 @@
 //! (see `KeyRecord::complete`). A miss, a stale entry or a KV failure only
 //! means asking the Durable Object, which holds the authoritative record.
 
-use chargeonce_protocol::Completed;
+use chargeonce_protocol::{flow::CacheWrite, Completed};
 use worker::{console_error, Env, KvStore};
 
 /// The KV namespace binding in wrangler.toml.
@@ -32,16 +32,21 @@ pub async fn get(kv: &KvStore, name: &str) -> Option<Completed> {
     }
 }
 
-/// Caches a final result for `ttl_secs` (at least KV's 60 s minimum, which
+/// Caches a final result for its TTL (at least KV's 60 s minimum, which
 /// `EdgeConfig` guarantees). Failures are logged: the Durable Object still
 /// holds the result, so nothing is lost.
-pub async fn put(kv: KvStore, name: String, completed: Completed, ttl_secs: u64) {
+pub async fn put(kv: KvStore, write: CacheWrite) {
+    let CacheWrite {
+        name,
+        completed,
+        ttl,
+    } = write;
     let json = match serde_json::to_string(&completed) {
         Ok(json) => json,
         Err(e) => return console_error!("could not encode KV entry {name}: {e}"),
     };
     let put = match kv.put(&name, json) {
-        Ok(put) => put.expiration_ttl(ttl_secs).execute().await,
+        Ok(put) => put.expiration_ttl(ttl.as_secs()).execute().await,
         Err(e) => Err(e),
     };
     if let Err(e) = put {

@@ -1,35 +1,54 @@
 //! The client's side of exactly-once checkout: one checkout attempt, its
-//! idempotency key, and when to send, retry, wait or stop.
+//! idempotency key, and when to send, ask, retry, wait or stop.
 //!
 //! The widget owns the I/O (fetch, timers, storage, the DOM) and feeds this
-//! state machine its inputs: a click ([`Attempt::submit`]), an answer
-//! ([`Attempt::handle_response`]), a request that produced no answer
+//! state machine its inputs: a click ([`Attempt::submit`]), a reload
+//! ([`Attempt::resume`]), an answer to an order
+//! ([`Attempt::handle_response`]) or to a status lookup
+//! ([`Attempt::handle_status`]), a request that produced no answer
 //! ([`Attempt::handle_transport_failure`]), a timer
-//! ([`Attempt::handle_timeout`], armed from [`Attempt::poll_timeout`]) and the
-//! browser coming back online ([`Attempt::handle_online`]). Time (Unix ms),
-//! the fresh key and the jitter are passed in.
+//! ([`Attempt::handle_timeout`], armed from [`Attempt::poll_timeout`]), the
+//! browser coming back online ([`Attempt::handle_online`]) and a fresh order
+//! token from the page ([`Attempt::handle_token`]). Time (Unix ms), the fresh
+//! key and the jitter are passed in.
 //!
 //! The rules: a key lives as long as its attempt. It is kept across every
-//! retry and reload, and across an unknown outcome (network error, timeout,
-//! 5xx, retries exhausted), because the first request may have charged and
-//! only the same key lets the edge answer with that charge. It is replaced
-//! only when the payload changes or after a final answer (the order was
-//! placed, or definitively refused).
+//! retry and reload, across an unknown outcome (network error, timeout, 5xx,
+//! retries exhausted) and across an expired order token, because the first
+//! request may have charged and only the same key lets the edge answer with
+//! that charge. It is replaced only after a final answer (the order was
+//! placed, or definitively refused), and the payload may change only once the
+//! attempt has one: an unconfirmed attempt is first settled through the
+//! edge's status lookup, which never charges.
+
+use crate::problem::ProblemType;
 
 /// The first line of [`Attempt::encode`]'s form; a change of format bumps it.
-const STORAGE_VERSION: &str = "chargeonce-attempt/1";
+const STORAGE_VERSION: &str = "chargeonce-attempt/2";
+/// The previous form, still read so an attempt saved before an upgrade keeps
+/// its key.
+const STORAGE_VERSION_1: &str = "chargeonce-attempt/1";
+
+/// Fresh order tokens asked for in one run of sends, at most: a page that
+/// keeps handing out expired ones cannot keep the widget sending for ever.
+pub const MAX_TOKEN_REFRESHES: u32 = 3;
 
 /// How a client retries. The defaults follow Stripe's clients: 0.5 s
 /// doubling to 5 s, with full jitter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RetryPolicy {
     /// The first backoff ceiling, in ms.
     pub base_ms: u64,
     /// The largest backoff ceiling, in ms.
     pub cap_ms: u64,
-    /// Retries after the first send, at most.
+    /// Retries after the first send, at most. Waits the edge asks for (a
+    /// 409 while another request holds the key, a 202 while an outcome is
+    /// confirmed) are not retries.
     pub max_retries: u32,
     /// No retry is scheduled to start later than this after the first send.
+    /// It must outlast the edge's lease plus two backend timeouts (a lookup
+    /// and a forward): a client that gives up sooner leaves a key unsettled
+    /// while the customer watches.
     pub max_total_ms: u64,
     /// How long one request may take before it is abandoned.
     pub request_timeout_ms: u64,
@@ -66,20 +85,56 @@ impl RetryPolicy {
     }
 }
 
+/// Which request an attempt sends next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exchange {
+    /// `POST /v1/orders`: place the order (or get its stored answer).
+    Order,
+    /// `GET /v1/orders`: ask what became of the key, never charging.
+    Status,
+}
+
+impl Exchange {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Order => "order",
+            Self::Status => "status",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        [Self::Order, Self::Status]
+            .into_iter()
+            .find(|e| e.as_str() == name)
+    }
+}
+
 /// Where an attempt stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Phase {
-    /// A request is on its way (or was, when the page was unloaded).
+    /// The order is on its way (or was, when the page was unloaded).
     Sending,
-    /// Waiting before the next retry.
+    /// A status lookup is on its way.
+    Checking,
+    /// Waiting before the next request.
     Backoff {
         /// When to send again (Unix ms).
         until_ms: u64,
         /// Why the last request did not succeed.
         reason: RetryReason,
+        /// What to send then.
+        then: Exchange,
     },
-    /// The browser is offline; the next send waits for the `online` event.
-    Offline,
+    /// The browser is offline; the next request waits for the `online` event.
+    Offline {
+        /// What to send then.
+        then: Exchange,
+    },
+    /// The order token expired; waiting for the page to supply a fresh one.
+    NeedsToken {
+        /// What to send again with it.
+        then: Exchange,
+    },
     /// The order was placed. Final.
     Placed {
         /// The backend's answer, as the edge sent it.
@@ -87,8 +142,9 @@ pub enum Phase {
         /// Whether the edge replayed it.
         replayed: bool,
     },
-    /// The order was definitively refused (a decline or another 4xx). Final:
-    /// the next submit starts a new attempt with a new key.
+    /// The order was definitively refused (a decline, another 4xx, or a
+    /// final "not charged"). Final: the next submit starts a new attempt
+    /// with a new key.
     Refused {
         /// The HTTP status.
         status: u16,
@@ -96,7 +152,7 @@ pub enum Phase {
         message: String,
     },
     /// Retries stopped without an answer. The charge may or may not have
-    /// happened; the next submit retries with the same key.
+    /// happened; the next submit asks again with the same key.
     Unconfirmed,
     /// Another tab is placing this order, so this one sent nothing. The next
     /// submit tries again with the same key (which the tabs share).
@@ -104,7 +160,7 @@ pub enum Phase {
 }
 
 /// Why a retry was needed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RetryReason {
     /// No answer: connection failure or timeout.
     ConnectionLost,
@@ -132,20 +188,23 @@ impl RetryReason {
 /// One checkout attempt: the key, what it is for, and where it stands.
 /// [`Attempt::encode`] and [`Attempt::decode`] let the widget keep it in
 /// `sessionStorage` and resume it after a reload with the same key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Attempt {
     key: String,
     fingerprint: String,
     phase: Phase,
     /// Requests sent so far in the current run of retries.
     sends: u32,
+    /// Fresh order tokens asked for in the current run (not stored: a
+    /// reload starts a new run).
+    refreshes: u32,
     /// When the current run of retries started (Unix ms).
     started_at_ms: u64,
 }
 
-/// An HTTP answer to one of the attempt's requests.
+/// An HTTP response from the edge, as the client reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Answer<'a> {
+pub struct EdgeResponse<'a> {
     /// The status.
     pub status: u16,
     /// The body, as text.
@@ -155,42 +214,35 @@ pub struct Answer<'a> {
     /// shell reads the JSON; the widget uses the browser's parser, which
     /// keeps a Rust one out of its bundle.)
     pub message: Option<&'a str>,
-    /// Whether `Idempotent-Replayed: true` was sent.
+    /// The problem+json `type`, read back with [`ProblemType::from_uri`].
+    pub problem: Option<ProblemType>,
+    /// Whether `Idempotent-Replayed: true` was sent: the key's stored answer.
     pub replayed: bool,
     /// The `Retry-After` header, in seconds, if any.
     pub retry_after_secs: Option<u64>,
 }
 
-impl<'a> Answer<'a> {
-    /// An answer with this status and body, not replayed, no `Retry-After`.
+impl<'a> EdgeResponse<'a> {
+    /// A response with this status and body, not replayed, no
+    /// `Retry-After`, no problem type.
     pub fn new(status: u16, body: &'a str) -> Self {
         Self {
             status,
             body,
             message: None,
+            problem: None,
             replayed: false,
             retry_after_secs: None,
         }
     }
-}
 
-/// What to do after a click.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub enum Submit {
-    /// Send the order with this key now.
-    Send {
-        /// The `Idempotency-Key`.
-        key: String,
-    },
-    /// Wait for the browser to come online, then send.
-    WaitForOnline,
-    /// Do nothing: the click is a duplicate or the order is already placed.
-    Ignore(IgnoreReason),
+    fn token_expired(&self) -> bool {
+        self.status == 403 && !self.replayed && self.problem == Some(ProblemType::OrderTokenExpired)
+    }
 }
 
 /// Why a click was ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IgnoreReason {
     /// A request for this attempt is in flight or scheduled.
     Busy,
@@ -198,21 +250,31 @@ pub enum IgnoreReason {
     AlreadyPlaced,
 }
 
-/// What to do after an input other than a click.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum Next {
-    /// Send again now, with this key.
+    /// Send the order now, with this key.
     Send {
-        /// The `Idempotency-Key` (the same as before).
+        /// The `Idempotency-Key`.
         key: String,
     },
+    /// Ask the edge's status lookup what became of this key.
+    FetchStatus {
+        /// The `Idempotency-Key`.
+        key: String,
+    },
+    /// Ask the page for a fresh order token, then call
+    /// [`Attempt::handle_token`] (or [`Attempt::handle_no_token`]).
+    NeedToken,
     /// Wait; call [`Attempt::handle_timeout`] at [`Attempt::poll_timeout`].
     Wait,
     /// Wait for the browser to come online.
     WaitForOnline,
     /// The attempt reached a final phase or gave up; see [`Attempt::phase`].
     Stop,
+    /// Do nothing: the click is a duplicate or the order is already placed.
+    Ignore(IgnoreReason),
 }
 
 impl Attempt {
@@ -225,54 +287,58 @@ impl Attempt {
         now_ms: u64,
         online: bool,
         new_key: impl FnOnce() -> String,
-    ) -> (Self, Submit) {
-        let keep_key = match &current {
-            Some(a) if a.fingerprint != fingerprint => None,
-            Some(a) => match a.phase {
-                Phase::Sending | Phase::Backoff { .. } | Phase::Offline => {
-                    return (a.clone(), Submit::Ignore(IgnoreReason::Busy));
-                }
-                Phase::Placed { .. } => {
-                    return (a.clone(), Submit::Ignore(IgnoreReason::AlreadyPlaced));
-                }
-                Phase::Refused { .. } => None,
-                Phase::Unconfirmed | Phase::OtherTab => Some(a.key.clone()),
-            },
-            None => None,
+    ) -> (Self, Next) {
+        let (key, exchange) = match current {
+            Some(a) if a.is_busy() => return (a, Next::Ignore(IgnoreReason::Busy)),
+            Some(a) if a.fingerprint == fingerprint && matches!(a.phase, Phase::Placed { .. }) => {
+                return (a, Next::Ignore(IgnoreReason::AlreadyPlaced))
+            }
+            Some(a) if matches!(a.phase, Phase::Placed { .. } | Phase::Refused { .. }) => {
+                (new_key(), Exchange::Order)
+            }
+            // Unconfirmed: the same payload retries with its key; another
+            // payload waits until the earlier one is settled.
+            Some(a) if a.fingerprint == fingerprint => (a.key, Exchange::Order),
+            Some(mut a) => {
+                a.started_at_ms = now_ms;
+                a.sends = 0;
+                a.refreshes = 0;
+                let next = a.send_or_wait(online, Exchange::Status);
+                return (a, next);
+            }
+            None => (new_key(), Exchange::Order),
         };
         let mut attempt = Self {
-            key: keep_key.unwrap_or_else(new_key),
+            key,
             fingerprint: fingerprint.to_owned(),
             phase: Phase::Sending,
             sends: 0,
+            refreshes: 0,
             started_at_ms: now_ms,
         };
-        let action = match attempt.send_or_wait(online) {
-            Next::Send { key } => Submit::Send { key },
-            _ => Submit::WaitForOnline,
-        };
-        (attempt, action)
+        let next = attempt.send_or_wait(online, exchange);
+        (attempt, next)
     }
 
-    /// Picks an attempt up after a reload. An attempt that was sending or
-    /// waiting is sent again at once with its key: the earlier request may
-    /// have charged, and the edge answers a repeat with that charge. Final
-    /// phases stay as they are.
+    /// Picks an attempt up after a reload. An attempt without a final answer
+    /// is settled first through the status lookup: the earlier request may
+    /// have charged, and nothing is sent until the edge says what became of
+    /// it. Final phases stay as they are.
     pub fn resume(&mut self, now_ms: u64, online: bool) -> Next {
-        match self.phase {
-            Phase::Sending | Phase::Backoff { .. } | Phase::Offline => {
-                self.started_at_ms = now_ms;
-                self.sends = 0;
-                self.send_or_wait(online)
-            }
-            _ => Next::Stop,
+        if matches!(self.phase, Phase::Placed { .. } | Phase::Refused { .. }) {
+            return Next::Stop;
         }
+        self.started_at_ms = now_ms;
+        self.sends = 0;
+        self.refreshes = 0;
+        self.send_or_wait(online, Exchange::Status)
     }
 
-    /// Handles an HTTP answer; `jitter` is a uniform pick in `[0, 1]`.
+    /// Handles the edge's response to the order; `jitter` is a uniform pick
+    /// in `[0, 1]`.
     pub fn handle_response(
         &mut self,
-        answer: &Answer<'_>,
+        response: &EdgeResponse<'_>,
         now_ms: u64,
         jitter: f64,
         policy: &RetryPolicy,
@@ -281,32 +347,84 @@ impl Attempt {
             // A late answer to a request we already gave up on.
             return Next::Stop;
         }
-        match answer.status {
+        let wait = |counts| Wait {
+            reason: RetryReason::ServerBusy,
+            retry_after_ms: response.retry_after_secs.map(|s| s.saturating_mul(1000)),
+            counts,
+            then: Exchange::Order,
+        };
+        match response.status {
             200..=299 => {
                 self.phase = Phase::Placed {
-                    body: answer.body.to_owned(),
-                    replayed: answer.replayed,
+                    body: response.body.to_owned(),
+                    replayed: response.replayed,
                 };
                 Next::Stop
             }
-            409 | 429 | 502..=504 => self.schedule(
-                RetryReason::ServerBusy,
-                answer.retry_after_secs.map(|s| s.saturating_mul(1000)),
-                now_ms,
-                jitter,
-                policy,
-            ),
+            _ if response.token_expired() => self.need_token(Exchange::Order, now_ms, policy),
+            // Another request holds the key: its `Retry-After` is when its
+            // lease ends, and waiting it out is not a failed retry.
+            409 => self.schedule(wait(false), now_ms, jitter, policy),
+            429 | 502..=504 => self.schedule(wait(true), now_ms, jitter, policy),
             status @ 400..=499 => {
-                self.phase = Phase::Refused {
-                    status,
-                    message: answer
-                        .message
-                        .map(str::to_owned)
-                        .unwrap_or_else(|| format!("the order was refused ({status})")),
-                };
+                self.refuse(status, response.message);
                 Next::Stop
             }
             // Any other answer says nothing certain about the charge.
+            _ => {
+                self.phase = Phase::Unconfirmed;
+                Next::Stop
+            }
+        }
+    }
+
+    /// Handles the edge's response to a status lookup. `same_payload` says
+    /// whether the page still shows this attempt's payload: if nothing was
+    /// recorded under the key, that payload is sent with it; another payload
+    /// learns that the earlier attempt charged nothing.
+    pub fn handle_status(
+        &mut self,
+        response: &EdgeResponse<'_>,
+        now_ms: u64,
+        jitter: f64,
+        policy: &RetryPolicy,
+        same_payload: bool,
+    ) -> Next {
+        if self.phase != Phase::Checking {
+            return Next::Stop;
+        }
+        let wait = |counts| Wait {
+            reason: RetryReason::ServerBusy,
+            retry_after_ms: response.retry_after_secs.map(|s| s.saturating_mul(1000)),
+            counts,
+            then: Exchange::Status,
+        };
+        match response.status {
+            // The key's stored answer, whatever its status.
+            200..=299 if response.replayed => {
+                self.phase = Phase::Placed {
+                    body: response.body.to_owned(),
+                    replayed: true,
+                };
+                Next::Stop
+            }
+            status if response.replayed => {
+                self.refuse(status, response.message);
+                Next::Stop
+            }
+            202 => self.schedule(wait(false), now_ms, jitter, policy),
+            404 if same_payload => {
+                self.phase = Phase::Sending;
+                Next::Send {
+                    key: self.key.clone(),
+                }
+            }
+            404 => {
+                self.refuse(404, response.message);
+                Next::Stop
+            }
+            _ if response.token_expired() => self.need_token(Exchange::Status, now_ms, policy),
+            409 | 429 | 502..=504 => self.schedule(wait(true), now_ms, jitter, policy),
             _ => {
                 self.phase = Phase::Unconfirmed;
                 Next::Stop
@@ -324,23 +442,47 @@ impl Attempt {
         jitter: f64,
         policy: &RetryPolicy,
     ) -> Next {
-        if self.phase != Phase::Sending {
+        let Some(then) = self.in_flight() else {
             return Next::Stop;
-        }
+        };
         if !online {
-            self.phase = Phase::Offline;
+            self.phase = Phase::Offline { then };
             // The failed send did not reach anyone we know of: give it back.
             self.sends = self.sends.saturating_sub(1);
             return Next::WaitForOnline;
         }
-        self.schedule(RetryReason::ConnectionLost, None, now_ms, jitter, policy)
+        let wait = Wait {
+            reason: RetryReason::ConnectionLost,
+            retry_after_ms: None,
+            counts: true,
+            then,
+        };
+        self.schedule(wait, now_ms, jitter, policy)
+    }
+
+    /// Handles the page's fresh order token: the refused request is sent
+    /// again with the same key.
+    pub fn handle_token(&mut self, online: bool) -> Next {
+        match self.phase {
+            Phase::NeedsToken { then } => self.send_or_wait(online, then),
+            _ => Next::Stop,
+        }
+    }
+
+    /// Handles the page having no fresh order token to give: the outcome
+    /// stays unconfirmed, with the key kept for the next click.
+    pub fn handle_no_token(&mut self) -> Next {
+        if matches!(self.phase, Phase::NeedsToken { .. }) {
+            self.phase = Phase::Unconfirmed;
+        }
+        Next::Stop
     }
 
     /// Handles finding that another tab holds this order (the widget asks
     /// the browser's Web Locks before each run of sends). Nothing was sent;
     /// the send this run counted is given back.
     pub fn handle_held_elsewhere(&mut self) -> Next {
-        if self.phase == Phase::Sending {
+        if self.in_flight().is_some() {
             self.sends = self.sends.saturating_sub(1);
             self.phase = Phase::OtherTab;
         }
@@ -358,7 +500,9 @@ impl Attempt {
     /// Handles the timer armed from [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now_ms: u64, online: bool) -> Next {
         match self.phase {
-            Phase::Backoff { until_ms, .. } if now_ms >= until_ms => self.send_or_wait(online),
+            Phase::Backoff { until_ms, then, .. } if now_ms >= until_ms => {
+                self.send_or_wait(online, then)
+            }
             Phase::Backoff { .. } => Next::Wait,
             _ => Next::Stop,
         }
@@ -367,11 +511,11 @@ impl Attempt {
     /// Handles the browser's `online` event.
     pub fn handle_online(&mut self, now_ms: u64) -> Next {
         match self.phase {
-            Phase::Offline => {
+            Phase::Offline { then } => {
                 // Time spent offline is not the server's fault: the time
                 // budget starts again.
                 self.started_at_ms = now_ms;
-                self.send_or_wait(true)
+                self.send_or_wait(true, then)
             }
             _ => Next::Stop,
         }
@@ -392,16 +536,21 @@ impl Attempt {
         &self.phase
     }
 
-    /// Requests sent in the current run, the first included.
+    /// Requests sent in the current run, the first included; waits the edge
+    /// asked for are not counted.
     pub fn sends(&self) -> u32 {
         self.sends
     }
 
-    /// Whether a click now would be accepted as a new send.
+    /// Whether the attempt is working (a click now is ignored).
     pub fn is_busy(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Sending | Phase::Backoff { .. } | Phase::Offline
+            Phase::Sending
+                | Phase::Checking
+                | Phase::Backoff { .. }
+                | Phase::Offline { .. }
+                | Phase::NeedsToken { .. }
         )
     }
 
@@ -413,10 +562,17 @@ impl Attempt {
     pub fn encode(&self) -> String {
         let (phase, rest) = match &self.phase {
             Phase::Sending => ("sending".to_owned(), ""),
-            Phase::Backoff { until_ms, reason } => {
-                (format!("backoff {until_ms} {}", reason.as_str()), "")
-            }
-            Phase::Offline => ("offline".to_owned(), ""),
+            Phase::Checking => ("checking".to_owned(), ""),
+            Phase::Backoff {
+                until_ms,
+                reason,
+                then,
+            } => (
+                format!("backoff {until_ms} {} {}", reason.as_str(), then.as_str()),
+                "",
+            ),
+            Phase::Offline { then } => (format!("offline {}", then.as_str()), ""),
+            Phase::NeedsToken { then } => (format!("needs_token {}", then.as_str()), ""),
             Phase::Placed { body, replayed } => {
                 (format!("placed {}", u8::from(*replayed)), body.as_str())
             }
@@ -430,78 +586,144 @@ impl Attempt {
         )
     }
 
-    /// Reads [`Self::encode`]'s form; `None` for anything else (another
-    /// version, a damaged entry), which the widget treats as no attempt.
+    /// Reads [`Self::encode`]'s form (and the previous version's);
+    /// `None` for anything else (another version, a damaged entry), which
+    /// the widget treats as no attempt.
     pub fn decode(text: &str) -> Option<Self> {
         let mut lines = text.splitn(7, '\n');
-        if lines.next()? != STORAGE_VERSION {
+        let version = lines.next()?;
+        if version != STORAGE_VERSION && version != STORAGE_VERSION_1 {
             return None;
         }
         let key = lines.next().filter(|k| !k.is_empty())?.to_owned();
         let fingerprint = lines.next()?.to_owned();
         let sends = lines.next()?.parse().ok()?;
         let started_at_ms = lines.next()?.parse().ok()?;
-        let mut phase = lines.next()?.split(' ');
+        let mut words = lines.next()?.split(' ');
         let rest = lines.next()?.to_owned();
-        let phase = match (phase.next()?, phase.next(), phase.next()) {
-            ("sending", None, None) => Phase::Sending,
-            ("backoff", Some(until), Some(reason)) => Phase::Backoff {
+        // Version 1 had no `then`: every request it sent was the order.
+        let then = |word: Option<&str>| match word {
+            None => Some(Exchange::Order),
+            Some(name) => Exchange::from_name(name),
+        };
+        let phase = match (words.next()?, words.next(), words.next(), words.next()) {
+            ("sending", None, None, None) => Phase::Sending,
+            ("checking", None, None, None) => Phase::Checking,
+            ("backoff", Some(until), Some(reason), exchange) => Phase::Backoff {
                 until_ms: until.parse().ok()?,
                 reason: RetryReason::from_name(reason)?,
+                then: then(exchange)?,
             },
-            ("offline", None, None) => Phase::Offline,
-            ("placed", Some(replayed @ ("0" | "1")), None) => Phase::Placed {
+            ("offline", exchange, None, None) => Phase::Offline {
+                then: then(exchange)?,
+            },
+            ("needs_token", Some(exchange), None, None) => Phase::NeedsToken {
+                then: Exchange::from_name(exchange)?,
+            },
+            ("placed", Some(replayed @ ("0" | "1")), None, None) => Phase::Placed {
                 body: rest,
                 replayed: replayed == "1",
             },
-            ("refused", Some(status), None) => Phase::Refused {
+            ("refused", Some(status), None, None) => Phase::Refused {
                 status: status.parse().ok()?,
                 message: rest,
             },
-            ("unconfirmed", None, None) => Phase::Unconfirmed,
-            ("other_tab", None, None) => Phase::OtherTab,
+            ("unconfirmed", None, None, None) => Phase::Unconfirmed,
+            ("other_tab", None, None, None) => Phase::OtherTab,
             _ => return None,
         };
+        if words.next().is_some() {
+            return None;
+        }
         Some(Self {
             key,
             fingerprint,
             phase,
             sends,
+            refreshes: 0,
             started_at_ms,
         })
     }
 
-    fn send_or_wait(&mut self, online: bool) -> Next {
-        if online {
-            self.phase = Phase::Sending;
-            self.sends += 1;
-            Next::Send {
-                key: self.key.clone(),
-            }
-        } else {
-            self.phase = Phase::Offline;
-            Next::WaitForOnline
+    /// What is in flight now, if anything.
+    fn in_flight(&self) -> Option<Exchange> {
+        match self.phase {
+            Phase::Sending => Some(Exchange::Order),
+            Phase::Checking => Some(Exchange::Status),
+            _ => None,
         }
     }
 
-    fn schedule(
-        &mut self,
-        reason: RetryReason,
-        retry_after_ms: Option<u64>,
-        now_ms: u64,
-        jitter: f64,
-        policy: &RetryPolicy,
-    ) -> Next {
-        let retry = self.sends; // the retry about to be scheduled, 1-based
-        let until_ms = now_ms + policy.next_delay_ms(retry, jitter, retry_after_ms);
-        let over_budget = until_ms.saturating_sub(self.started_at_ms) > policy.max_total_ms;
-        if retry > policy.max_retries || over_budget {
+    fn refuse(&mut self, status: u16, message: Option<&str>) {
+        self.phase = Phase::Refused {
+            status,
+            message: message
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("the order was refused ({status})")),
+        };
+    }
+
+    fn need_token(&mut self, then: Exchange, now_ms: u64, policy: &RetryPolicy) -> Next {
+        let over_budget = now_ms.saturating_sub(self.started_at_ms) > policy.max_total_ms;
+        if self.refreshes >= MAX_TOKEN_REFRESHES || over_budget {
             self.phase = Phase::Unconfirmed;
             return Next::Stop;
         }
-        self.phase = Phase::Backoff { until_ms, reason };
+        self.refreshes += 1;
+        // Not a failed retry: the request never reached the question of the
+        // charge.
+        self.sends = self.sends.saturating_sub(1);
+        self.phase = Phase::NeedsToken { then };
+        Next::NeedToken
+    }
+
+    fn send_or_wait(&mut self, online: bool, exchange: Exchange) -> Next {
+        if !online {
+            self.phase = Phase::Offline { then: exchange };
+            return Next::WaitForOnline;
+        }
+        self.sends += 1;
+        let key = self.key.clone();
+        match exchange {
+            Exchange::Order => {
+                self.phase = Phase::Sending;
+                Next::Send { key }
+            }
+            Exchange::Status => {
+                self.phase = Phase::Checking;
+                Next::FetchStatus { key }
+            }
+        }
+    }
+
+    fn schedule(&mut self, wait: Wait, now_ms: u64, jitter: f64, policy: &RetryPolicy) -> Next {
+        if !wait.counts {
+            // A wait the edge asked for is not a retry: give the send back.
+            self.sends = self.sends.saturating_sub(1);
+        }
+        let retry = self.sends.max(1); // the retry about to be scheduled, 1-based
+        let until_ms = now_ms + policy.next_delay_ms(retry, jitter, wait.retry_after_ms);
+        let over_budget = until_ms.saturating_sub(self.started_at_ms) > policy.max_total_ms;
+        if (wait.counts && retry > policy.max_retries) || over_budget {
+            self.phase = Phase::Unconfirmed;
+            return Next::Stop;
+        }
+        self.phase = Phase::Backoff {
+            until_ms,
+            reason: wait.reason,
+            then: wait.then,
+        };
         Next::Wait
     }
+}
+
+/// A wait before the next request.
+struct Wait {
+    reason: RetryReason,
+    retry_after_ms: Option<u64>,
+    /// Whether it uses up one of the policy's retries.
+    counts: bool,
+    then: Exchange,
 }
 
 #[cfg(test)]
@@ -518,7 +740,7 @@ mod tests {
         let (attempt, action) = Attempt::submit(None, FP, now, true, || "key-1".into());
         assert_eq!(
             action,
-            Submit::Send {
+            Next::Send {
                 key: "key-1".into()
             }
         );
@@ -526,7 +748,7 @@ mod tests {
     }
 
     fn respond(a: &mut Attempt, status: u16, now: u64) -> Next {
-        a.handle_response(&Answer::new(status, "{}"), now, 1.0, &policy())
+        a.handle_response(&EdgeResponse::new(status, "{}"), now, 1.0, &policy())
     }
 
     #[test]
@@ -559,7 +781,7 @@ mod tests {
         let mut now = 0;
         for (retry, jitter) in [(1, 0.5), (2, 0.5), (3, 0.5)] {
             assert_eq!(
-                a.handle_response(&Answer::new(503, ""), now, jitter, &p),
+                a.handle_response(&EdgeResponse::new(503, ""), now, jitter, &p),
                 Next::Wait
             );
             let due = a.poll_timeout().unwrap();
@@ -614,9 +836,9 @@ mod tests {
     fn retry_after_from_the_server_is_honoured() {
         let mut a = fresh(0);
         let _ = a.handle_response(
-            &Answer {
+            &EdgeResponse {
                 retry_after_secs: Some(1),
-                ..Answer::new(409, "")
+                ..EdgeResponse::new(409, "")
             },
             100,
             0.0,
@@ -629,9 +851,9 @@ mod tests {
     fn a_decline_is_final_and_the_next_submit_gets_a_new_key() {
         let mut a = fresh(0);
         let body = r#"{"error":{"type":"card_error","message":"Your card was declined."}}"#;
-        let answer = Answer {
+        let answer = EdgeResponse {
             message: Some("Your card was declined."),
-            ..Answer::new(402, body)
+            ..EdgeResponse::new(402, body)
         };
         assert_eq!(a.handle_response(&answer, 5, 0.0, &policy()), Next::Stop);
         assert_eq!(
@@ -644,7 +866,7 @@ mod tests {
         let (b, action) = Attempt::submit(Some(a), FP, 10, true, || "key-2".into());
         assert_eq!(
             action,
-            Submit::Send {
+            Next::Send {
                 key: "key-2".into()
             }
         );
@@ -654,7 +876,7 @@ mod tests {
     #[test]
     fn a_refusal_without_the_servers_words_gets_a_generic_message() {
         let mut a = fresh(0);
-        let _ = a.handle_response(&Answer::new(422, "not json"), 5, 0.0, &policy());
+        let _ = a.handle_response(&EdgeResponse::new(422, "not json"), 5, 0.0, &policy());
         assert!(
             matches!(a.phase(), Phase::Refused { message, .. } if message == "the order was refused (422)")
         );
@@ -664,11 +886,11 @@ mod tests {
     fn a_click_while_busy_is_ignored() {
         let a = fresh(0);
         let (a, action) = Attempt::submit(Some(a), FP, 1, true, || unreachable!("no new key"));
-        assert_eq!(action, Submit::Ignore(IgnoreReason::Busy));
+        assert_eq!(action, Next::Ignore(IgnoreReason::Busy));
         let mut a = a;
         let _ = respond(&mut a, 503, 2);
         let (_, action) = Attempt::submit(Some(a), FP, 3, true, || unreachable!("no new key"));
-        assert_eq!(action, Submit::Ignore(IgnoreReason::Busy));
+        assert_eq!(action, Next::Ignore(IgnoreReason::Busy));
     }
 
     #[test]
@@ -676,7 +898,7 @@ mod tests {
         let mut a = fresh(0);
         let _ = respond(&mut a, 200, 1);
         let (_, action) = Attempt::submit(Some(a), FP, 2, true, || unreachable!("no new key"));
-        assert_eq!(action, Submit::Ignore(IgnoreReason::AlreadyPlaced));
+        assert_eq!(action, Next::Ignore(IgnoreReason::AlreadyPlaced));
     }
 
     #[test]
@@ -686,7 +908,7 @@ mod tests {
         let (b, action) = Attempt::submit(Some(a), "fp-2", 2, true, || "key-2".into());
         assert_eq!(
             action,
-            Submit::Send {
+            Next::Send {
                 key: "key-2".into()
             }
         );
@@ -701,7 +923,7 @@ mod tests {
         let (b, action) = Attempt::submit(Some(a), FP, 2, true, || unreachable!("keep the key"));
         assert_eq!(
             action,
-            Submit::Send {
+            Next::Send {
                 key: "key-1".into()
             }
         );
@@ -732,9 +954,9 @@ mod tests {
         };
         let mut a = fresh(0);
         let _ = a.handle_response(
-            &Answer {
+            &EdgeResponse {
                 retry_after_secs: Some(2),
-                ..Answer::new(503, "")
+                ..EdgeResponse::new(503, "")
             },
             10,
             0.0,
@@ -746,8 +968,16 @@ mod tests {
     #[test]
     fn offline_waits_for_online_without_spending_retries() {
         let (mut a, action) = Attempt::submit(None, FP, 0, false, || "key-1".into());
-        assert_eq!(action, Submit::WaitForOnline);
-        assert_eq!((a.phase(), a.sends()), (&Phase::Offline, 0));
+        assert_eq!(action, Next::WaitForOnline);
+        assert_eq!(
+            (a.phase(), a.sends()),
+            (
+                &Phase::Offline {
+                    then: Exchange::Order
+                },
+                0
+            )
+        );
         assert_eq!(
             a.handle_online(50),
             Next::Send {
@@ -769,11 +999,21 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_mid_flight_resumes_with_the_same_key() {
+    fn a_reload_mid_flight_asks_the_status_lookup_first_with_the_same_key() {
         let a = fresh(0);
         let mut reloaded = Attempt::decode(&a.encode()).unwrap();
         assert_eq!(
             reloaded.resume(1_000, true),
+            Next::FetchStatus {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(reloaded.phase(), &Phase::Checking);
+        // Nothing recorded under the key and the page shows the same order:
+        // it is sent now, with its key.
+        let not_found = EdgeResponse::new(404, "{}");
+        assert_eq!(
+            reloaded.handle_status(&not_found, 1_010, 0.0, &policy(), true),
             Next::Send {
                 key: "key-1".into()
             }
@@ -781,9 +1021,235 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_of_an_unconfirmed_attempt_learns_its_stored_answer() {
+        let mut a = fresh(0);
+        let _ = respond(&mut a, 500, 1);
+        let mut reloaded = Attempt::decode(&a.encode()).unwrap();
+        assert!(matches!(reloaded.resume(5, true), Next::FetchStatus { .. }));
+        let placed = EdgeResponse {
+            replayed: true,
+            ..EdgeResponse::new(200, r#"{"id":"pi_1"}"#)
+        };
+        assert_eq!(
+            reloaded.handle_status(&placed, 6, 0.0, &policy(), true),
+            Next::Stop
+        );
+        assert_eq!(
+            reloaded.phase(),
+            &Phase::Placed {
+                body: r#"{"id":"pi_1"}"#.into(),
+                replayed: true
+            }
+        );
+        // A stored refusal (a decline, or a final "not charged") is final too.
+        let mut other = Attempt::decode(&a.encode()).unwrap();
+        let _ = other.resume(5, true);
+        let not_charged = EdgeResponse {
+            replayed: true,
+            message: Some("nothing was charged"),
+            ..EdgeResponse::new(410, "{}")
+        };
+        let _ = other.handle_status(&not_charged, 6, 0.0, &policy(), true);
+        assert!(matches!(other.phase(), Phase::Refused { status: 410, .. }));
+    }
+
+    #[test]
+    fn a_pending_status_is_asked_again_without_spending_retries() {
+        let p = policy();
+        let mut a = fresh(0);
+        let _ = respond(&mut a, 500, 1);
+        let _ = a.resume(10, true);
+        for round in 0..p.max_retries * 2 {
+            let pending = EdgeResponse {
+                retry_after_secs: Some(2),
+                ..EdgeResponse::new(202, "{}")
+            };
+            let now = 10 + u64::from(round) * 2_000;
+            assert_eq!(a.handle_status(&pending, now, 0.0, &p, true), Next::Wait);
+            assert_eq!(a.poll_timeout(), Some(now + 2_000));
+            assert_eq!(
+                a.handle_timeout(now + 2_000, true),
+                Next::FetchStatus {
+                    key: "key-1".into()
+                }
+            );
+        }
+        assert_eq!(a.sends(), 1, "waits the edge asked for are not retries");
+    }
+
+    #[test]
+    fn another_payload_waits_until_the_earlier_attempt_is_settled() {
+        let mut a = fresh(0);
+        let _ = respond(&mut a, 500, 1);
+        // The customer changed the cart: the earlier attempt may have charged,
+        // so its key is asked about first, and no new key is made yet.
+        let (mut a, next) = Attempt::submit(Some(a), "fp-2", 5, true, || unreachable!());
+        assert_eq!(
+            next,
+            Next::FetchStatus {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(a.fingerprint(), FP);
+        // Nothing was recorded: the earlier attempt charged nothing, and the
+        // customer is told before a new attempt starts.
+        let not_found = EdgeResponse {
+            message: Some("nothing is recorded under this Idempotency-Key"),
+            ..EdgeResponse::new(404, "{}")
+        };
+        assert_eq!(
+            a.handle_status(&not_found, 6, 0.0, &policy(), false),
+            Next::Stop
+        );
+        assert!(matches!(a.phase(), Phase::Refused { status: 404, .. }));
+        let (b, next) = Attempt::submit(Some(a), "fp-2", 7, true, || "key-2".into());
+        assert_eq!(
+            next,
+            Next::Send {
+                key: "key-2".into()
+            }
+        );
+        assert_eq!(b.fingerprint(), "fp-2");
+    }
+
+    #[test]
+    fn a_conflict_waits_out_the_lease_without_spending_retries() {
+        let p = policy();
+        let mut a = fresh(0);
+        let mut now = 0;
+        // More 409s than the policy has retries, each asking for 5 s.
+        for _ in 0..=p.max_retries + 2 {
+            let busy = EdgeResponse {
+                retry_after_secs: Some(5),
+                ..EdgeResponse::new(409, "{}")
+            };
+            assert_eq!(a.handle_response(&busy, now, 0.0, &p), Next::Wait);
+            assert_eq!(
+                a.poll_timeout(),
+                Some(now + 5_000),
+                "Retry-After is honoured"
+            );
+            now += 5_000;
+            assert!(matches!(a.handle_timeout(now, true), Next::Send { .. }));
+        }
+        assert_eq!(a.sends(), 1);
+        // The time budget still bounds the wait.
+        let long = EdgeResponse {
+            retry_after_secs: Some(60),
+            ..EdgeResponse::new(409, "{}")
+        };
+        assert_eq!(a.handle_response(&long, now, 0.0, &p), Next::Stop);
+        assert_eq!(a.phase(), &Phase::Unconfirmed);
+        assert_eq!(a.key(), "key-1");
+    }
+
+    #[test]
+    fn an_expired_token_asks_the_page_for_a_fresh_one_and_keeps_the_key() {
+        let mut a = fresh(0);
+        let expired = EdgeResponse {
+            problem: Some(ProblemType::OrderTokenExpired),
+            ..EdgeResponse::new(403, "{}")
+        };
+        assert_eq!(
+            a.handle_response(&expired, 1, 0.0, &policy()),
+            Next::NeedToken
+        );
+        assert!(a.is_busy(), "the button waits for the token");
+        assert_eq!(
+            a.handle_token(true),
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(a.sends(), 1, "a token refresh is not a retry");
+        // Without a fresh token the key is kept for the next click.
+        let _ = a.handle_response(&expired, 2, 0.0, &policy());
+        assert_eq!(a.handle_no_token(), Next::Stop);
+        assert_eq!(a.phase(), &Phase::Unconfirmed);
+        let (_, next) = Attempt::submit(Some(a), FP, 3, true, || unreachable!("keep the key"));
+        assert_eq!(
+            next,
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn expired_tokens_without_end_stop_at_the_retry_budget() {
+        let p = policy();
+        let mut a = fresh(0);
+        let expired = EdgeResponse {
+            problem: Some(ProblemType::OrderTokenExpired),
+            ..EdgeResponse::new(403, "{}")
+        };
+        let mut refreshes = 0;
+        while a.handle_response(&expired, 1, 0.0, &p) == Next::NeedToken {
+            refreshes += 1;
+            assert!(matches!(a.handle_token(true), Next::Send { .. }));
+        }
+        assert_eq!(refreshes, MAX_TOKEN_REFRESHES);
+        assert_eq!(a.phase(), &Phase::Unconfirmed);
+        assert_eq!(a.key(), "key-1", "the key is kept for the next click");
+    }
+
+    #[test]
+    fn other_403s_are_final_refusals() {
+        let mut a = fresh(0);
+        let invalid = EdgeResponse {
+            problem: Some(ProblemType::OrderTokenInvalid),
+            message: Some("bad signature"),
+            ..EdgeResponse::new(403, "{}")
+        };
+        assert_eq!(a.handle_response(&invalid, 1, 0.0, &policy()), Next::Stop);
+        assert!(matches!(a.phase(), Phase::Refused { status: 403, .. }));
+    }
+
+    #[test]
+    fn the_default_budget_outlasts_the_default_lease_and_two_backend_calls() {
+        // A key held by a forward that timed out settles when its lease ends:
+        // the reconciling request then spends up to one backend timeout on
+        // the lookup and one on a forward.
+        let edge = crate::EdgeConfig::from_vars(|_| None).unwrap();
+        let settles_within = edge.lease + edge.backend_timeout * 2;
+        assert!(
+            u128::from(policy().max_total_ms) > settles_within.as_millis(),
+            "{} ms budget, {settles_within:?} to settle",
+            policy().max_total_ms
+        );
+    }
+
+    #[test]
+    fn an_attempt_saved_by_the_previous_version_keeps_its_key() {
+        let v1 = "chargeonce-attempt/1\nkey-1\nfp-1\n2\n100\nbackoff 900 server_busy\n";
+        let a = Attempt::decode(v1).unwrap();
+        assert_eq!(a.key(), "key-1");
+        assert_eq!(
+            a.phase(),
+            &Phase::Backoff {
+                until_ms: 900,
+                reason: RetryReason::ServerBusy,
+                then: Exchange::Order
+            }
+        );
+        let offline = "chargeonce-attempt/1\nkey-1\nfp-1\n0\n100\noffline\n";
+        assert_eq!(
+            Attempt::decode(offline).unwrap().phase(),
+            &Phase::Offline {
+                then: Exchange::Order
+            }
+        );
+    }
+
+    #[test]
     fn a_reload_after_placing_shows_the_order_as_placed() {
         let mut a = fresh(0);
-        let _ = a.handle_response(&Answer::new(200, r#"{"id":"pi_1"}"#), 1, 0.0, &policy());
+        let _ = a.handle_response(
+            &EdgeResponse::new(200, r#"{"id":"pi_1"}"#),
+            1,
+            0.0,
+            &policy(),
+        );
         let mut reloaded = Attempt::decode(&a.encode()).unwrap();
         assert_eq!(reloaded.resume(5, true), Next::Stop);
         assert!(
@@ -795,11 +1261,18 @@ mod tests {
     fn every_phase_survives_storage() {
         let phases = [
             Phase::Sending,
+            Phase::Checking,
             Phase::Backoff {
                 until_ms: 1_234,
                 reason: RetryReason::ServerBusy,
+                then: Exchange::Status,
             },
-            Phase::Offline,
+            Phase::Offline {
+                then: Exchange::Status,
+            },
+            Phase::NeedsToken {
+                then: Exchange::Order,
+            },
             Phase::Placed {
                 body: "{\"id\":\"pi_1\",\n\"x\":1}".into(),
                 replayed: true,
@@ -824,7 +1297,7 @@ mod tests {
         for bad in [
             "",
             "{\"key\":\"k\"}",
-            &good.replace("chargeonce-attempt/1", "chargeonce-attempt/0"),
+            &good.replace("chargeonce-attempt/2", "chargeonce-attempt/0"),
             &good.replace("sending", "flying"),
             &good.replacen("\n1\n", "\nmany\n", 1),
         ] {
@@ -841,7 +1314,7 @@ mod tests {
         let (_, action) = Attempt::submit(Some(a), FP, 5, true, || unreachable!("keep the key"));
         assert_eq!(
             action,
-            Submit::Send {
+            Next::Send {
                 key: "key-1".into()
             }
         );

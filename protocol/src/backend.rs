@@ -7,7 +7,8 @@
 
 use crate::order::Order;
 use crate::problem::{Problem, ProblemType};
-use crate::record::StoredResponse;
+use crate::record::{Found, StoredResponse};
+use crate::time::UnixMs;
 
 /// The `Retry-After` sent when the backend gave none.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
@@ -27,7 +28,7 @@ pub const STRIPE_KEY_METADATA: &str = "chargeonce_key";
 pub const MAX_RETRY_AFTER_SECS: u32 = 60;
 
 /// Which backend API the edge speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BackendKind {
     /// Stripe's `POST /v1/payment_intents`, form-encoded, confirmed at once.
@@ -38,7 +39,7 @@ pub enum BackendKind {
 
 /// A request for the backend, minus the headers every adapter sends
 /// (`Idempotency-Key` with the backend key, `Authorization`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BackendRequest {
     /// The full URL.
     pub url: String,
@@ -132,7 +133,7 @@ fn stripe_form(order: &Order, backend_key: &str) -> String {
 }
 
 /// What an answer from the backend means for the key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum BackendOutcome {
     /// A final answer (success, decline, other client error): store it and
@@ -162,7 +163,7 @@ impl BackendOutcome {
 }
 
 /// Why the backend call produced no response at all.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TransportFailure {
     /// No response within the configured timeout.
@@ -273,7 +274,7 @@ pub fn classify_failure(failure: &TransportFailure) -> BackendOutcome {
 }
 
 /// What the reconciliation lookup found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum LookupOutcome {
     /// The backend charged under the key: this is the key's final answer.
@@ -283,6 +284,18 @@ pub enum LookupOutcome {
     NotCharged,
     /// The backend could not say: forward nothing; the key stays unknown.
     Failed(Problem),
+}
+
+impl LookupOutcome {
+    /// What the key's record needs to know of a lookup sent at `looked_at`,
+    /// and the problem to tell the client when it failed.
+    pub fn found(self, looked_at: UnixMs) -> (Found, Option<Problem>) {
+        match self {
+            Self::Charged(response) => (Found::Charge { response }, None),
+            Self::NotCharged => (Found::Nothing { looked_at }, None),
+            Self::Failed(problem) => (Found::Unknown, Some(problem)),
+        }
+    }
 }
 
 /// The lookup produced no answer at all.

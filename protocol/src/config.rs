@@ -1,25 +1,50 @@
 //! The edge's settings, parsed from the Worker's environment variables with
-//! defaults and bounds, so a bad deployment fails loudly and early.
+//! defaults and bounds, so a bad deployment fails loudly and early. Every
+//! span is a [`Duration`], whatever unit its variable is written in.
 
 use crate::backend::BackendKind;
+use crate::record::KeyPolicy;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Workers KV refuses an `expirationTtl` below 60 seconds.
-pub const KV_MIN_TTL_SECS: u64 = 60;
+pub const KV_MIN_TTL: Duration = Duration::from_secs(60);
+
+/// How long Stripe's Search API may lag behind a write. Stripe: "Don't use
+/// search for read-after-write flows … Under normal operating conditions,
+/// data is searchable in under 1 minute. Propagation of new or updated data
+/// could be delayed during an outage." (<https://docs.stripe.com/search>,
+/// "Data freshness"). Two minutes leaves room for a slow minute.
+pub const STRIPE_LOOKUP_SETTLE: Duration = Duration::from_secs(120);
+
+/// How long Stripe deduplicates an idempotency key: "You can remove keys
+/// from the system automatically after they're at least 24 hours old. We
+/// generate a new request if a key is reused after the original is pruned."
+/// (<https://docs.stripe.com/idempotency>).
+pub const STRIPE_KEY_RETENTION: Duration = Duration::from_secs(86_400);
 
 /// The edge's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EdgeConfig {
     /// Which backend API to speak (`PAYMENT_BACKEND`).
     pub backend: BackendKind,
     /// Where the backend is (`PAYMENT_BACKEND_URL`).
     pub backend_url: String,
-    /// How long a final result is kept and replayed (`IDEMPOTENCY_TTL_SECS`).
-    pub ttl_secs: u64,
+    /// How long a final result is kept and replayed, and how long an
+    /// unresolved key is reconciled before it becomes a tombstone
+    /// (`IDEMPOTENCY_TTL_SECS`).
+    pub answer_ttl: Duration,
     /// How long a claim holds the key (`CLAIM_LEASE_SECS`).
-    pub lease_secs: u64,
-    /// How long the edge waits for the backend (`BACKEND_TIMEOUT_MS`).
-    pub backend_timeout_ms: u64,
+    pub lease: Duration,
+    /// How long the edge waits for each backend call (`BACKEND_TIMEOUT_MS`).
+    pub backend_timeout: Duration,
+    /// How long after a forward ended a lookup's "nothing found" is
+    /// conclusive (`LOOKUP_SETTLE_SECS`): at least the backend's lookup lag.
+    pub lookup_settle: Duration,
+    /// How long the backend itself deduplicates a key, so that forwarding it
+    /// again is safe (`BACKEND_KEY_RETENTION_SECS`); zero when the backend's
+    /// own deduplication is not relied on.
+    pub backend_key_retention: Duration,
     /// Browser origins allowed to call the API (`ALLOWED_ORIGINS`, comma separated).
     pub allowed_origins: Vec<String>,
     /// The payment simulator whose `/__sim/*` test hooks the Worker passes
@@ -50,12 +75,14 @@ pub enum ConfigError {
     },
     /// The lease would run out while a forwarded request may still be in
     /// flight, letting a second worker forward the same key concurrently.
-    #[error("CLAIM_LEASE_SECS ({lease_secs} s) must be longer than BACKEND_TIMEOUT_MS ({timeout_ms} ms)")]
+    /// (A reconciling request renews its claim before it forwards, so one
+    /// backend timeout is all a lease has to cover.)
+    #[error("CLAIM_LEASE_SECS ({} s) must be longer than BACKEND_TIMEOUT_MS ({} ms)", .lease.as_secs(), .timeout.as_millis())]
     LeaseShorterThanTimeout {
         /// The lease.
-        lease_secs: u64,
+        lease: Duration,
         /// The timeout.
-        timeout_ms: u64,
+        timeout: Duration,
     },
 }
 
@@ -90,20 +117,32 @@ impl EdgeConfig {
         };
         let backend_url =
             url("PAYMENT_BACKEND_URL")?.unwrap_or_else(|| "https://api.stripe.com".into());
+        // `min` is 1 for spans that must not be zero, 0 where zero means "none".
         let number =
-            |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            |name: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
                 match var(name) {
                     None => Ok(default),
                     Some(v) if v.trim().is_empty() => Ok(default),
-                    Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n > 0).ok_or(
+                    Some(v) => v.trim().parse::<u64>().ok().filter(|n| *n >= min).ok_or(
                         ConfigError::Invalid {
                             name,
                             value: v,
-                            expected: "a whole number greater than 0",
+                            expected: if min == 0 {
+                                "a whole number"
+                            } else {
+                                "a whole number greater than 0"
+                            },
                         },
                     ),
                 }
             };
+        let secs = |name, default, min| number(name, default, min).map(Duration::from_secs);
+        let (settle_default, retention_default) = match backend {
+            BackendKind::Stripe => (STRIPE_LOOKUP_SETTLE, STRIPE_KEY_RETENTION),
+            // A passthrough backend's lookup must be read-after-write, and
+            // nothing is known of its own deduplication.
+            BackendKind::Passthrough => (Duration::ZERO, Duration::ZERO),
+        };
         let dev_simulator_url =
             url("DEV_SIMULATOR_URL")?.map(|u| u.trim_end_matches('/').to_owned());
         let demo_storefront = match var("DEMO_STOREFRONT").as_deref().map(str::trim) {
@@ -122,9 +161,15 @@ impl EdgeConfig {
             demo_storefront,
             backend,
             backend_url,
-            ttl_secs: number("IDEMPOTENCY_TTL_SECS", 86_400)?.max(KV_MIN_TTL_SECS),
-            lease_secs: number("CLAIM_LEASE_SECS", 30)?,
-            backend_timeout_ms: number("BACKEND_TIMEOUT_MS", 10_000)?,
+            answer_ttl: secs("IDEMPOTENCY_TTL_SECS", 86_400, 1)?.max(KV_MIN_TTL),
+            lease: secs("CLAIM_LEASE_SECS", 30, 1)?,
+            backend_timeout: Duration::from_millis(number("BACKEND_TIMEOUT_MS", 10_000, 1)?),
+            lookup_settle: secs("LOOKUP_SETTLE_SECS", settle_default.as_secs(), 0)?,
+            backend_key_retention: secs(
+                "BACKEND_KEY_RETENTION_SECS",
+                retention_default.as_secs(),
+                0,
+            )?,
             allowed_origins: var("ALLOWED_ORIGINS")
                 .unwrap_or_default()
                 .split(',')
@@ -132,13 +177,24 @@ impl EdgeConfig {
                 .filter(|o| !o.is_empty())
                 .collect(),
         };
-        if config.lease_secs * 1000 <= config.backend_timeout_ms {
+        if config.lease <= config.backend_timeout {
             return Err(ConfigError::LeaseShorterThanTimeout {
-                lease_secs: config.lease_secs,
-                timeout_ms: config.backend_timeout_ms,
+                lease: config.lease,
+                timeout: config.backend_timeout,
             });
         }
         Ok(config)
+    }
+
+    /// The spans the key's record runs on.
+    pub fn key_policy(&self) -> KeyPolicy {
+        KeyPolicy {
+            lease: self.lease,
+            answer_ttl: self.answer_ttl,
+            backend_timeout: self.backend_timeout,
+            lookup_settle: self.lookup_settle,
+            backend_key_retention: self.backend_key_retention,
+        }
     }
 
     /// Whether a browser at `origin` may call the API.
@@ -174,8 +230,16 @@ mod tests {
         assert_eq!(c.backend, BackendKind::Stripe);
         assert_eq!(c.backend_url, "https://api.stripe.com");
         assert_eq!(
-            (c.ttl_secs, c.lease_secs, c.backend_timeout_ms),
-            (86_400, 30, 10_000)
+            (c.answer_ttl, c.lease, c.backend_timeout),
+            (
+                Duration::from_secs(86_400),
+                Duration::from_secs(30),
+                Duration::from_millis(10_000)
+            )
+        );
+        assert_eq!(
+            (c.lookup_settle, c.backend_key_retention),
+            (STRIPE_LOOKUP_SETTLE, STRIPE_KEY_RETENTION)
         );
         assert!(c.allowed_origins.is_empty());
         assert_eq!(
@@ -224,9 +288,29 @@ mod tests {
     #[test]
     fn ttl_never_goes_below_kvs_minimum() {
         assert_eq!(
-            config(&[("IDEMPOTENCY_TTL_SECS", "5")]).unwrap().ttl_secs,
-            60
+            config(&[("IDEMPOTENCY_TTL_SECS", "5")]).unwrap().answer_ttl,
+            KV_MIN_TTL
         );
+    }
+
+    #[test]
+    fn a_passthrough_lookup_settles_at_once_and_its_keys_are_not_relied_on() {
+        let c = config(&[("PAYMENT_BACKEND", "passthrough")]).unwrap();
+        assert_eq!(
+            (c.lookup_settle, c.backend_key_retention),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        let c = config(&[
+            ("LOOKUP_SETTLE_SECS", "0"),
+            ("BACKEND_KEY_RETENTION_SECS", "3600"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.lookup_settle, c.backend_key_retention),
+            (Duration::ZERO, Duration::from_secs(3_600))
+        );
+        assert!(config(&[("LOOKUP_SETTLE_SECS", "-1")]).is_err());
+        assert!(config(&[("CLAIM_LEASE_SECS", "0")]).is_err());
     }
 
     #[test]
@@ -239,12 +323,17 @@ mod tests {
 
     #[test]
     fn lease_must_outlast_the_backend_timeout() {
+        let err = config(&[("CLAIM_LEASE_SECS", "10")]).unwrap_err();
         assert_eq!(
-            config(&[("CLAIM_LEASE_SECS", "10")]).unwrap_err(),
+            err,
             ConfigError::LeaseShorterThanTimeout {
-                lease_secs: 10,
-                timeout_ms: 10_000
+                lease: Duration::from_secs(10),
+                timeout: Duration::from_millis(10_000)
             }
+        );
+        assert_eq!(
+            err.to_string(),
+            "CLAIM_LEASE_SECS (10 s) must be longer than BACKEND_TIMEOUT_MS (10000 ms)"
         );
     }
 

@@ -140,6 +140,13 @@ fn unquote(rest: &str) -> Result<String, KeyError> {
     Err(KeyError::BadQuoting)
 }
 
+/// The backend key of the scoped key stored under `storage_name`
+/// ([`ScopedKey::backend_key`]), for the key's object, which knows its key
+/// only by that name.
+pub fn backend_key_of(storage_name: &str) -> String {
+    format!("chargeonce_{storage_name}")
+}
+
 /// The scope used when a request names no customer. It cannot collide with a
 /// customer id because customer ids are never empty and the scope is
 /// length-prefixed when hashed.
@@ -184,7 +191,7 @@ impl ScopedKey {
     /// are two keys at the backend too (the backend's deduplication and the
     /// edge's reconciliation lookup must never join them).
     pub fn backend_key(&self) -> String {
-        format!("chargeonce_{}", self.storage_name())
+        backend_key_of(&self.storage_name())
     }
 }
 

@@ -22,7 +22,7 @@ pub const MAX_TOKEN_LEN: usize = 2048;
 
 /// A validated order. Fields are in alphabetical order because that is the
 /// order [`Order::canonical_json`] writes them in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Order {
     /// Amount in the currency's minor units (cents), 1 to [`MAX_AMOUNT`].
     pub amount: u64,
@@ -44,7 +44,7 @@ pub struct Order {
 }
 
 /// One field's problem, reported as RFC 9457's `invalid_params` member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct FieldProblem {
     /// The JSON member's name.
     pub name: String,

@@ -10,9 +10,12 @@ use serde::Serialize;
 /// The media type of every error body the edge sends.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
+/// What every problem `type` URI starts with.
+const URI_PREFIX: &str = "tag:chargeonce.dev,2026:problem:";
+
 /// The kinds of problem the edge reports. Each has a stable `type` URI that
 /// clients can branch on; titles and details are for people.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ProblemType {
     /// No route for this path.
@@ -38,8 +41,18 @@ pub enum ProblemType {
     OrderTokenMismatch,
     /// A browser on an origin that is not allowed tried to place an order.
     OriginNotAllowed,
-    /// Another request with this key is being processed.
+    /// Another request with this key is being processed, or the outcome of
+    /// an earlier one is being confirmed with the backend.
     RequestInFlight,
+    /// An earlier request with this key could not be confirmed, and the
+    /// backend holds no charge for it: a final "not charged".
+    AttemptNotCharged,
+    /// A status lookup without an order token.
+    AuthorizationRequired,
+    /// A status lookup for a key that is claimed or being reconciled.
+    OrderPending,
+    /// A status lookup for a key with nothing recorded under it.
+    OrderNotFound,
     /// The payment backend answered with a server error or could not be reached.
     BackendError,
     /// The payment backend said it is overloaded or busy; try again.
@@ -57,8 +70,11 @@ impl ProblemType {
     /// The HTTP status this problem is sent with.
     pub fn status(self) -> u16 {
         match self {
-            Self::NotFound => 404,
+            Self::NotFound | Self::OrderNotFound => 404,
             Self::MethodNotAllowed => 405,
+            Self::OrderPending => 202,
+            Self::AuthorizationRequired => 401,
+            Self::AttemptNotCharged => 410,
             Self::UnsupportedMediaType => 415,
             Self::PayloadTooLarge => 413,
             Self::InvalidIdempotencyKey => 400,
@@ -90,6 +106,10 @@ impl ProblemType {
             Self::OrderTokenMismatch => "Order does not match its token",
             Self::OriginNotAllowed => "Origin not allowed",
             Self::RequestInFlight => "A request with this Idempotency-Key is in progress",
+            Self::AttemptNotCharged => "Attempt ended without a charge",
+            Self::AuthorizationRequired => "Order token required",
+            Self::OrderPending => "Order pending",
+            Self::OrderNotFound => "No order under this Idempotency-Key",
             Self::BackendError => "Payment backend error",
             Self::BackendUnavailable => "Payment backend unavailable",
             Self::BackendTimeout => "Payment backend timed out",
@@ -112,6 +132,10 @@ impl ProblemType {
             Self::OrderTokenMismatch => "order-token-mismatch",
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::RequestInFlight => "request-in-flight",
+            Self::AttemptNotCharged => "attempt-not-charged",
+            Self::AuthorizationRequired => "authorization-required",
+            Self::OrderPending => "order-pending",
+            Self::OrderNotFound => "order-not-found",
             Self::BackendError => "backend-error",
             Self::BackendUnavailable => "backend-unavailable",
             Self::BackendTimeout => "backend-timeout",
@@ -120,10 +144,42 @@ impl ProblemType {
         }
     }
 
+    /// Every problem type, for lookups by URI.
+    pub const ALL: [Self; 21] = [
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::UnsupportedMediaType,
+        Self::PayloadTooLarge,
+        Self::InvalidIdempotencyKey,
+        Self::InvalidOrder,
+        Self::KeyReused,
+        Self::OrderTokenInvalid,
+        Self::OrderTokenExpired,
+        Self::OrderTokenMismatch,
+        Self::OriginNotAllowed,
+        Self::RequestInFlight,
+        Self::AttemptNotCharged,
+        Self::AuthorizationRequired,
+        Self::OrderPending,
+        Self::OrderNotFound,
+        Self::BackendError,
+        Self::BackendUnavailable,
+        Self::BackendTimeout,
+        Self::StoreUnavailable,
+        Self::EdgeMisconfigured,
+    ];
+
     /// The `type` member: a tag URI (RFC 4151), stable and not meant to be
     /// dereferenced; the README lists them all.
     pub fn uri(self) -> String {
-        format!("tag:chargeonce.dev,2026:problem:{}", self.slug())
+        format!("{URI_PREFIX}{}", self.slug())
+    }
+
+    /// The problem type whose [`Self::uri`] is `uri`, as a client reads it
+    /// back from a body.
+    pub fn from_uri(uri: &str) -> Option<Self> {
+        let slug = uri.strip_prefix(URI_PREFIX)?;
+        Self::ALL.into_iter().find(|kind| kind.slug() == slug)
     }
 
     /// Whether a client should retry the same request, with the same key.
@@ -131,6 +187,7 @@ impl ProblemType {
         matches!(
             self,
             Self::RequestInFlight
+                | Self::OrderPending
                 | Self::BackendError
                 | Self::BackendUnavailable
                 | Self::BackendTimeout
@@ -140,7 +197,7 @@ impl ProblemType {
 }
 
 /// One problem occurrence: a type plus what happened this time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub struct Problem {
     /// What kind of problem this is.
@@ -242,6 +299,22 @@ mod tests {
         let body: Value = serde_json::from_str(&p.to_json()).unwrap();
         assert_eq!(body["invalid_params"][0]["name"], "amount");
         assert_eq!(body["retry_after"], 2);
+    }
+
+    #[test]
+    fn every_type_reads_back_from_its_uri_and_no_two_share_one() {
+        for kind in ProblemType::ALL {
+            assert_eq!(ProblemType::from_uri(&kind.uri()), Some(kind));
+        }
+        let mut uris: Vec<_> = ProblemType::ALL.iter().map(|k| k.uri()).collect();
+        uris.sort();
+        uris.dedup();
+        assert_eq!(uris.len(), ProblemType::ALL.len());
+        assert_eq!(ProblemType::from_uri("about:blank"), None);
+        assert_eq!(
+            ProblemType::from_uri("tag:chargeonce.dev,2026:problem:nope"),
+            None
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct RequestHead<'a> {
 }
 
 /// A request that passed every check: what the edge claims and forwards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OrderRequest {
     /// The key, scoped to the order's customer.
     pub key: ScopedKey,
@@ -44,7 +44,10 @@ pub fn check_head(head: &RequestHead<'_>) -> Result<(), Problem> {
     if head.method != "POST" {
         return Err(Problem::new(
             ProblemType::MethodNotAllowed,
-            format!("{ORDERS_PATH} accepts POST, not {}", head.method),
+            format!(
+                "{ORDERS_PATH} accepts POST to place an order and GET for its status, not {}",
+                head.method
+            ),
         ));
     }
     if !is_json(head.content_type) {

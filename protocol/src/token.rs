@@ -30,7 +30,7 @@ pub const VERSION: &str = "v1";
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// What the storefront server vouches for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderClaims {
     /// The order reference.

@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { mkdirSync } from "node:fs";
-import { createHash } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 
 const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
 const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
@@ -53,6 +53,18 @@ function backendKey(customer, key) {
   const length = Buffer.alloc(8);
   length.writeBigUInt64BE(BigInt(Buffer.byteLength(customer)));
   return "chargeonce_" + createHash("sha256").update(length).update(customer).update(key).digest("hex");
+}
+
+/**
+ * An order token signed as the shop's server signs them (protocol/src/token.rs),
+ * with the secret the `stack` binary gives its Worker
+ * (ORDER_TOKEN_SECRET in tests/src/stack.rs).
+ */
+function signOrderToken(claims) {
+  const payload = Buffer.from(JSON.stringify(claims)).toString("base64url");
+  const mac = createHmac("sha256", "chargeonce-test-order-token-secret-000001")
+    .update(`chargeonce-order-token.v1.${payload}`).digest("base64url");
+  return `v1.${payload}.${mac}`;
 }
 
 const chargesFor = async (orderRef) =>
@@ -193,4 +205,38 @@ shopTest("a page that lowers the amount is refused with a clear message and char
   assert.match(await s.statusText(), /amount is "1" but the order_token was issued for "2400"/);
   assert.equal((await s.sentKeys()).length, 1, "a refusal is final, not retried");
   assert.equal((await chargesFor(await s.orderRef())).length, 0);
+});
+
+shopTest("an order token that expires while the order is retried is renewed by the shop, same key, one charge", async (s) => {
+  await recordKeys(s.page);
+  await s.page.evaluate(() => {
+    window.__tokenNeeded = 0;
+    document.addEventListener("chargeonce:token-needed", () => window.__tokenNeeded++);
+  });
+  const orderRef = await s.orderRef();
+  const amount = Number(await s.page.evaluate(() => document.getElementById("checkout").dataset.amount));
+  // The shop's own token lives 15 minutes; this one for the same order
+  // expires within 2 to 3 s. The backend then takes 4 s to fail the first
+  // request (nothing charged), so its retry reaches the edge with the token
+  // expired: the edge refuses to forward it, the widget asks the shop for a
+  // fresh token and sends the same order again, with the same key.
+  const expiring = signOrderToken({
+    order_ref: orderRef, amount, currency: "usd", customer: "cus_demo",
+    expires_at: Math.floor(Date.now() / 1000) + 3,
+  });
+  await s.page.evaluate((token) => { document.getElementById("checkout").dataset.orderToken = token; }, expiring);
+  await simulator("faults", { fail_next: 1, latency_ms: 4000 });
+  await settle(s.page);
+  await s.placeOrder();
+  await s.waitForStatus("Order placed", 30_000);
+  await simulator("faults", { latency_ms: 0 });
+  const keys = await s.sentKeys();
+  assert.equal(keys.length, 3, "the failed request, its retry refused for the token, the resend");
+  assert.equal(new Set(keys).size, 1, "one key throughout");
+  assert.equal(await s.page.evaluate(() => window.__tokenNeeded), 1, "one fresh token asked for");
+  const renewed = await s.page.evaluate(() => document.getElementById("checkout").dataset.orderToken);
+  assert.notEqual(renewed, expiring, "the shop set a fresh token");
+  const charges = await chargesFor(orderRef);
+  assert.equal(charges.length, 1);
+  assert.equal(charges[0].idempotency_key, backendKey("cus_demo", keys[0]));
 });

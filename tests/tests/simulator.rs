@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use chargeonce_tests::sim::{Faults, Ledger, RunningSim, SimConfig, DEFAULT_SECRET};
+use chargeonce_tests::sim::{
+    Faults, Ledger, LookupEntry, LookupLog, RunningSim, SimConfig, DEFAULT_SECRET,
+};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -90,6 +92,27 @@ impl Harness {
     /// The body of a successful search, as text.
     async fn search_body(&self, query: &str) -> String {
         ok_text(self.search(query).await).await
+    }
+
+    /// `GET` a path with the API key, as is: the query string goes out exactly as written.
+    async fn get_raw(&self, path_and_query: &str) -> Response {
+        self.http
+            .get(self.url(path_and_query))
+            .bearer_auth(DEFAULT_SECRET)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn lookup_log(&self) -> LookupLog {
+        let response = self
+            .http
+            .get(self.url("/__sim/lookups"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
     }
 
     async fn faults(&self, patch: Value) -> Faults {
@@ -499,6 +522,9 @@ async fn reset_clears_ledger_keys_and_faults() {
         .await;
     let by_order_ref = "metadata['order_ref']:'ord_42'";
     assert_ne!(h.search_body(by_order_ref).await, search_result(&[]));
+    let lookup_faults =
+        json!({"search_lag_ms": 60_000, "lookups_down": true, "lookup_slow_next": 1});
+    h.faults(lookup_faults).await;
     let response = h.http.post(h.url("/__sim/reset")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(header(&response, "request-id").is_some());
@@ -536,11 +562,17 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
             latency_ms: 10,
             slow_next: 0,
             slow_ms: 0,
+            search_lag_ms: 0,
+            lookups_down: false,
+            lookup_slow_next: 0,
+            lookup_slow_ms: 0,
         }
     );
     for bad in [
         json!({"fail_nxt": 1}),
         json!({"fail_next": "1"}),
+        json!({"lookups_down": 1}),
+        json!({"search_lag_ms": -1}),
         json!([1]),
     ] {
         let response = h
@@ -554,6 +586,7 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
         let message = error_of(response).await["message"].to_string();
         assert!(message.contains("Invalid faults"), "{message}");
         assert!(message.contains("slow_next, slow_ms"), "{message}");
+        assert!(message.contains("lookups_down"), "{message}");
     }
     assert_eq!(h.faults(json!({})).await, merged);
 }
@@ -922,6 +955,243 @@ async fn slow_next_delays_only_that_many_requests_on_top_of_latency() {
     let faults = h.faults(json!({})).await;
     assert_eq!((faults.slow_next, faults.slow_ms), (0, 300));
     assert_eq!(h.ledger().await.charges.len(), 3);
+}
+
+fn unix_ms() -> u64 {
+    let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    u64::try_from(elapsed.as_millis()).unwrap()
+}
+
+const BY_CK_1: &str = "metadata['chargeonce_key']:'ck_1'";
+
+fn tagged_visa() -> String {
+    format!("{VISA}&metadata[chargeonce_key]=ck_1")
+}
+
+fn visa_order() -> Value {
+    json!({"order_ref": "ord_1", "amount": 5, "currency": "usd", "payment_method": "pm_card_visa"})
+}
+
+#[tokio::test]
+async fn search_lag_hides_new_intents_from_both_lookups_until_lowered() {
+    let h = Harness::start().await;
+    // Stripe's "under 1 minute": far longer than this test takes to look.
+    let faults = h.faults(json!({"search_lag_ms": 60_000})).await;
+    assert_eq!(faults.search_lag_ms, 60_000);
+    let paid = h.payment_intent(&tagged_visa(), Some("ck_1")).await;
+    assert_eq!(paid.status(), StatusCode::OK);
+    let paid = paid.text().await.unwrap();
+    let order = h.order(&visa_order(), Some("ck_1")).await;
+    let order = order.text().await.unwrap();
+    assert_eq!(h.ledger().await.charges.len(), 2);
+
+    assert_eq!(h.search_body(BY_CK_1).await, search_result(&[]));
+    assert_eq!(
+        ok_text(h.orders_by_key("ck_1").await).await,
+        orders_list(&[])
+    );
+
+    // The lag is read when a lookup answers, so lowering it shows what it hid.
+    h.faults(json!({"search_lag_ms": 0})).await;
+    assert_eq!(h.search_body(BY_CK_1).await, search_result(&[&paid]));
+    assert_eq!(
+        ok_text(h.orders_by_key("ck_1").await).await,
+        orders_list(&[&order])
+    );
+}
+
+#[tokio::test]
+async fn search_lag_lapses_no_sooner_than_its_length() {
+    const LAG_MS: u64 = 400;
+    let h = Harness::start().await;
+    h.faults(json!({"search_lag_ms": LAG_MS})).await;
+    let started = Instant::now();
+    let paid = h.payment_intent(&tagged_visa(), Some("ck_1")).await;
+    let paid = paid.text().await.unwrap();
+    let deadline = started + Duration::from_secs(10);
+    let found = loop {
+        let body = h.search_body(BY_CK_1).await;
+        if body != search_result(&[]) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the intent never showed up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(found, search_result(&[&paid]));
+    // Both instants are whole wall-clock milliseconds on the server: 1 ms of slack.
+    assert!(elapsed >= Duration::from_millis(LAG_MS - 1), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn lookups_down_answers_503_to_both_lookups_until_off_and_payments_go_on() {
+    let h = Harness::start().await;
+    assert!(h.faults(json!({"lookups_down": true})).await.lookups_down);
+    let paid = h.payment_intent(&tagged_visa(), Some("ck_1")).await;
+    assert_eq!(paid.status(), StatusCode::OK);
+    let paid = paid.text().await.unwrap();
+    let order = h.order(&visa_order(), Some("ck_1")).await;
+    assert_eq!(order.status(), StatusCode::OK);
+    assert_eq!(h.ledger().await.charges.len(), 2);
+
+    for _ in 0..2 {
+        for response in [h.search(BY_CK_1).await, h.orders_by_key("ck_1").await] {
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let error = error_of(response).await;
+            assert_eq!(error["type"], "api_error");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains("lookups_down"), "{message}");
+        }
+    }
+    assert!(h.faults(json!({})).await.lookups_down);
+
+    h.faults(json!({"lookups_down": false})).await;
+    assert_eq!(h.search_body(BY_CK_1).await, search_result(&[&paid]));
+    let orders = ok_text(h.orders_by_key("ck_1").await).await;
+    let orders: Value = serde_json::from_str(&orders).unwrap();
+    assert_eq!(orders["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn lookup_slow_next_delays_a_lookup_without_holding_up_payments() {
+    const SLOW: Duration = Duration::from_millis(2000);
+    let h = Harness::start().await;
+    let faults = h
+        .faults(json!({"lookup_slow_next": 1, "lookup_slow_ms": 2000}))
+        .await;
+    assert_eq!((faults.lookup_slow_next, faults.lookup_slow_ms), (1, 2000));
+
+    let started = Instant::now();
+    let slow = {
+        let (http, url) = (h.http.clone(), h.url("/v1/payment_intents/search"));
+        tokio::spawn(async move {
+            let response = http
+                .get(url)
+                .bearer_auth(DEFAULT_SECRET)
+                .query(&[("query", BY_CK_1)])
+                .send()
+                .await
+                .unwrap();
+            let body = ok_text(response).await;
+            (started.elapsed(), body)
+        })
+    };
+    // The slow lookup has begun once it took the fault.
+    let deadline = started + Duration::from_secs(10);
+    while h.faults(json!({})).await.lookup_slow_next > 0 {
+        assert!(Instant::now() < deadline, "the slow lookup never began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let paid = h.payment_intent(&tagged_visa(), Some("ck_1")).await;
+    assert_eq!(paid.status(), StatusCode::OK);
+    let paid = paid.text().await.unwrap();
+
+    let (elapsed, body) = slow.await.unwrap();
+    assert!(elapsed >= SLOW, "{elapsed:?}");
+    // It answers what was there when it answered: the payment made while it waited, which would
+    // have had to wait for it instead if the delay held the simulator.
+    assert_eq!(body, search_result(&[&paid]));
+    let faults = h.faults(json!({})).await;
+    assert_eq!((faults.lookup_slow_next, faults.lookup_slow_ms), (0, 2000));
+}
+
+#[tokio::test]
+async fn lookup_log_lists_each_lookup_answered_with_its_raw_query_until_reset() {
+    let h = Harness::start().await;
+    assert_eq!(h.lookup_log().await, LookupLog::default());
+    let before = unix_ms();
+    h.payment_intent(VISA, Some("key-1")).await;
+    let search = "/v1/payment_intents/search";
+    let raw_search = "query=metadata%5B%27order_ref%27%5D%3A%27ord_42%27";
+    let response = h.get_raw(&format!("{search}?{raw_search}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = h.get_raw("/v1/orders?idempotency_key=key+1&limit=3").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let unauthorized = h.http.get(h.url("/v1/orders?idempotency_key=k"));
+    let unauthorized = unauthorized.send().await.unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(h.get_raw(search).await.status(), StatusCode::BAD_REQUEST);
+    h.faults(json!({"lookups_down": true})).await;
+    let down = h.get_raw("/v1/orders?idempotency_key=k").await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let after = unix_ms();
+
+    let response = h.http.get(h.url("/__sim/lookups")).send().await.unwrap();
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    let raw: Value = response.json().await.unwrap();
+    let mut fields: Vec<_> = raw["lookups"][0].as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(fields, ["at_ms", "path", "query", "status"]);
+    let log: LookupLog = serde_json::from_value(raw).unwrap();
+    let asked: Vec<_> = log
+        .lookups
+        .iter()
+        .map(|entry| (entry.path.as_str(), entry.query.as_str(), entry.status))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (search, raw_search, 200),
+            ("/v1/orders", "idempotency_key=key+1&limit=3", 200),
+            ("/v1/orders", "idempotency_key=k", 401),
+            (search, "", 400),
+            ("/v1/orders", "idempotency_key=k", 503),
+        ]
+    );
+    let times: Vec<u64> = log.lookups.iter().map(|entry| entry.at_ms).collect();
+    assert!(times.windows(2).all(|pair| pair[0] <= pair[1]), "{times:?}");
+    assert!(
+        times.iter().all(|at| (before..=after).contains(at)),
+        "{times:?}"
+    );
+
+    let response = h.http.post(h.url("/__sim/lookups")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("GET"));
+    h.http.post(h.url("/__sim/reset")).send().await.unwrap();
+    assert_eq!(h.lookup_log().await, LookupLog::default());
+    h.orders_by_key("key-2").await;
+    let log = h.lookup_log().await;
+    assert_eq!(log.lookups.len(), 1);
+    assert_eq!(
+        log.lookups[0],
+        LookupEntry {
+            at_ms: log.lookups[0].at_ms,
+            path: "/v1/orders".to_owned(),
+            query: "idempotency_key=key-2".to_owned(),
+            status: 200,
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_slow_lookup_whose_client_hung_up_is_still_answered_and_logged() {
+    let h = Harness::start().await;
+    h.faults(json!({"lookup_slow_next": 1, "lookup_slow_ms": 600}))
+        .await;
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .get(h.url("/v1/orders?idempotency_key=k"))
+        .bearer_auth(DEFAULT_SECRET)
+        .send()
+        .await;
+    assert!(gone.unwrap_err().is_timeout());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = h.lookup_log().await;
+        if !log.lookups.is_empty() {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "the lookup was never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(log.lookups.len(), 1);
+    assert_eq!(log.lookups[0].query, "idempotency_key=k");
+    assert_eq!(log.lookups[0].status, 200);
 }
 
 #[tokio::test]

@@ -3,31 +3,39 @@
 //! charges every request it runs and ignores idempotency keys), so nothing
 //! but the edge stands between a fault and a second charge.
 //!
-//! Each checkout attempt is driven by the protocol crate's [`Attempt`], the
-//! same state machine and retry schedule the widget runs. On top of that,
-//! some customers double-click (the attempt must ignore the second click) and
-//! some send parallel duplicates outside the state machine, as a second tab
-//! or a buggy integration would. Faults are injected at random: a response
-//! dropped after the charge, a backend 503, the backend running past the
-//! edge's timeout; and the Worker process itself is killed and restarted
-//! mid-run with its local Durable Object and KV state kept.
+//! Each checkout attempt is driven by the protocol crate's [`Attempt`] through
+//! the shared [`CheckoutClient`], the same state machine and retry schedule
+//! the widget runs, status lookups and token refreshes included. On top of
+//! that, some customers double-click (the attempt must ignore the second
+//! click) and some send parallel duplicates outside the state machine, as a
+//! second tab or a buggy integration would. The simulator's lookups lag
+//! behind its charges for the whole run (`SEARCH_LAG_MS`, within the edge's
+//! settle window), as Stripe's Search does. Faults are injected at random: a
+//! response dropped after the charge, a backend 503, the backend running
+//! past the edge's timeout, and an order token that expires a second into
+//! the attempt; and the Worker process itself is killed and restarted mid-run
+//! with its local Durable Object and KV state kept, each time while the
+//! simulator holds lookups open, so kills land during reconciliations.
 //!
-//! After the run, attempts whose retry budget ran out are retried once the
-//! leases have run out, and the simulator's ledger is checked: one charge per
-//! attempt that was told it succeeded, none for a decline, none charged
-//! twice, none left unknown. It prints a Markdown table and exits non-zero on
-//! any double charge, loss or unresolved attempt.
+//! After the run and a settle wait, every attempt left unconfirmed is picked
+//! up as a reload would: a status lookup first, which shows whether the edge
+//! settled the key on its own. Then the simulator's ledger is checked: one
+//! charge per attempt that was told it succeeded, none for a decline, none
+//! charged twice, none left unknown. It prints a Markdown table and exits
+//! non-zero on any double charge, loss or unresolved attempt.
 //!
 //! `cargo test -p chargeonce-tests --test soak` runs a small soak (part of
 //! `make test`); `make soak ATTEMPTS=10000` a large one. Settings come from
-//! the environment: `ATTEMPTS`, `CONCURRENCY`, `FAULT_RATE`, `KILLS`, `SEED`.
+//! the environment: `ATTEMPTS`, `CONCURRENCY`, `FAULT_RATE`, `KILLS`,
+//! `SEARCH_LAG_MS`, `SEED`.
 
 // This file runs without libtest (`harness = false`); a panic is the report.
 #![allow(clippy::unwrap_used)]
 
-use chargeonce_protocol::{Answer, Attempt, IgnoreReason, Next, Phase, RetryPolicy, Submit};
-use chargeonce_tests::shop::{now_secs, order_token, TOKEN_LIFETIME_SECS};
-use chargeonce_tests::sim::{Faults, Ledger, DEFAULT_SECRET};
+use chargeonce_protocol::{Attempt, IgnoreReason, Next, Phase, RetryPolicy};
+use chargeonce_tests::client::{now_ms, CheckoutClient, PageOrder};
+use chargeonce_tests::shop::{now_secs, TOKEN_LIFETIME_SECS};
+use chargeonce_tests::sim::{Faults, Ledger, LookupLog, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,15 +53,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// is the assumption reconciliation rests on.
 const BACKEND_TIMEOUT_MS: u64 = 1_000;
 const LEASE_SECS: u64 = 3;
+/// How long after a forward ended a lookup that finds nothing is believed:
+/// longer than the simulator's lookup lag, as the edge requires.
+const SETTLE_SECS: u64 = 2;
 /// How long the slow fault holds a request: past the edge's timeout, within
 /// the lease.
 const SLOW_MS: u64 = BACKEND_TIMEOUT_MS + 700;
+/// How long the simulator holds lookups open around a Worker kill.
+const KILL_LOOKUP_HOLD_MS: u64 = 1_500;
+/// The life of a token the expiry fault hands out: it runs out during the
+/// attempt's retries.
+const SHORT_TOKEN: Duration = Duration::from_secs(1);
 
 struct Settings {
     attempts: usize,
     concurrency: usize,
     fault_rate: f64,
     kills: usize,
+    search_lag_ms: u64,
     seed: u64,
 }
 
@@ -74,6 +91,7 @@ impl Settings {
             fault_rate: var("FAULT_RATE", 0.2f64),
             // At least one kill in every run; one more per 3,000 attempts.
             kills: var("KILLS", 1 + attempts / 3_000),
+            search_lag_ms: var("SEARCH_LAG_MS", 1_000u64),
             seed: var(
                 "SEED",
                 SystemTime::now()
@@ -84,7 +102,7 @@ impl Settings {
     }
 }
 
-/// The kinds of fault, in the order the table prints them.
+/// The kinds of backend fault, in the order the table prints them.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     DroppedAfterCharge,
@@ -129,14 +147,7 @@ struct Injector {
 
 impl Injector {
     async fn faults(&self) -> Faults {
-        self.http
-            .get(format!("{}/__sim/faults", self.sim_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        sim_get(&self.http, &self.sim_url, "faults").await
     }
 
     async fn set(&self, patch: Value) {
@@ -187,10 +198,27 @@ enum Outcome {
     Unconfirmed,
 }
 
+impl Outcome {
+    /// The edge's final "not charged": the order needs a new attempt.
+    fn not_charged(&self) -> bool {
+        matches!(self, Self::Refused { status: 410, .. })
+    }
+
+    fn of(attempt: &Attempt) -> Self {
+        match attempt.phase() {
+            Phase::Placed { body, .. } => Self::Placed { body: body.clone() },
+            Phase::Refused { status, message } => Self::Refused {
+                status: *status,
+                message: message.clone(),
+            },
+            _ => Self::Unconfirmed,
+        }
+    }
+}
+
 struct Checkout {
-    order_ref: String,
+    order: PageOrder,
     declined_card: bool,
-    body: String,
     attempt: Attempt,
     outcome: Outcome,
     /// 200 bodies the parallel duplicates got; each must equal the answer.
@@ -199,215 +227,197 @@ struct Checkout {
 }
 
 #[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
+struct Tally {
     duplicates: AtomicU64,
     double_clicks: AtomicU64,
-    retries: AtomicU64,
+    short_tokens: AtomicU64,
+    /// Clicks after the edge settled an attempt as "not charged".
+    clicks_again: AtomicU64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    policy: RetryPolicy,
-    counters: Counters,
-}
-
-impl Client {
-    /// One request; `None` when no answer came (connection refused or lost,
-    /// or the per-request timeout).
-    async fn send(&self, key: &str, body: &str) -> Option<(u16, bool, Option<u64>, String)> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let res = self
-            .http
-            .post(&self.url)
-            .header("Content-Type", "application/json")
-            .header("Idempotency-Key", key)
-            .timeout(Duration::from_millis(self.policy.request_timeout_ms))
-            .body(body.to_owned())
-            .send()
-            .await
-            .ok()?;
-        let status = res.status().as_u16();
-        let replayed = res
-            .headers()
-            .get("Idempotent-Replayed")
-            .is_some_and(|v| v == "true");
-        let retry_after = res
-            .headers()
-            .get("Retry-After")
-            .and_then(|v| v.to_str().ok()?.parse().ok());
-        let text = res.text().await.ok()?;
-        Some((status, replayed, retry_after, text))
-    }
-
-    /// Drives `attempt` from `next` until it stops, as the widget would.
-    async fn drive(&self, attempt: &mut Attempt, mut next: Next, body: &str, rng: &mut StdRng) {
-        loop {
-            next = match next {
-                Next::Send { key } => {
-                    if attempt.sends() > 1 {
-                        self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    }
-                    match self.send(&key, body).await {
-                        Some((status, replayed, retry_after_secs, text)) => {
-                            let message = serde_json::from_str::<Value>(&text)
-                                .ok()
-                                .and_then(|v| v["detail"].as_str().map(str::to_owned));
-                            let answer = Answer {
-                                status,
-                                body: &text,
-                                message: message.as_deref(),
-                                replayed,
-                                retry_after_secs,
-                            };
-                            attempt.handle_response(&answer, now_ms(), rng.random(), &self.policy)
-                        }
-                        None => attempt.handle_transport_failure(
-                            now_ms(),
-                            true,
-                            rng.random(),
-                            &self.policy,
-                        ),
-                    }
-                }
-                Next::Wait => {
-                    let at = attempt.poll_timeout().unwrap_or_else(now_ms);
-                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
-                    attempt.handle_timeout(now_ms(), true)
-                }
-                Next::WaitForOnline => unreachable!("the soak's customers are always online"),
-                Next::Stop => return,
+/// One customer's checkout: a click (sometimes two), sometimes parallel
+/// duplicates, and the widget's retries.
+async fn checkout(
+    client: Arc<CheckoutClient>,
+    tally: Arc<Tally>,
+    index: usize,
+    seed: u64,
+    injector: Arc<Injector>,
+    fault_rate: f64,
+) -> Checkout {
+    let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let order_ref = format!("soak-{index}");
+    let customer = format!("cus_{}", index % 97);
+    let amount = rng.random_range(100..=50_000);
+    let declined_card = rng.random_bool(0.1);
+    let card = if declined_card {
+        "pm_card_chargeDeclined"
+    } else {
+        "pm_card_visa"
+    };
+    let mut first_token = Duration::from_secs(TOKEN_LIFETIME_SECS);
+    if rng.random_bool(fault_rate) {
+        // One in four faults is a token that expires mid-attempt; the others
+        // are the backend's.
+        match rng.random_range(0..=FAULTS.len()) {
+            n if n == FAULTS.len() => {
+                // The backend refuses the first request with a 503, and the
+                // retry (a second later at least, its Retry-After) meets the
+                // expired token.
+                first_token = SHORT_TOKEN;
+                injector.inject(1).await;
+                tally.short_tokens.fetch_add(1, Ordering::Relaxed);
             }
+            n => injector.inject(n).await,
         }
     }
+    // What the shop hands out when asked for a fresh token.
+    let life = Duration::from_secs(TOKEN_LIFETIME_SECS);
+    let mut order = PageOrder::new(
+        &order_ref,
+        amount,
+        &customer,
+        card,
+        now_secs() + first_token.as_secs(),
+    );
 
-    fn outcome(attempt: &Attempt) -> Outcome {
-        match attempt.phase() {
-            Phase::Placed { body, .. } => Outcome::Placed { body: body.clone() },
-            Phase::Refused { status, message } => Outcome::Refused {
-                status: *status,
-                message: message.clone(),
-            },
-            _ => Outcome::Unconfirmed,
-        }
+    let started = Instant::now();
+    let key_seed: u128 = rng.random();
+    let (mut attempt, first) = Attempt::submit(None, &order_ref, now_ms(), true, || {
+        format!("{key_seed:032x}")
+    });
+    let Next::Send { key } = first.clone() else {
+        panic!("a first click must send")
+    };
+    if rng.random_bool(0.3) {
+        // A double click: the attempt is busy and must ignore it.
+        let (_, again) = Attempt::submit(
+            Some(attempt.clone()),
+            &order_ref,
+            now_ms(),
+            true,
+            String::new,
+        );
+        assert_eq!(
+            again,
+            Next::Ignore(IgnoreReason::Busy),
+            "a double click was not ignored"
+        );
+        tally.double_clicks.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// One customer's checkout: a click (sometimes two), sometimes parallel
-    /// duplicates, and the widget's retries.
-    async fn checkout(
-        self: Arc<Self>,
-        index: usize,
-        seed: u64,
-        injector: Arc<Injector>,
-        fault_rate: f64,
-    ) -> Checkout {
-        let mut rng =
-            StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let order_ref = format!("soak-{index}");
-        let customer = format!("cus_{}", index % 97);
-        let amount = rng.random_range(100..=50_000);
-        let declined_card = rng.random_bool(0.1);
-        let body = json!({
-            "order_ref": order_ref,
-            "amount": amount,
-            "currency": "usd",
-            "customer": customer,
-            "payment_method": if declined_card { "pm_card_chargeDeclined" } else { "pm_card_visa" },
-            "order_token": order_token(&order_ref, amount, &customer, now_secs() + TOKEN_LIFETIME_SECS),
+    let duplicates = if rng.random_bool(0.3) {
+        rng.random_range(1..=3)
+    } else {
+        0
+    };
+    let parallel: Vec<_> = (0..duplicates)
+        .map(|_| {
+            let (client, key, body) = (Arc::clone(&client), key.clone(), order.body());
+            tally.duplicates.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move { client.post(&key, &body).await })
         })
-        .to_string();
-        if rng.random_bool(fault_rate) {
-            injector.inject(rng.random_range(0..FAULTS.len())).await;
+        .collect();
+    client
+        .drive(&mut attempt, first, &mut order, || rng.random(), life)
+        .await;
+    // Told "not charged" (an attempt whose outcome the edge settled that
+    // way), the customer clicks again, and a new attempt gets a new key.
+    for _ in 0..3 {
+        if !Outcome::of(&attempt).not_charged() {
+            break;
         }
-
-        let started = Instant::now();
-        let key_seed: u128 = rng.random();
-        let (mut attempt, submit) = Attempt::submit(None, &order_ref, now_ms(), true, || {
-            format!("{key_seed:032x}")
+        let fresh: u128 = rng.random();
+        let (again, next) = Attempt::submit(Some(attempt), &order_ref, now_ms(), true, || {
+            format!("{fresh:032x}")
         });
-        let Submit::Send { key } = submit else {
-            panic!("a first click must send")
-        };
-        if rng.random_bool(0.3) {
-            // A double click: the attempt is busy and must ignore it.
-            let (_, again) = Attempt::submit(
-                Some(attempt.clone()),
-                &order_ref,
-                now_ms(),
-                true,
-                String::new,
-            );
-            assert_eq!(
-                again,
-                Submit::Ignore(IgnoreReason::Busy),
-                "a double click was not ignored"
-            );
-            self.counters.double_clicks.fetch_add(1, Ordering::Relaxed);
-        }
-        let duplicates = if rng.random_bool(0.3) {
-            rng.random_range(1..=3)
-        } else {
-            0
-        };
-        let parallel: Vec<_> = (0..duplicates)
-            .map(|_| {
-                let (client, key, body) = (Arc::clone(&self), key.clone(), body.clone());
-                self.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move { client.send(&key, &body).await })
-            })
-            .collect();
-        self.drive(&mut attempt, Next::Send { key }, &body, &mut rng)
+        attempt = again;
+        tally.clicks_again.fetch_add(1, Ordering::Relaxed);
+        client
+            .drive(&mut attempt, next, &mut order, || rng.random(), life)
             .await;
-        let outcome = Self::outcome(&attempt);
-        let time_to_answer = (!matches!(outcome, Outcome::Unconfirmed)).then(|| started.elapsed());
-        let mut duplicate_bodies = Vec::new();
-        for dup in parallel {
-            if let Some((200, _, _, text)) = dup.await.unwrap() {
-                duplicate_bodies.push(text);
+    }
+    let outcome = Outcome::of(&attempt);
+    let time_to_answer = (!matches!(outcome, Outcome::Unconfirmed)).then(|| started.elapsed());
+    let mut duplicate_bodies = Vec::new();
+    for dup in parallel {
+        if let Some(received) = dup.await.unwrap() {
+            if received.status == 200 {
+                duplicate_bodies.push(received.body);
             }
         }
-        Checkout {
-            order_ref,
-            declined_card,
-            body,
-            attempt,
-            outcome,
-            duplicate_bodies,
-            time_to_answer,
-        }
     }
+    Checkout {
+        order,
+        declined_card,
+        attempt,
+        outcome,
+        duplicate_bodies,
+        time_to_answer,
+    }
+}
 
-    /// After the run: the customer of an unconfirmed attempt clicks again,
-    /// which retries with the same key.
-    async fn settle(&self, checkout: &mut Checkout, rng: &mut StdRng) {
-        for _ in 0..3 {
-            if !matches!(checkout.outcome, Outcome::Unconfirmed) {
-                return;
+/// After the run: an unconfirmed attempt is picked up as a reload would, a
+/// status lookup first. Returns whether the edge had settled the key on its
+/// own (the lookup replayed a final answer).
+async fn settle(
+    client: &CheckoutClient,
+    tally: &Tally,
+    checkout: &mut Checkout,
+    rng: &mut StdRng,
+) -> bool {
+    checkout
+        .order
+        .refresh_token(now_secs() + TOKEN_LIFETIME_SECS);
+    let by_itself = client
+        .status(checkout.attempt.key(), checkout.order.token())
+        .await
+        .is_some_and(|r| r.replayed);
+    let life = Duration::from_secs(TOKEN_LIFETIME_SECS);
+    for _ in 0..3 {
+        let next = match &checkout.outcome {
+            Outcome::Unconfirmed => checkout.attempt.resume(now_ms(), true),
+            outcome if outcome.not_charged() => {
+                let fresh: u128 = rng.random();
+                let (again, next) = Attempt::submit(
+                    Some(checkout.attempt.clone()),
+                    checkout.order.order_ref(),
+                    now_ms(),
+                    true,
+                    || format!("{fresh:032x}"),
+                );
+                checkout.attempt = again;
+                tally.clicks_again.fetch_add(1, Ordering::Relaxed);
+                next
             }
-            let (attempt, submit) = Attempt::submit(
-                Some(checkout.attempt.clone()),
-                &checkout.order_ref,
-                now_ms(),
-                true,
-                || unreachable!("an unconfirmed attempt keeps its key"),
-            );
-            checkout.attempt = attempt;
-            let Submit::Send { key } = submit else {
-                panic!("a click on an unconfirmed order must send")
-            };
-            let body = checkout.body.clone();
-            self.drive(&mut checkout.attempt, Next::Send { key }, &body, rng)
-                .await;
-            checkout.outcome = Self::outcome(&checkout.attempt);
-        }
+            _ => break,
+        };
+        client
+            .drive(
+                &mut checkout.attempt,
+                next,
+                &mut checkout.order,
+                || rng.random(),
+                life,
+            )
+            .await;
+        checkout.outcome = Outcome::of(&checkout.attempt);
     }
+    by_itself
+}
+
+/// One of the simulator's inspection routes, `GET /__sim/{what}`, as JSON.
+async fn sim_get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    sim_url: &str,
+    what: &str,
+) -> T {
+    http.get(format!("{sim_url}/__sim/{what}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> String {
@@ -424,9 +434,17 @@ fn main() -> ExitCode {
         vars: vec![
             ("BACKEND_TIMEOUT_MS".into(), BACKEND_TIMEOUT_MS.to_string()),
             ("CLAIM_LEASE_SECS".into(), LEASE_SECS.to_string()),
+            ("LOOKUP_SETTLE_SECS".into(), SETTLE_SECS.to_string()),
+            // The simulator runs naive: nothing may rely on its own
+            // deduplication.
+            ("BACKEND_KEY_RETENTION_SECS".into(), "0".into()),
         ],
         ..StackOptions::default()
     };
+    assert!(
+        settings.search_lag_ms < SETTLE_SECS * 1000,
+        "SEARCH_LAG_MS must stay within the edge's settle window ({SETTLE_SECS} s): the edge's documented assumption"
+    );
     let paysim = Path::new(env!("CARGO_BIN_EXE_paysim"));
     let stack = match Stack::start(paysim, DEFAULT_SECRET, &options) {
         Ok(stack) => stack,
@@ -443,53 +461,69 @@ fn main() -> ExitCode {
         .build()
         .unwrap();
     println!(
-        "soak: {} attempts, {} at a time, fault rate {}, {} worker kill(s), SEED={}",
-        settings.attempts, settings.concurrency, settings.fault_rate, settings.kills, settings.seed
+        "soak: {} attempts, {} at a time, fault rate {}, {} worker kill(s), lookups {} ms behind, SEED={}",
+        settings.attempts,
+        settings.concurrency,
+        settings.fault_rate,
+        settings.kills,
+        settings.search_lag_ms,
+        settings.seed
     );
     let run_started = Instant::now();
-    let (checkouts, fired, kills) = rt.block_on(async {
+    let (checkouts, ledger) = rt.block_on(async {
         let injector = Arc::new(Injector {
             http: http.clone(),
             sim_url: sim_url.clone(),
             gate: tokio::sync::Mutex::new(()),
             armed: Default::default(),
         });
-        injector.set(json!({"honor_idempotency": false})).await;
-        let client = Arc::new(Client {
-            http: http.clone(),
-            url: format!("{edge_url}/v1/orders"),
-            policy: RetryPolicy::default(),
-            counters: Counters::default(),
-        });
+        injector
+            .set(json!({"honor_idempotency": false, "search_lag_ms": settings.search_lag_ms}))
+            .await;
+        let client = Arc::new(CheckoutClient::new(
+            http.clone(),
+            format!("{edge_url}/v1/orders"),
+            RetryPolicy::default(),
+        ));
+        let tally = Arc::new(Tally::default());
 
-        // The Worker is killed and restarted at evenly spaced points of the run.
+        // The Worker is killed and restarted at evenly spaced points of the
+        // run, each time while the simulator holds lookups open, so a kill
+        // lands in the middle of reconciliations.
         let done = Arc::new(AtomicUsize::new(0));
         let killer = {
-            let (done, stack) = (Arc::clone(&done), Arc::clone(&stack));
+            let (done, stack, injector) =
+                (Arc::clone(&done), Arc::clone(&stack), Arc::clone(&injector));
             let (attempts, kills) = (settings.attempts, settings.kills);
             tokio::spawn(async move {
-                let mut restarted = 0;
+                let mut kill_times = Vec::new();
                 for k in 1..=kills {
                     let at = attempts * k / (kills + 1);
                     while done.load(Ordering::Relaxed) < at {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    injector
+                        .set(json!({"lookup_slow_next": 1_000, "lookup_slow_ms": KILL_LOOKUP_HOLD_MS}))
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(KILL_LOOKUP_HOLD_MS / 2)).await;
+                    kill_times.push(now_ms());
                     let stack = Arc::clone(&stack);
                     tokio::task::spawn_blocking(move || stack.lock().unwrap().restart_edge())
                         .await
                         .unwrap()
                         .expect("the Worker restarts");
-                    restarted += 1;
+                    injector.set(json!({"lookup_slow_next": 0})).await;
                 }
-                restarted
+                kill_times
             })
         };
 
         let gate = Arc::new(tokio::sync::Semaphore::new(settings.concurrency));
         let tasks: Vec<_> = (0..settings.attempts)
             .map(|i| {
-                let (client, injector, gate, done) = (
+                let (client, tally, injector, gate, done) = (
                     Arc::clone(&client),
+                    Arc::clone(&tally),
                     Arc::clone(&injector),
                     Arc::clone(&gate),
                     Arc::clone(&done),
@@ -498,7 +532,7 @@ fn main() -> ExitCode {
                     (settings.seed, settings.fault_rate, settings.attempts);
                 tokio::spawn(async move {
                     let _slot = gate.acquire_owned().await.unwrap();
-                    let checkout = client.checkout(i, seed, injector, rate).await;
+                    let checkout = checkout(client, tally, i, seed, injector, rate).await;
                     let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
                     // A sign of life every tenth of the run.
                     if finished % (attempts / 10).max(1) == 0 {
@@ -512,21 +546,43 @@ fn main() -> ExitCode {
         for task in tasks {
             checkouts.push(task.await.unwrap());
         }
-        let kills = killer.await.unwrap();
+        let kill_times = killer.await.unwrap();
         let fired = injector.finish().await;
+        let unconfirmed = checkouts
+            .iter()
+            .filter(|c| matches!(c.outcome, Outcome::Unconfirmed))
+            .count();
 
-        // Every lease taken during the run has run out by now, and every
-        // request the backend received has finished.
-        tokio::time::sleep(Duration::from_millis(LEASE_SECS * 1000 + SLOW_MS)).await;
+        // Every lease taken during the run has run out by now, every request
+        // the backend received has finished, and each key left unknown has
+        // had its object's first checks, at once and 5 s later.
+        tokio::time::sleep(Duration::from_millis(
+            LEASE_SECS * 1000 + SLOW_MS + SETTLE_SECS * 1000 + 5_000,
+        ))
+        .await;
         let mut rng = StdRng::seed_from_u64(settings.seed);
-        let mut settled = 0;
+        let mut settled_by_edge = 0;
         for checkout in checkouts.iter_mut() {
-            if matches!(checkout.outcome, Outcome::Unconfirmed) {
-                client.settle(checkout, &mut rng).await;
-                settled += 1;
+            if matches!(checkout.outcome, Outcome::Unconfirmed)
+                && settle(&client, &tally, checkout, &mut rng).await
+            {
+                settled_by_edge += 1;
             }
         }
+        let lookups: LookupLog = sim_get(&http, &sim_url, "lookups").await;
+        // A lookup answered within the hold after a kill was open at the kill.
+        let open_at_kills = lookups
+            .lookups
+            .iter()
+            .filter(|l| {
+                kill_times
+                    .iter()
+                    .any(|k| l.at_ms > *k && l.at_ms <= k + KILL_LOOKUP_HOLD_MS + 200)
+            })
+            .count();
+
         let counters = &client.counters;
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let line = |name: &str, value: String| println!("| {name} | {value} |");
         println!();
         println!("| Chaos soak | |");
@@ -535,37 +591,49 @@ fn main() -> ExitCode {
         line(
             "Requests sent",
             format!(
-                "{} ({} parallel duplicates, {} widget retries; {} double clicks ignored by the widget)",
-                counters.requests.load(Ordering::Relaxed),
-                counters.duplicates.load(Ordering::Relaxed),
-                counters.retries.load(Ordering::Relaxed),
-                counters.double_clicks.load(Ordering::Relaxed),
+                "{} ({} parallel duplicates, {} widget retries, {} status lookups; {} double clicks ignored by the widget)",
+                count(&counters.requests) + count(&tally.duplicates),
+                count(&tally.duplicates),
+                count(&counters.retries),
+                count(&counters.status_lookups),
+                count(&tally.double_clicks),
             ),
         );
         line(
             "Faults",
             format!(
-                "{} responses dropped after the charge, {} backend 503s, {} backend answers past the edge's timeout, {kills} Worker kills",
-                fired[0], fired[1], fired[2]
+                "{} responses dropped after the charge, {} backend 503s, {} backend answers past the edge's timeout, {} order tokens expiring mid-attempt ({} refreshed with the same key), lookups {} ms behind the charges throughout",
+                fired[0],
+                fired[1],
+                fired[2],
+                count(&tally.short_tokens),
+                count(&counters.token_refreshes),
+                settings.search_lag_ms,
             ),
         );
         line(
-            "Unconfirmed after the retry budget, settled by a later click",
-            settled.to_string(),
+            "Attempts the edge settled as \"not charged\"",
+            format!(
+                "{}, each followed by a new click under a new key",
+                count(&tally.clicks_again)
+            ),
         );
-        (checkouts, fired, kills)
+        line(
+            "Worker kills",
+            format!(
+                "{}, each while the simulator held lookups open ({open_at_kills} lookups were open at a kill)",
+                kill_times.len()
+            ),
+        );
+        line(
+            "Unconfirmed when the retry budget ran out",
+            format!("{unconfirmed}; after the settle wait the edge had settled {settled_by_edge} of them on its own"),
+        );
+        let ledger: Ledger = sim_get(&http, &sim_url, "ledger").await;
+        (checkouts, ledger)
     });
 
     // The ledger: the backend's own record of what it charged.
-    let ledger: Ledger = rt.block_on(async {
-        http.get(format!("{sim_url}/__sim/ledger"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
     let mut charges: HashMap<&str, Vec<&str>> = HashMap::new();
     for charge in &ledger.charges {
         charges
@@ -577,9 +645,8 @@ fn main() -> ExitCode {
         (0, 0, 0, 0, 0, Vec::new());
     let mut times: Vec<Duration> = Vec::new();
     for c in &checkouts {
-        let made = charges
-            .get(c.order_ref.as_str())
-            .map_or(&[][..], Vec::as_slice);
+        let order_ref = c.order.order_ref();
+        let made = charges.get(order_ref).map_or(&[][..], Vec::as_slice);
         if made.len() > 1 {
             double += 1;
         }
@@ -592,15 +659,14 @@ fn main() -> ExitCode {
                     .and_then(|v| v["id"].as_str().map(str::to_owned));
                 if made.is_empty() || id.as_deref() != made.first().copied() {
                     lost += 1;
-                    wrong.push(format!("{}: told {id:?}, ledger {made:?}", c.order_ref));
+                    wrong.push(format!("{order_ref}: told {id:?}, ledger {made:?}"));
                 }
                 if c.declined_card {
-                    wrong.push(format!("{}: a declining card was charged", c.order_ref));
+                    wrong.push(format!("{order_ref}: a declining card was charged"));
                 }
                 if let Some(other) = c.duplicate_bodies.iter().find(|d| *d != body) {
                     wrong.push(format!(
-                        "{}: a duplicate got another answer: {other}",
-                        c.order_ref
+                        "{order_ref}: a duplicate got another answer: {other}"
                     ));
                 }
             }
@@ -608,15 +674,15 @@ fn main() -> ExitCode {
                 declined += 1;
                 if !made.is_empty() {
                     lost += 1;
-                    wrong.push(format!("{}: declined but charged {made:?}", c.order_ref));
+                    wrong.push(format!("{order_ref}: declined but charged {made:?}"));
                 }
             }
             Outcome::Refused { status, message } => {
-                wrong.push(format!("{}: refused {status}: {message}", c.order_ref));
+                wrong.push(format!("{order_ref}: refused {status}: {message}"));
             }
             Outcome::Unconfirmed => {
                 unresolved += 1;
-                wrong.push(format!("{}: still unconfirmed after settling", c.order_ref));
+                wrong.push(format!("{order_ref}: still unconfirmed after settling"));
             }
         }
     }
@@ -646,7 +712,6 @@ fn main() -> ExitCode {
         format!("{:.0} s", run_started.elapsed().as_secs_f64()),
     );
     println!();
-    let _ = (fired, kills);
     drop(rt);
     drop(stack);
     if double == 0 && lost == 0 && unresolved == 0 && wrong.is_empty() {

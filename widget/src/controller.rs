@@ -1,6 +1,7 @@
-//! One mounted widget: it turns clicks into the protocol's [`Attempt`]
-//! inputs and carries out what the attempt asks for (send, wait, wait for the
-//! network), keeping the attempt saved and the view and events up to date.
+//! One mounted widget: it turns clicks, reloads and answers into the
+//! protocol's [`Attempt`] inputs and carries out what the attempt asks for
+//! (send, look up, wait, wait for the network, ask the page for a token),
+//! keeping the attempt saved and the view and events up to date.
 //!
 //! One driver task runs per attempt run; a click while it runs is refused by
 //! the attempt itself, which is what makes a double click send one request.
@@ -8,38 +9,47 @@
 use crate::events;
 use crate::options::{self, Checkout};
 use crate::storage;
-use crate::transport::{NoAnswer, OrderPost, Ports};
-use chargeonce_protocol::{Answer, Attempt, Next, Phase, RetryPolicy, RetryReason, Submit};
+use crate::transport::{HttpAnswer, OrderPost, Ports, StatusLookup};
+use crate::view::{self, ViewState, OTHER_TAB, UNCONFIRMED};
+use chargeonce_protocol::{
+    Attempt, EdgeResponse, Exchange, Next, Phase, ProblemType, RetryPolicy, RetryReason,
+    PROBLEM_CONTENT_TYPE,
+};
+use futures_util::future::{select, Either};
 use gloo_timers::future::TimeoutFuture;
 use leptos::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use wasm_bindgen::{closure::Closure, JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 use web_sys::{HtmlElement, MutationObserver, MutationObserverInit};
 
-/// What the view shows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ViewState {
-    /// The status line.
-    pub status: String,
-    /// A request is in flight or scheduled: the button is disabled and busy.
-    pub busy: bool,
-    /// The order was placed: the button stays disabled.
-    pub placed: bool,
-    /// The status is a problem the customer should notice.
-    pub alert: bool,
-}
+/// How long the page has to supply a fresh order token. A checkout session
+/// the shop cannot renew within this is not coming back; the attempt is
+/// then left unconfirmed, with its key kept for the next click.
+pub const TOKEN_WAIT_MS: u32 = 10_000;
 
 /// A mounted widget's state and ports.
 pub struct Widget {
     host: HtmlElement,
     ports: Ports,
+    /// The page's `getOrderToken` option, if it gave one.
+    get_order_token: Option<js_sys::Function>,
     attempt: RefCell<Option<Attempt>>,
     /// Why the last retry was needed, for the status line of the next send.
     last_reason: RefCell<Option<RetryReason>>,
     /// The status of the last answer (`None` for no answer), for the retry event.
     last_status: Cell<Option<u16>>,
+    /// A token refresh waiting for the page to set a new `data-order-token`.
+    token_wait: RefCell<Option<TokenWait>>,
     view: RwSignal<ViewState>,
+}
+
+/// A refresh waiting on the page: the token the edge refused, and the
+/// `resolve` of the promise the driver awaits.
+struct TokenWait {
+    refused: Option<String>,
+    resolve: js_sys::Function,
 }
 
 fn now_ms() -> u64 {
@@ -48,14 +58,21 @@ fn now_ms() -> u64 {
 
 impl Widget {
     /// A widget for `host`, with the attempt saved for its order (if any).
-    pub fn new(host: HtmlElement, ports: Ports) -> Rc<Self> {
+    /// `get_order_token` is the page's `getOrderToken` option.
+    pub fn new(
+        host: HtmlElement,
+        ports: Ports,
+        get_order_token: Option<js_sys::Function>,
+    ) -> Rc<Self> {
         let attempt = options::order_ref(&host).and_then(|r| storage::load_attempt(&r));
         let widget = Rc::new(Self {
             host,
             ports,
+            get_order_token,
             attempt: RefCell::new(attempt),
             last_reason: RefCell::new(None),
             last_status: Cell::new(None),
+            token_wait: RefCell::new(None),
             view: RwSignal::new(ViewState::default()),
         });
         widget.render();
@@ -68,20 +85,16 @@ impl Widget {
         self.view
     }
 
-    /// Picks up an attempt a reload interrupted, with its key.
+    /// Picks up an attempt a reload interrupted, with its key: the edge's
+    /// status lookup settles it first, whatever the page shows now.
     pub fn resume(self: &Rc<Self>) {
         let Ok(checkout) = options::checkout(&self.host) else {
             return;
         };
-        let next = {
-            let mut slot = self.attempt.borrow_mut();
-            match slot.as_mut() {
-                // Only the same payload may reuse the saved key.
-                Some(a) if a.fingerprint() == checkout.fingerprint.as_str() => {
-                    a.resume(now_ms(), self.ports.network.is_online())
-                }
-                _ => return,
-            }
+        let online = self.ports.network.is_online();
+        let next = match self.attempt.borrow_mut().as_mut() {
+            Some(attempt) => attempt.resume(now_ms(), online),
+            None => return,
         };
         if next != Next::Stop {
             self.spawn(checkout, next);
@@ -105,7 +118,7 @@ impl Widget {
         let fingerprint = checkout.fingerprint.as_str().to_owned();
         let current = self.attempt.borrow().clone();
         let previous_key = current.as_ref().map(|a| a.key().to_owned());
-        let (attempt, action) = Attempt::submit(
+        let (attempt, next) = Attempt::submit(
             current,
             &fingerprint,
             now_ms(),
@@ -119,14 +132,16 @@ impl Widget {
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
             },
         );
-        storage::share_key(&order_ref, &fingerprint, attempt.key());
+        if matches!(next, Next::Ignore(_)) {
+            return;
+        }
+        // Only an attempt for this payload is shared: one still settling an
+        // earlier payload must not hand its key to a tab with the new one.
+        if attempt.fingerprint() == fingerprint {
+            storage::share_key(&order_ref, &fingerprint, attempt.key());
+        }
         *self.attempt.borrow_mut() = Some(attempt);
         *self.last_reason.borrow_mut() = None;
-        let next = match action {
-            Submit::Send { key } => Next::Send { key },
-            Submit::WaitForOnline => Next::WaitForOnline,
-            Submit::Ignore(_) => return,
-        };
         self.spawn(checkout, next);
     }
 
@@ -136,14 +151,16 @@ impl Widget {
         leptos::task::spawn_local(async move { widget.drive(checkout, next).await });
     }
 
-    /// Carries out the attempt's requests until it stops.
-    async fn drive(self: Rc<Self>, checkout: Checkout, mut next: Next) {
+    /// Carries out the attempt's requests until it stops. `checkout` is the
+    /// page's order; it is what a send carries once its fingerprint is the
+    /// attempt's.
+    async fn drive(self: Rc<Self>, mut checkout: Checkout, mut next: Next) {
         let policy = options::retry_policy(&self.host);
         // Held for the whole run, so a second tab's click on the same order
         // waits for this one's answer instead of racing it.
         let lock_name = format!("chargeonce:{}", checkout.order.order_ref);
         let Some(_lock) = self.ports.locks.try_lock(&lock_name).await else {
-            let _ = self.with_attempt(Attempt::handle_held_elsewhere);
+            let _ = self.step(Attempt::handle_held_elsewhere);
             self.save_and_render();
             self.finish();
             return;
@@ -155,13 +172,16 @@ impl Widget {
                 return;
             }
             next = match next {
-                Next::Send { key } => self.send(&checkout, key, &policy).await,
+                Next::Send { key } | Next::FetchStatus { key } => {
+                    self.exchange(key, &mut checkout, &policy).await
+                }
+                Next::NeedToken => self.refresh_token(&mut checkout).await,
                 Next::Wait => self.wait(&policy).await,
                 Next::WaitForOnline => {
                     self.ports.network.wait_online().await;
-                    self.with_attempt(|a| a.handle_online(now_ms()))
+                    self.step(|a| a.handle_online(now_ms()))
                 }
-                Next::Stop => {
+                Next::Stop | Next::Ignore(_) => {
                     self.finish();
                     return;
                 }
@@ -170,56 +190,174 @@ impl Widget {
         }
     }
 
-    async fn send(&self, checkout: &Checkout, key: String, policy: &RetryPolicy) -> Next {
-        let attempt_no = self.with_attempt(|a| a.sends());
+    /// Sends the order or the status lookup, whichever the attempt has in
+    /// flight, and hands the answer to the attempt.
+    async fn exchange(&self, key: String, checkout: &mut Checkout, policy: &RetryPolicy) -> Next {
+        let (attempt_no, exchange) =
+            self.attempt
+                .borrow()
+                .as_ref()
+                .map_or((0, Exchange::Order), |a| match a.phase() {
+                    Phase::Checking => (a.sends(), Exchange::Status),
+                    _ => (a.sends(), Exchange::Order),
+                });
+        let method = match exchange {
+            Exchange::Order => "POST",
+            Exchange::Status => "GET",
+        };
         events::dispatch(
             &self.host,
             events::ATTEMPT,
-            &events::detail(&[("key", key.as_str().into()), ("attempt", attempt_no.into())]),
+            &events::detail(&[
+                ("key", key.as_str().into()),
+                ("attempt", attempt_no.into()),
+                ("method", method.into()),
+            ]),
         );
-        let post = OrderPost {
-            endpoint: checkout.endpoint.clone(),
-            key,
-            body: checkout.body.clone(),
-            timeout_ms: policy.request_timeout_ms,
+        let endpoint = checkout.endpoint.clone();
+        let timeout_ms = policy.request_timeout_ms;
+        let request = match exchange {
+            Exchange::Order => self.ports.transport.send(OrderPost {
+                endpoint,
+                key,
+                body: checkout.body.clone(),
+                timeout_ms,
+            }),
+            Exchange::Status => self.ports.transport.status(StatusLookup {
+                endpoint,
+                key,
+                // Any unexpired token of the customer will do; the page's
+                // latest is the likeliest to be.
+                order_token: options::order_token(&self.host),
+                timeout_ms,
+            }),
         };
-        let result = self.ports.transport.send(post).await;
-        let message = result
-            .as_ref()
-            .ok()
-            .and_then(|http| server_message(&http.body));
+        let result = request.await;
         let (now, jitter, online) = (
             now_ms(),
             js_sys::Math::random(),
             self.ports.network.is_online(),
         );
-        self.with_attempt(|a| match &result {
-            Ok(http) => a.handle_response(
-                &Answer {
-                    status: http.status,
-                    body: &http.body,
-                    message: message.as_deref(),
-                    replayed: http.replayed,
-                    retry_after_secs: http.retry_after_secs,
-                },
-                now,
-                jitter,
-                policy,
-            ),
-            Err(NoAnswer::Network(_) | NoAnswer::Timeout) => {
-                a.handle_transport_failure(now, online, jitter, policy)
+        self.last_status
+            .set(result.as_ref().ok().map(|http| http.status));
+        let Ok(http) = result else {
+            return self.step(|a| a.handle_transport_failure(now, online, jitter, policy));
+        };
+        let (message, problem) = read_body(&http);
+        let response = EdgeResponse {
+            status: http.status,
+            body: &http.body,
+            message: message.as_deref(),
+            problem,
+            replayed: http.replayed,
+            retry_after_secs: http.retry_after_secs,
+        };
+        if exchange == Exchange::Order {
+            return self.step(|a| a.handle_response(&response, now, jitter, policy));
+        }
+        // Whether the page still shows the attempt's payload decides what a
+        // key with nothing recorded means: send it now, or it charged nothing.
+        let shown = options::checkout(&self.host).ok().filter(|shown| {
+            self.attempt
+                .borrow()
+                .as_ref()
+                .is_some_and(|a| a.fingerprint() == shown.fingerprint.as_str())
+        });
+        let next = self.step(|a| a.handle_status(&response, now, jitter, policy, shown.is_some()));
+        if let (Next::Send { .. }, Some(shown)) = (&next, shown) {
+            *checkout = shown;
+        }
+        next
+    }
+
+    /// Asks the page for a fresh order token (its `getOrderToken`, or the
+    /// token-needed event and a new `data-order-token`), for at most
+    /// [`TOKEN_WAIT_MS`], and resends with it under the same key.
+    async fn refresh_token(&self, checkout: &mut Checkout) -> Next {
+        let Some(key) = self.attempt.borrow().as_ref().map(|a| a.key().to_owned()) else {
+            return Next::Stop;
+        };
+        let detail = events::detail(&[
+            ("key", key.into()),
+            ("orderRef", checkout.order.order_ref.as_str().into()),
+        ]);
+        let refused = match self.attempt.borrow().as_ref().map(Attempt::phase) {
+            // A status lookup sends the page's token, an order its own.
+            Some(Phase::NeedsToken {
+                then: Exchange::Status,
+            }) => options::order_token(&self.host),
+            _ => checkout.order.order_token.clone(),
+        };
+        let asked = match &self.get_order_token {
+            Some(get) => get
+                .call1(&JsValue::UNDEFINED, &detail)
+                .map(|token| js_sys::Promise::resolve(&token)),
+            None => {
+                let promise = js_sys::Promise::new(&mut |resolve, _| {
+                    *self.token_wait.borrow_mut() = Some(TokenWait {
+                        refused: refused.clone(),
+                        resolve,
+                    });
+                });
+                // The page may have renewed the token while the refused
+                // request was on its way; then there is nothing to ask for.
+                self.token_changed();
+                if self.token_wait.borrow().is_some() {
+                    events::dispatch(&self.host, events::TOKEN_NEEDED, &detail);
+                }
+                Ok(promise)
             }
-        })
+        };
+        // One wait for both ways, so a page that never answers costs the
+        // same bounded time.
+        let token = match asked {
+            Ok(promise) => {
+                let deadline = TimeoutFuture::new(TOKEN_WAIT_MS);
+                match select(JsFuture::from(promise), deadline).await {
+                    Either::Left((Ok(token), _)) => token.as_string(),
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        }
+        // The same token again would be refused again, forever.
+        .filter(|token| Some(token) != refused.as_ref());
+        *self.token_wait.borrow_mut() = None;
+        let Some(token) = token else {
+            return self.step(Attempt::handle_no_token);
+        };
+        if options::order_token(&self.host).as_ref() != Some(&token) {
+            // The attribute is where the status lookup and a later click
+            // read the token.
+            let _ = self.host.set_attribute("data-order-token", &token);
+        }
+        *checkout = checkout.with_order_token(token);
+        let online = self.ports.network.is_online();
+        self.step(|a| a.handle_token(online))
+    }
+
+    /// Hands a new `data-order-token` to a refresh waiting for one.
+    fn token_changed(&self) {
+        let token = options::order_token(&self.host);
+        let mut slot = self.token_wait.borrow_mut();
+        if let (Some(wait), Some(token)) = (slot.as_ref(), token) {
+            if wait.refused.as_ref() != Some(&token) {
+                let _ = wait.resolve.call1(&JsValue::UNDEFINED, &token.into());
+                *slot = None;
+            }
+        }
     }
 
     async fn wait(&self, policy: &RetryPolicy) -> Next {
-        let (due, key, retry, reason) = self.with_attempt(|a| {
+        let Some((due, key, retry, reason)) = self.attempt.borrow().as_ref().map(|a| {
             let reason = match a.phase() {
                 Phase::Backoff { reason, .. } => Some(*reason),
                 _ => None,
             };
             (a.poll_timeout(), a.key().to_owned(), a.sends(), reason)
-        });
+        }) else {
+            return Next::Stop;
+        };
         let Some(due) = due else {
             return Next::Stop;
         };
@@ -246,7 +384,7 @@ impl Widget {
         self.render();
         TimeoutFuture::new(u32::try_from(delay).unwrap_or(u32::MAX)).await;
         let online = self.ports.network.is_online();
-        self.with_attempt(|a| a.handle_timeout(now_ms(), online))
+        self.step(|a| a.handle_timeout(now_ms(), online))
     }
 
     fn finish(&self) {
@@ -290,9 +428,10 @@ impl Widget {
         events::dispatch(&self.host, name, &detail);
     }
 
-    fn with_attempt<T>(&self, f: impl FnOnce(&mut Attempt) -> T) -> T {
-        let mut slot = self.attempt.borrow_mut();
-        f(slot.as_mut().expect("the driver runs only for an attempt"))
+    /// Feeds one input to the attempt. The driver runs only for an attempt,
+    /// so there is always one; were there not, stopping is the safe answer.
+    fn step(&self, input: impl FnOnce(&mut Attempt) -> Next) -> Next {
+        self.attempt.borrow_mut().as_mut().map_or(Next::Stop, input)
     }
 
     fn save_and_render(&self) {
@@ -307,23 +446,20 @@ impl Widget {
 
     fn render(&self) {
         let attempt = self.attempt.borrow();
-        // An order placed for a cart that has since changed: the button is
-        // for the next order now.
-        let current = attempt.as_ref().filter(|a| {
-            !matches!(a.phase(), Phase::Placed { .. })
-                || options::checkout(&self.host)
-                    .is_ok_and(|c| c.fingerprint.as_str() == a.fingerprint())
+        // A final attempt for a payload the page no longer shows is an
+        // earlier order: the button is for the page's order now.
+        let same_payload = attempt.as_ref().is_some_and(|a| {
+            options::checkout(&self.host).is_ok_and(|c| c.fingerprint.as_str() == a.fingerprint())
         });
         let reason = *self.last_reason.borrow();
-        self.view.set(view_state(
-            current,
+        self.view.set(view::view_state(
+            attempt.as_ref(),
+            same_payload,
             reason,
             &options::retry_policy(&self.host),
         ));
     }
 
-    /// Re-renders whenever the page changes the host's attributes (the
-    /// cart's amount, say), for as long as the element lives.
     /// Loads the attempt saved for the order when the page names the order
     /// only after the widget mounted (a shop that prices the cart on its
     /// server first, say), and resumes it if a reload interrupted it. An
@@ -340,10 +476,14 @@ impl Widget {
         self.resume();
     }
 
+    /// Re-renders whenever the page changes the host's attributes (the
+    /// cart's amount, say), for as long as the element lives, and hands a
+    /// new order token to a refresh waiting for one.
     fn watch_attributes(self: &Rc<Self>) {
         let widget = Rc::downgrade(self);
         let on_change = Closure::<dyn FnMut()>::new(move || {
             if let Some(widget) = widget.upgrade() {
+                widget.token_changed();
                 widget.adopt_saved_attempt();
                 widget.render();
             }
@@ -360,59 +500,28 @@ impl Widget {
     }
 }
 
-/// The server's words in an error body: a problem+json `detail`, or the
-/// `error.message` of a Stripe-style body. Read with the browser's JSON
-/// parser, which costs the bundle nothing.
-fn server_message(body: &str) -> Option<String> {
-    let value = js_sys::JSON::parse(body).ok()?;
+/// What the shell reads from an answer's body: the server's words for the
+/// customer (a problem+json `detail`, or the `error.message` of a
+/// Stripe-style body) and, for problem+json, its `type`. Read with the
+/// browser's JSON parser, which costs the bundle nothing.
+fn read_body(http: &HttpAnswer) -> (Option<String>, Option<ProblemType>) {
+    let Ok(value) = js_sys::JSON::parse(&http.body) else {
+        return (None, None);
+    };
     let get =
         |target: &JsValue, name: &str| js_sys::Reflect::get(target, &JsValue::from_str(name)).ok();
-    get(&value, "detail")
+    let message = get(&value, "detail")
         .and_then(|d| d.as_string())
-        .or_else(|| get(&get(&value, "error")?, "message")?.as_string())
-}
-
-/// The status line for an outcome the widget cannot vouch for either way.
-pub const UNCONFIRMED: &str =
-    "We couldn't confirm your order. You have not been charged twice — try again";
-
-/// The status line when another tab is placing the same order.
-pub const OTHER_TAB: &str = "This order is being placed in another tab.";
-
-/// What the customer sees for an attempt.
-pub fn view_state(
-    attempt: Option<&Attempt>,
-    reason: Option<RetryReason>,
-    policy: &RetryPolicy,
-) -> ViewState {
-    let Some(attempt) = attempt else {
-        return ViewState::default();
-    };
-    let retrying = |retry: u32, reason: Option<RetryReason>| {
-        let what = match reason {
-            Some(RetryReason::ServerBusy) => "The payment service is busy",
-            _ => "Connection lost",
-        };
-        format!("{what}, retrying ({retry} of {})…", policy.max_retries)
-    };
-    let (status, alert) = match attempt.phase() {
-        Phase::Sending if attempt.sends() <= 1 => ("Placing order…".to_owned(), false),
-        Phase::Sending => (retrying(attempt.sends() - 1, reason), false),
-        Phase::Backoff { reason, .. } => (retrying(attempt.sends(), Some(*reason)), false),
-        Phase::Offline => (
-            "You're offline. Your order will be placed when the connection is back.".to_owned(),
-            false,
-        ),
-        Phase::Placed { .. } => ("Order placed".to_owned(), false),
-        Phase::Refused { status: 402, .. } => ("Card declined".to_owned(), true),
-        Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
-        Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
-        Phase::OtherTab => (OTHER_TAB.to_owned(), true),
-    };
-    ViewState {
-        status,
-        busy: attempt.is_busy(),
-        placed: matches!(attempt.phase(), Phase::Placed { .. }),
-        alert,
-    }
+        .or_else(|| get(&get(&value, "error")?, "message")?.as_string());
+    // A backend's own body may have a `type` of its own; only problem+json's
+    // names one of ours.
+    let is_problem = http
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.trim_start().starts_with(PROBLEM_CONTENT_TYPE));
+    let problem = is_problem
+        .then(|| get(&value, "type")?.as_string())
+        .flatten()
+        .and_then(|uri| ProblemType::from_uri(&uri));
+    (message, problem)
 }

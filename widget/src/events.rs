@@ -6,13 +6,19 @@
 use wasm_bindgen::JsValue;
 use web_sys::{CustomEvent, CustomEventInit, HtmlElement};
 
-/// A request is about to be sent: `{key, attempt}` (1 for the first send).
+/// A request is about to be sent: `{key, attempt, method}` (`attempt` is 1
+/// for the first send; `method` is `POST` for the order, `GET` for a status
+/// lookup, which never charges).
 pub const ATTEMPT: &str = "chargeonce:attempt";
 /// A retry was scheduled: `{key, retry, of, delay_ms, reason, status}`
 /// (`status` is the answer's, or `null` when there was none).
 pub const RETRY: &str = "chargeonce:retry";
 /// The order was placed: `{key, replayed, response}` (the backend's JSON).
 pub const SUCCESS: &str = "chargeonce:success";
+/// The edge refused the order token as expired: `{key, orderRef}`. Without a
+/// `getOrderToken` option the widget waits (for a bounded time) for the page
+/// to set a fresh `data-order-token`, then sends again with the same key.
+pub const TOKEN_NEEDED: &str = "chargeonce:token-needed";
 /// The attempt ended without a placed order: `{key, final, status, message}`;
 /// `final: false` means the outcome is unknown and a new click retries with
 /// the same key.

@@ -7,7 +7,8 @@
 //!
 //! - [`options`]: the order, read from the host's `data-*` attributes.
 //! - [`controller`]: one widget, driving the attempt with real I/O.
-//! - [`transport`]: `fetch` with a timeout, and `navigator.onLine`.
+//! - [`transport`]: `fetch` with a timeout (the order and the status
+//!   lookup), and `navigator.onLine`.
 //! - [`storage`]: the attempt in `sessionStorage`, the key shared in
 //!   `localStorage`.
 //! - [`events`]: the DOM events a storefront can listen to.
@@ -46,7 +47,7 @@ pub fn mount_all() -> Result<(), JsValue> {
             .and_then(|node| node.dyn_into::<HtmlElement>().ok())
         {
             if host.shadow_root().is_none() {
-                mount_with_ports(host, Ports::default())?;
+                mount_with(host, None, Ports::default())?;
             }
         }
     }
@@ -56,16 +57,59 @@ pub fn mount_all() -> Result<(), JsValue> {
 /// Mounts the widget on `element` (exported to JS as `mount(element,
 /// options)`), for hosts added after the page loaded. `options` may set any
 /// of `endpoint`, `orderRef`, `amount`, `currency`, `paymentMethod`,
-/// `customer`, `label`, `retryBaseMs`, `retryCapMs`, `maxRetries` and
-/// `timeoutMs`; they are written to the element's `data-*` attributes, which
-/// the widget reads at each click.
+/// `customer`, `orderToken`, `label`, `retryBaseMs`, `retryCapMs`,
+/// `maxRetries` and `timeoutMs`, which are written to the element's `data-*`
+/// attributes (the widget reads them at each click), and `getOrderToken`, an
+/// async function the widget calls with `{key, orderRef}` when the edge finds
+/// the order token expired, for a Promise of a fresh one.
 ///
 /// # Errors
 ///
 /// The browser's `NotSupportedError` if `element` cannot take a shadow root or
 /// already has one (a second mount on the same element).
 #[wasm_bindgen]
-pub fn mount(element: HtmlElement, options: Option<js_sys::Object>) -> Result<(), JsValue> {
+pub fn mount(
+    element: HtmlElement,
+    #[wasm_bindgen(unchecked_optional_param_type = "MountOptions")] options: Option<js_sys::Object>,
+) -> Result<(), JsValue> {
+    mount_with(element, options, Ports::default())
+}
+
+// For TypeScript users of `mount`: it goes to chargeonce.d.ts, not into the
+// bundle.
+#[wasm_bindgen(typescript_custom_section)]
+const MOUNT_OPTIONS: &str = r#"
+/** The options of `mount`; each but getOrderToken sets a data-* attribute. */
+export interface MountOptions {
+  endpoint?: string;
+  orderRef?: string;
+  amount?: number | string;
+  currency?: string;
+  paymentMethod?: string;
+  customer?: string;
+  orderToken?: string;
+  label?: string;
+  retryBaseMs?: number;
+  retryCapMs?: number;
+  maxRetries?: number;
+  timeoutMs?: number;
+  /** Called when the order token expired: resolve to a fresh one. */
+  getOrderToken?: (detail: { key: string; orderRef: string }) => Promise<string>;
+}
+"#;
+
+/// Mounts the widget on `element` with `options` (as [`mount`]) and the given
+/// I/O ports; the browser tests pass scripted ones.
+///
+/// # Errors
+///
+/// As [`mount`].
+pub fn mount_with(
+    element: HtmlElement,
+    options: Option<js_sys::Object>,
+    ports: Ports,
+) -> Result<(), JsValue> {
+    let mut get_order_token = None;
     if let Some(options) = options {
         for (option, attribute) in options::ATTRIBUTES {
             let value = js_sys::Reflect::get(&options, &JsValue::from_str(option))?;
@@ -79,20 +123,14 @@ pub fn mount(element: HtmlElement, options: Option<js_sys::Object>) -> Result<()
                 element.set_attribute(attribute, &text)?;
             }
         }
+        get_order_token =
+            js_sys::Reflect::get(&options, &JsValue::from_str(options::GET_ORDER_TOKEN))?
+                .dyn_into::<js_sys::Function>()
+                .ok();
     }
-    mount_with_ports(element, Ports::default())
-}
-
-/// Mounts the widget on `element` with the given I/O ports; the browser tests
-/// pass scripted ones.
-///
-/// # Errors
-///
-/// As [`mount`].
-pub fn mount_with_ports(element: HtmlElement, ports: Ports) -> Result<(), JsValue> {
     let label = options::label(&element);
     let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
-    let widget = Widget::new(element, ports);
+    let widget = Widget::new(element, ports, get_order_token);
     let view_widget = Rc::clone(&widget);
     // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it
     // (insertBefore, appendChild), which a ShadowRoot has: its own `<Portal

@@ -28,6 +28,12 @@ pub const ATTRIBUTES: &[(&str, &str)] = &[
     ("timeoutMs", "data-timeout-ms"),
 ];
 
+/// The `mount()` option that gives the widget a fresh order token when the
+/// edge finds the current one expired: an async function (`{key, orderRef}`
+/// in, a Promise of the token out). It has no attribute: attributes hold
+/// text, not functions.
+pub const GET_ORDER_TOKEN: &str = "getOrderToken";
+
 /// One order, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
@@ -39,6 +45,22 @@ pub struct Checkout {
     pub body: String,
     /// The payload's fingerprint, which decides whether the key is kept.
     pub fingerprint: Fingerprint,
+}
+
+impl Checkout {
+    /// The same order with a fresh order token. The token is not part of
+    /// what is charged (nor of the fingerprint), so this is still the
+    /// payload the attempt's key belongs to.
+    pub fn with_order_token(&self, token: String) -> Self {
+        let mut order = self.order.clone();
+        order.order_token = Some(token);
+        Self {
+            endpoint: self.endpoint.clone(),
+            body: order.canonical_json(),
+            fingerprint: self.fingerprint.clone(),
+            order,
+        }
+    }
 }
 
 fn attr(host: &HtmlElement, name: &str) -> Option<String> {
@@ -55,6 +77,11 @@ pub fn label(host: &HtmlElement) -> String {
 /// The order reference, which names the attempt's storage slot.
 pub fn order_ref(host: &HtmlElement) -> Option<String> {
     attr(host, "data-order-ref")
+}
+
+/// The order token the page gave last, which a status lookup sends.
+pub fn order_token(host: &HtmlElement) -> Option<String> {
+    attr(host, "data-order-token")
 }
 
 /// Reads and validates the order with the same rules the edge applies, so a

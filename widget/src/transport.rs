@@ -1,8 +1,8 @@
-//! The widget's I/O ports: sending an order, knowing whether the browser is
-//! online, and holding an order against other tabs. The real ones use
-//! `fetch`, `navigator.onLine` and the Web Locks API; the browser tests
-//! script the first two, so every retry path runs in a real page without a
-//! server.
+//! The widget's I/O ports: sending an order or a status lookup, knowing
+//! whether the browser is online, and holding an order against other tabs.
+//! The real ones use `fetch`, `navigator.onLine` and the Web Locks API; the
+//! browser tests script the first two, so every retry path runs in a real
+//! page without a server.
 
 use futures_util::future::{select, Either, LocalBoxFuture};
 use gloo_timers::future::TimeoutFuture;
@@ -11,7 +11,7 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortController, Headers, Request, RequestInit, Response};
 
-/// One order request.
+/// One order request: `POST` to the endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPost {
     /// Where to send it.
@@ -24,11 +24,29 @@ pub struct OrderPost {
     pub timeout_ms: u64,
 }
 
+/// One status lookup: `GET` on the same endpoint, asking what became of a
+/// key. It never charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusLookup {
+    /// Where to send it (the endpoint orders are POSTed to).
+    pub endpoint: String,
+    /// The `Idempotency-Key` asked about.
+    pub key: String,
+    /// An order token for the customer, sent as `Authorization: Bearer`;
+    /// without one the edge answers 401.
+    pub order_token: Option<String>,
+    /// How long to wait for the answer before giving up on this request.
+    pub timeout_ms: u64,
+}
+
 /// An HTTP answer, read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpAnswer {
     /// The status.
     pub status: u16,
+    /// The `Content-Type`, which says whether the body is problem+json (and
+    /// so whether its `type` member names a problem).
+    pub content_type: Option<String>,
     /// The body, as text.
     pub body: String,
     /// Whether `Idempotent-Replayed: true` was sent.
@@ -46,10 +64,13 @@ pub enum NoAnswer {
     Timeout,
 }
 
-/// Sends order requests.
+/// Sends order requests and status lookups.
 pub trait Transport {
     /// Sends `post` and waits for the whole answer or its failure.
     fn send(&self, post: OrderPost) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>>;
+    /// Sends `lookup` and waits for the whole answer or its failure.
+    fn status(&self, lookup: StatusLookup)
+        -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>>;
 }
 
 /// Knows whether the browser is online.
@@ -66,48 +87,99 @@ pub struct Fetch;
 
 impl Transport for Fetch {
     fn send(&self, post: OrderPost) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>> {
-        Box::pin(async move {
-            let network = |e: JsValue| NoAnswer::Network(js_error(&e));
-            let window = web_sys::window().ok_or_else(|| NoAnswer::Network("no window".into()))?;
-            let controller = AbortController::new().map_err(network)?;
-            let headers = Headers::new().map_err(network)?;
+        Box::pin(fetch(
+            post.endpoint,
+            post.key,
+            Exchange::Order(post.body),
+            post.timeout_ms,
+        ))
+    }
+
+    fn status(
+        &self,
+        lookup: StatusLookup,
+    ) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>> {
+        Box::pin(fetch(
+            lookup.endpoint,
+            lookup.key,
+            Exchange::Status(lookup.order_token),
+            lookup.timeout_ms,
+        ))
+    }
+}
+
+/// What one request carries beside its key.
+enum Exchange {
+    /// The order's JSON body, POSTed.
+    Order(String),
+    /// The order token a status lookup (a GET) proves the customer with.
+    Status(Option<String>),
+}
+
+fn network(e: JsValue) -> NoAnswer {
+    NoAnswer::Network(js_error(&e))
+}
+
+/// One request with its `Idempotency-Key`, read whole, or aborted at the
+/// timeout. One function for both kinds keeps one copy of this state
+/// machine in the bundle.
+async fn fetch(
+    endpoint: String,
+    key: String,
+    exchange: Exchange,
+    timeout_ms: u64,
+) -> Result<HttpAnswer, NoAnswer> {
+    let window = web_sys::window().ok_or_else(|| NoAnswer::Network("no window".into()))?;
+    let controller = AbortController::new().map_err(network)?;
+    let headers = Headers::new().map_err(network)?;
+    headers.set("Idempotency-Key", &key).map_err(network)?;
+    let init = RequestInit::new();
+    match exchange {
+        Exchange::Order(body) => {
             headers
                 .set("Content-Type", "application/json")
                 .map_err(network)?;
-            headers.set("Idempotency-Key", &post.key).map_err(network)?;
-            let init = RequestInit::new();
             init.set_method("POST");
-            init.set_headers(&headers);
-            init.set_body(&JsValue::from_str(&post.body));
-            init.set_signal(Some(&controller.signal()));
-            let request = Request::new_with_str_and_init(&post.endpoint, &init).map_err(network)?;
-            let exchange = Box::pin(async move {
-                let response: Response = JsFuture::from(window.fetch_with_request(&request))
-                    .await
-                    .map_err(network)?
-                    .unchecked_into();
-                let header = |name: &str| response.headers().get(name).ok().flatten();
-                let replayed = header("Idempotent-Replayed").as_deref() == Some("true");
-                let retry_after_secs = header("Retry-After").and_then(|v| v.trim().parse().ok());
-                let text = JsFuture::from(response.text().map_err(network)?)
-                    .await
+            init.set_body(&JsValue::from_str(&body));
+        }
+        Exchange::Status(token) => {
+            if let Some(token) = token {
+                headers
+                    .set("Authorization", &format!("Bearer {token}"))
                     .map_err(network)?;
-                Ok(HttpAnswer {
-                    status: response.status(),
-                    body: text.as_string().unwrap_or_default(),
-                    replayed,
-                    retry_after_secs,
-                })
-            });
-            let deadline = TimeoutFuture::new(u32::try_from(post.timeout_ms).unwrap_or(u32::MAX));
-            match select(exchange, deadline).await {
-                Either::Left((answer, _)) => answer,
-                Either::Right(((), _)) => {
-                    controller.abort();
-                    Err(NoAnswer::Timeout)
-                }
             }
+        }
+    }
+    init.set_headers(&headers);
+    init.set_signal(Some(&controller.signal()));
+    let request = Request::new_with_str_and_init(&endpoint, &init).map_err(network)?;
+    let exchange = Box::pin(async move {
+        let response: Response = JsFuture::from(window.fetch_with_request(&request))
+            .await
+            .map_err(network)?
+            .unchecked_into();
+        let header = |name: &str| response.headers().get(name).ok().flatten();
+        let replayed = header("Idempotent-Replayed").as_deref() == Some("true");
+        let retry_after_secs = header("Retry-After").and_then(|v| v.trim().parse().ok());
+        let content_type = header("Content-Type");
+        let text = JsFuture::from(response.text().map_err(network)?)
+            .await
+            .map_err(network)?;
+        Ok(HttpAnswer {
+            status: response.status(),
+            content_type,
+            body: text.as_string().unwrap_or_default(),
+            replayed,
+            retry_after_secs,
         })
+    });
+    let deadline = TimeoutFuture::new(u32::try_from(timeout_ms).unwrap_or(u32::MAX));
+    match select(exchange, deadline).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err(NoAnswer::Timeout)
+        }
     }
 }
 
@@ -210,7 +282,7 @@ impl Locks for WebLocks {
 /// The ports one widget uses.
 #[derive(Clone)]
 pub struct Ports {
-    /// How orders are sent.
+    /// How orders and status lookups are sent.
     pub transport: Rc<dyn Transport>,
     /// How connectivity is known.
     pub network: Rc<dyn Network>,

@@ -1,10 +1,131 @@
-//! The button and its status line, in the widget's shadow root. Styles live
-//! here and only here; a storefront themes them through CSS custom
-//! properties on the host element (`--chargeonce-accent` and friends).
+//! The button and its status line, in the widget's shadow root, and what
+//! they say for each phase of an attempt ([`view_state`]). Styles live here
+//! and only here; a storefront themes them through CSS custom properties on
+//! the host element (`--chargeonce-accent` and friends).
 
 use crate::controller::Widget;
+use chargeonce_protocol::{Attempt, Exchange, Phase, RetryPolicy, RetryReason};
 use leptos::prelude::*;
 use std::rc::Rc;
+
+/// What the view shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ViewState {
+    /// The status line.
+    pub status: String,
+    /// A request is in flight or scheduled: the button is disabled and busy.
+    pub busy: bool,
+    /// The order on the page was placed: the button stays disabled.
+    pub placed: bool,
+    /// The status is a problem the customer should notice.
+    pub alert: bool,
+}
+
+/// The status line while the order is sent (and while the edge asks to wait
+/// for an earlier request with the key, which is not a retry).
+pub const PLACING: &str = "Placing order…";
+
+/// The status line once the order on the page was placed.
+pub const PLACED: &str = "Order placed";
+
+/// The status line for an outcome the widget cannot vouch for either way.
+pub const UNCONFIRMED: &str =
+    "We couldn't confirm your order. You have not been charged twice — try again";
+
+/// The status line when another tab is placing the same order.
+pub const OTHER_TAB: &str = "This order is being placed in another tab.";
+
+/// The status line while the edge's status lookup settles an earlier
+/// attempt (after a reload, or before a changed order is placed).
+pub const CHECKING: &str = "Checking your earlier order…";
+
+/// The status line while the page is asked for a fresh order token.
+pub const REFRESHING: &str = "Refreshing your checkout session…";
+
+/// The status line when the edge settled the order on the page as not
+/// charged: a click places it again, under a new key.
+pub const NOT_CHARGED: &str =
+    "Your order was not placed and you were not charged. Please try again.";
+
+/// The status line when an attempt for another payload than the page's
+/// (the cart changed since) turned out placed.
+pub const EARLIER_PLACED: &str = "Your earlier order was placed.";
+
+/// The status line when an attempt for another payload than the page's
+/// turned out not charged (nothing recorded, refused, or settled as not
+/// charged).
+pub const EARLIER_NOT_CHARGED: &str = "Your earlier order was not charged.";
+
+/// What the customer sees for `attempt`. `same_payload` says whether the
+/// page still shows the attempt's payload: if not, a final attempt is an
+/// earlier order, and the button is for the page's. `reason` is why the
+/// last retry was needed, for the line of the send that follows it.
+pub fn view_state(
+    attempt: Option<&Attempt>,
+    same_payload: bool,
+    reason: Option<RetryReason>,
+    policy: &RetryPolicy,
+) -> ViewState {
+    let Some(attempt) = attempt else {
+        return ViewState::default();
+    };
+    let retrying = |retry: u32, reason: Option<RetryReason>| {
+        let what = match reason {
+            Some(RetryReason::ServerBusy) => "The payment service is busy",
+            _ => "Connection lost",
+        };
+        format!("{what}, retrying ({retry} of {})…", policy.max_retries)
+    };
+    let sends = attempt.sends();
+    let (status, alert) = match attempt.phase() {
+        Phase::Placed { .. } if !same_payload => (EARLIER_PLACED.to_owned(), false),
+        Phase::Refused { .. } if !same_payload => (EARLIER_NOT_CHARGED.to_owned(), false),
+        Phase::Sending if sends <= 1 => (PLACING.to_owned(), false),
+        Phase::Sending => (retrying(sends - 1, reason), false),
+        // Waits the edge asked for (a 409's lease) give the send back: with
+        // none counted yet, the order is still being placed, not retried.
+        Phase::Backoff {
+            then: Exchange::Order,
+            ..
+        } if sends == 0 => (PLACING.to_owned(), false),
+        Phase::Backoff {
+            reason,
+            then: Exchange::Order,
+            ..
+        } => (retrying(sends, Some(*reason)), false),
+        Phase::Checking
+        | Phase::Backoff {
+            then: Exchange::Status,
+            ..
+        } => (CHECKING.to_owned(), false),
+        Phase::Offline {
+            then: Exchange::Order,
+        } => (
+            "You're offline. Your order will be placed when the connection is back.".to_owned(),
+            false,
+        ),
+        Phase::Offline {
+            then: Exchange::Status,
+        } => (
+            "You're offline. Your earlier order will be checked when the connection is back."
+                .to_owned(),
+            false,
+        ),
+        Phase::NeedsToken { .. } => (REFRESHING.to_owned(), false),
+        Phase::Placed { .. } => (PLACED.to_owned(), false),
+        Phase::Refused { status: 402, .. } => ("Card declined".to_owned(), true),
+        Phase::Refused { status: 410, .. } => (NOT_CHARGED.to_owned(), true),
+        Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
+        Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
+        Phase::OtherTab => (OTHER_TAB.to_owned(), true),
+    };
+    ViewState {
+        status,
+        busy: attempt.is_busy(),
+        placed: same_payload && matches!(attempt.phase(), Phase::Placed { .. }),
+        alert,
+    }
+}
 
 const STYLE: &str = r#"
 :host { display: inline-block; font: var(--chargeonce-font, 600 1rem/1.4 system-ui, sans-serif); }
@@ -19,9 +140,11 @@ const STYLE: &str = r#"
 .co-button:focus-visible { outline: 3px solid var(--chargeonce-focus, #f5a623); outline-offset: 2px; }
 .co-button:disabled { cursor: default; opacity: .7; }
 .co-spinner {
+  display: none;
   width: 1em; height: 1em; border: 2px solid currentColor; border-right-color: transparent;
   border-radius: 50%; animation: co-spin .8s linear infinite;
 }
+.co-button[aria-busy="true"] .co-spinner { display: inline-block; }
 @keyframes co-spin { to { transform: rotate(360deg); } }
 @media (prefers-reduced-motion: reduce) { .co-spinner { animation: none; border-right-color: currentColor; opacity: .6; } }
 .co-status { margin: .5em 0 0; min-height: 1.4em; font-weight: 400; color: var(--chargeonce-text, inherit); }
@@ -48,9 +171,9 @@ pub fn PlaceOrder(
             aria-busy=move || if busy() { "true" } else { "false" }
             on:click=move |_| widget.click()
         >
-            <Show when=busy>
-                <span class="co-spinner" aria-hidden="true"></span>
-            </Show>
+            // Shown by the stylesheet while the button is aria-busy: one
+            // reactive attribute instead of a <Show> and its two branches.
+            <span class="co-spinner" aria-hidden="true"></span>
             <span>{label}</span>
         </button>
         <p
@@ -61,5 +184,244 @@ pub fn PlaceOrder(
         >
             {move || state.with(|s| s.status.clone())}
         </p>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chargeonce_protocol::{EdgeResponse, ProblemType};
+
+    const FP: &str = "fp-1";
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+    }
+
+    /// A click on a fresh page: the first send is on its way.
+    fn sending() -> Attempt {
+        Attempt::submit(None, FP, 0, true, || "key-1".into()).0
+    }
+
+    fn answered(status: u16, body: &str) -> Attempt {
+        answered_with(EdgeResponse::new(status, body))
+    }
+
+    fn answered_with(response: EdgeResponse<'_>) -> Attempt {
+        let mut a = sending();
+        let _ = a.handle_response(&response, 1, 0.0, &policy());
+        a
+    }
+
+    /// A reload of an attempt that was in flight: its key is being looked up.
+    fn checking() -> Attempt {
+        let mut a = sending();
+        let _ = a.resume(5, true);
+        a
+    }
+
+    fn looked_up(response: EdgeResponse<'_>, same_payload: bool) -> Attempt {
+        let mut a = checking();
+        let _ = a.handle_status(&response, 6, 0.0, &policy(), same_payload);
+        a
+    }
+
+    fn shown(attempt: &Attempt) -> ViewState {
+        view_state(Some(attempt), true, None, &policy())
+    }
+
+    fn status(attempt: &Attempt) -> String {
+        shown(attempt).status
+    }
+
+    #[test]
+    fn no_attempt_shows_an_idle_button() {
+        assert_eq!(
+            view_state(None, false, None, &policy()),
+            ViewState::default()
+        );
+    }
+
+    #[test]
+    fn the_first_send_is_placing_the_order_and_busy() {
+        assert_eq!(
+            shown(&sending()),
+            ViewState {
+                status: PLACING.into(),
+                busy: true,
+                placed: false,
+                alert: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_retry_says_why_and_counts_against_the_budget() {
+        let mut a = answered(503, "{}");
+        assert_eq!(
+            status(&a),
+            "The payment service is busy, retrying (1 of 5)…"
+        );
+        let until = a.poll_timeout().unwrap();
+        let _ = a.handle_timeout(until, true);
+        assert_eq!(
+            view_state(Some(&a), true, Some(RetryReason::ConnectionLost), &policy()).status,
+            "Connection lost, retrying (1 of 5)…"
+        );
+    }
+
+    #[test]
+    fn waiting_out_another_requests_lease_is_still_placing_the_order() {
+        let a = answered_with(EdgeResponse {
+            retry_after_secs: Some(3),
+            ..EdgeResponse::new(409, "{}")
+        });
+        assert!(matches!(a.phase(), Phase::Backoff { .. }));
+        assert_eq!((shown(&a).status.as_str(), shown(&a).busy), (PLACING, true));
+    }
+
+    #[test]
+    fn offline_says_what_happens_when_the_network_is_back() {
+        let (order, _) = Attempt::submit(None, FP, 0, false, || "key-1".into());
+        assert!(status(&order).contains("Your order will be placed"));
+        let mut lookup = sending();
+        let _ = lookup.resume(5, false);
+        assert!(status(&lookup).contains("Your earlier order will be checked"));
+        assert!(shown(&lookup).busy);
+    }
+
+    #[test]
+    fn a_status_lookup_and_its_waits_are_checking_the_earlier_order() {
+        assert_eq!(
+            (status(&checking()).as_str(), shown(&checking()).busy),
+            (CHECKING, true)
+        );
+        let pending = looked_up(
+            EdgeResponse {
+                retry_after_secs: Some(1),
+                ..EdgeResponse::new(202, "{}")
+            },
+            true,
+        );
+        assert!(matches!(pending.phase(), Phase::Backoff { .. }));
+        assert_eq!(status(&pending), CHECKING);
+    }
+
+    #[test]
+    fn an_expired_token_is_refreshing_the_session() {
+        let a = answered_with(EdgeResponse {
+            problem: Some(ProblemType::OrderTokenExpired),
+            ..EdgeResponse::new(403, "{}")
+        });
+        assert_eq!((status(&a).as_str(), shown(&a).busy), (REFRESHING, true));
+    }
+
+    #[test]
+    fn a_placed_order_disables_the_button() {
+        assert_eq!(
+            shown(&answered(200, "{}")),
+            ViewState {
+                status: PLACED.into(),
+                busy: false,
+                placed: true,
+                alert: false
+            }
+        );
+    }
+
+    #[test]
+    fn refusals_are_alerts_and_leave_the_button_enabled() {
+        let declined = answered(402, "{}");
+        let refused = answered_with(EdgeResponse {
+            message: Some("the amount is wrong"),
+            ..EdgeResponse::new(422, "{}")
+        });
+        let not_charged = looked_up(
+            EdgeResponse {
+                replayed: true,
+                ..EdgeResponse::new(410, "{}")
+            },
+            true,
+        );
+        for (attempt, line) in [
+            (&declined, "Card declined"),
+            (&refused, "Order not accepted: the amount is wrong"),
+            (&not_charged, NOT_CHARGED),
+        ] {
+            assert_eq!(
+                shown(attempt),
+                ViewState {
+                    status: line.into(),
+                    busy: false,
+                    placed: false,
+                    alert: true
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_outcomes_and_other_tabs_are_alerts() {
+        let mut other_tab = sending();
+        let _ = other_tab.handle_held_elsewhere();
+        for (attempt, line) in [(answered(500, "{}"), UNCONFIRMED), (other_tab, OTHER_TAB)] {
+            let view = shown(&attempt);
+            assert_eq!(
+                (view.status.as_str(), view.alert, view.busy),
+                (line, true, false)
+            );
+        }
+    }
+
+    #[test]
+    fn an_earlier_order_placed_is_news_not_an_alert_and_the_button_is_for_the_new_one() {
+        let placed = looked_up(
+            EdgeResponse {
+                replayed: true,
+                ..EdgeResponse::new(200, "{}")
+            },
+            false,
+        );
+        assert_eq!(
+            view_state(Some(&placed), false, None, &policy()),
+            ViewState {
+                status: EARLIER_PLACED.into(),
+                busy: false,
+                placed: false,
+                alert: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_earlier_order_not_charged_says_so_whatever_ended_it() {
+        let not_found = looked_up(EdgeResponse::new(404, "{}"), false);
+        let declined = looked_up(
+            EdgeResponse {
+                replayed: true,
+                ..EdgeResponse::new(402, "{}")
+            },
+            false,
+        );
+        let not_charged = looked_up(
+            EdgeResponse {
+                replayed: true,
+                ..EdgeResponse::new(410, "{}")
+            },
+            false,
+        );
+        for attempt in [not_found, declined, not_charged] {
+            assert_eq!(
+                view_state(Some(&attempt), false, None, &policy()),
+                ViewState {
+                    status: EARLIER_NOT_CHARGED.into(),
+                    busy: false,
+                    placed: false,
+                    alert: false
+                },
+                "{:?}",
+                attempt.phase()
+            );
+        }
     }
 }

@@ -11,15 +11,16 @@
 // allow-unwrap-in-tests does not reach them; a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+use chargeonce_protocol::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 use chargeonce_widget::transport::{
-    HttpAnswer, Network, NoAnswer, OrderPost, Ports, Transport, WebLocks,
+    HttpAnswer, Network, NoAnswer, OrderPost, Ports, StatusLookup, Transport, WebLocks,
 };
 use futures_util::future::LocalBoxFuture;
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use wasm_bindgen::JsCast;
+use wasm_bindgen::{closure::Closure, JsCast, JsValue};
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 use web_sys::{HtmlButtonElement, HtmlElement};
 
@@ -35,10 +36,55 @@ enum Script {
     Hang,
 }
 
+/// An answer with `status` and a JSON `body`, not replayed.
+fn answer(status: u16, body: &str) -> HttpAnswer {
+    HttpAnswer {
+        status,
+        content_type: Some("application/json".into()),
+        body: body.into(),
+        replayed: false,
+        retry_after_secs: None,
+    }
+}
+
+/// The edge's problem+json for `kind`, as it sends it.
+fn problem(kind: ProblemType) -> HttpAnswer {
+    HttpAnswer {
+        content_type: Some(PROBLEM_CONTENT_TYPE.into()),
+        ..answer(kind.status(), &Problem::new(kind, "scripted").to_json())
+    }
+}
+
+/// A key's stored answer, as the edge replays it.
+fn replayed(status: u16, body: &str) -> HttpAnswer {
+    HttpAnswer {
+        replayed: true,
+        ..answer(status, body)
+    }
+}
+
+/// Answers orders from `script` (then 200) and status lookups from
+/// `lookups` (then 404: nothing is recorded under the key).
 #[derive(Default)]
 struct Scripted {
     script: RefCell<VecDeque<Script>>,
+    lookups: RefCell<VecDeque<Script>>,
     sent: RefCell<Vec<(OrderPost, f64)>>,
+    looked_up: RefCell<Vec<StatusLookup>>,
+}
+
+fn play(step: Script, timeout_ms: u64) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>> {
+    Box::pin(async move {
+        match step {
+            Script::Answer(status, body) => Ok(answer(status, body)),
+            Script::AnswerWith(answer) => Ok(answer),
+            Script::NetworkError => Err(NoAnswer::Network("scripted failure".into())),
+            Script::Hang => {
+                gloo_timers::future::TimeoutFuture::new(timeout_ms as u32).await;
+                Err(NoAnswer::Timeout)
+            }
+        }
+    })
 }
 
 impl Transport for Scripted {
@@ -46,27 +92,18 @@ impl Transport for Scripted {
         self.sent
             .borrow_mut()
             .push((post.clone(), js_sys::Date::now()));
-        let step = self
-            .script
-            .borrow_mut()
-            .pop_front()
-            .unwrap_or(Script::Answer(200, OK));
-        Box::pin(async move {
-            match step {
-                Script::Answer(status, body) => Ok(HttpAnswer {
-                    status,
-                    body: body.to_owned(),
-                    replayed: false,
-                    retry_after_secs: None,
-                }),
-                Script::AnswerWith(answer) => Ok(answer),
-                Script::NetworkError => Err(NoAnswer::Network("scripted failure".into())),
-                Script::Hang => {
-                    gloo_timers::future::TimeoutFuture::new(post.timeout_ms as u32).await;
-                    Err(NoAnswer::Timeout)
-                }
-            }
-        })
+        let step = self.script.borrow_mut().pop_front();
+        play(step.unwrap_or(Script::Answer(200, OK)), post.timeout_ms)
+    }
+
+    fn status(
+        &self,
+        lookup: StatusLookup,
+    ) -> LocalBoxFuture<'static, Result<HttpAnswer, NoAnswer>> {
+        self.looked_up.borrow_mut().push(lookup.clone());
+        let step = self.lookups.borrow_mut().pop_front();
+        let nothing_recorded = Script::AnswerWith(problem(ProblemType::OrderNotFound));
+        play(step.unwrap_or(nothing_recorded), lookup.timeout_ms)
     }
 }
 
@@ -118,12 +155,32 @@ fn unique_ref() -> String {
     format!("ord_{}", (js_sys::Math::random() * 1e12) as u64)
 }
 
+/// How a test page is set up beyond the defaults.
+#[derive(Default)]
+struct Setup {
+    /// Answers to the orders, in turn (then 200).
+    posts: Vec<Script>,
+    /// Answers to the status lookups, in turn (then 404).
+    lookups: Vec<Script>,
+    network: Option<Rc<FakeNetwork>>,
+    /// `mount()`'s options object.
+    options: Option<js_sys::Object>,
+    /// Attributes set after the defaults, before mounting.
+    attributes: Vec<(&'static str, &'static str)>,
+}
+
 impl Page {
     fn mount(order_ref: &str, script: Vec<Script>) -> Self {
-        Self::mount_with(order_ref, script, Rc::new(FakeNetwork::default()))
+        Self::mount_with(
+            order_ref,
+            Setup {
+                posts: script,
+                ..Setup::default()
+            },
+        )
     }
 
-    fn mount_with(order_ref: &str, script: Vec<Script>, network: Rc<FakeNetwork>) -> Self {
+    fn mount_with(order_ref: &str, setup: Setup) -> Self {
         let document = web_sys::window().unwrap().document().unwrap();
         let host: HtmlElement = document.create_element("div").unwrap().unchecked_into();
         for (name, value) in [
@@ -133,11 +190,16 @@ impl Page {
             ("data-amount", "1999"),
             ("data-currency", "usd"),
             ("data-payment-method", "pm_card_visa"),
+            ("data-customer", "cus_1"),
+            ("data-order-token", "v1.first.signature"),
             // Short timers keep the suite fast.
             ("data-retry-base-ms", "10"),
             ("data-retry-cap-ms", "40"),
             ("data-timeout-ms", "100"),
-        ] {
+        ]
+        .into_iter()
+        .chain(setup.attributes)
+        {
             host.set_attribute(name, value).unwrap();
         }
         document.body().unwrap().append_child(&host).unwrap();
@@ -147,12 +209,18 @@ impl Page {
             "chargeonce:retry",
             "chargeonce:success",
             "chargeonce:failure",
+            "chargeonce:token-needed",
         ]
         .into_iter()
         .map(|name| {
             let events = Rc::clone(&events);
+            let host = host.clone();
             // Listen on the document: the events must bubble out of the host.
             gloo_events::EventListener::new(&document, name, move |event| {
+                // Only this page's: a test may mount two.
+                if event.target().as_ref() != Some(host.as_ref()) {
+                    return;
+                }
                 let event: &web_sys::CustomEvent = event.unchecked_ref();
                 let detail = js_sys::JSON::stringify(&event.detail()).unwrap();
                 let detail = serde_json::from_str(&String::from(detail)).unwrap();
@@ -161,9 +229,11 @@ impl Page {
         })
         .collect();
         let transport = Rc::new(Scripted {
-            script: RefCell::new(script.into()),
+            script: RefCell::new(setup.posts.into()),
+            lookups: RefCell::new(setup.lookups.into()),
             ..Scripted::default()
         });
+        let network = setup.network.unwrap_or_default();
         let ports = Ports {
             transport: transport.clone(),
             network: network.clone(),
@@ -171,7 +241,7 @@ impl Page {
             // for two tabs of one site.
             locks: Rc::new(WebLocks),
         };
-        chargeonce_widget::mount_with_ports(host.clone(), ports).unwrap();
+        chargeonce_widget::mount_with(host.clone(), setup.options, ports).unwrap();
         Self {
             host,
             transport,
@@ -181,14 +251,28 @@ impl Page {
         }
     }
 
-    fn button(&self) -> HtmlButtonElement {
+    /// The element of the widget's shadow root that `selector` names.
+    fn shadow_part(&self, selector: &str) -> web_sys::Element {
         self.host
             .shadow_root()
             .unwrap()
-            .query_selector("button")
+            .query_selector(selector)
             .unwrap()
             .unwrap()
-            .unchecked_into()
+    }
+
+    fn button(&self) -> HtmlButtonElement {
+        self.shadow_part("button").unchecked_into()
+    }
+
+    /// Whether the spinner shows (the stylesheet shows it while busy).
+    fn spinner_shown(&self) -> bool {
+        let style = web_sys::window()
+            .unwrap()
+            .get_computed_style(&self.shadow_part(".co-spinner"))
+            .unwrap()
+            .unwrap();
+        style.get_property_value("display").unwrap() != "none"
     }
 
     fn click_place_order(&self) {
@@ -196,22 +280,45 @@ impl Page {
     }
 
     fn status_text(&self) -> String {
-        let status = self
-            .host
-            .shadow_root()
-            .unwrap()
-            .query_selector("[role=status]")
-            .unwrap()
-            .unwrap();
-        status.text_content().unwrap_or_default()
+        self.shadow_part("[role=status]")
+            .text_content()
+            .unwrap_or_default()
     }
 
-    fn keys_sent(&self) -> Vec<String> {
+    /// One field of each order sent, in order.
+    fn sent<T>(&self, field: impl Fn(&OrderPost) -> T) -> Vec<T> {
         self.transport
             .sent
             .borrow()
             .iter()
-            .map(|(p, _)| p.key.clone())
+            .map(|(p, _)| field(p))
+            .collect()
+    }
+
+    fn keys_sent(&self) -> Vec<String> {
+        self.sent(|p| p.key.clone())
+    }
+
+    fn keys_looked_up(&self) -> Vec<String> {
+        self.transport
+            .looked_up
+            .borrow()
+            .iter()
+            .map(|l| l.key.clone())
+            .collect()
+    }
+
+    fn bodies_sent(&self) -> Vec<String> {
+        self.sent(|p| p.body.clone())
+    }
+
+    /// The details of the events called `name`, in order.
+    fn events_named(&self, name: &str) -> Vec<Value> {
+        self.events
+            .borrow()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, detail)| detail.clone())
             .collect()
     }
 
@@ -269,6 +376,7 @@ async fn a_double_click_sends_one_request() {
         page.button().disabled(),
         "a placed order cannot be placed again"
     );
+    assert!(!page.spinner_shown());
     page.click_place_order();
     sleep(30).await;
     assert_eq!(page.keys_sent().len(), 1);
@@ -288,6 +396,7 @@ async fn enter_then_click_sends_one_request() {
     page.until_sent(1).await;
     assert!(button.disabled(), "the button is disabled while in flight");
     assert_eq!(button.get_attribute("aria-busy").as_deref(), Some("true"));
+    assert!(page.spinner_shown());
     button.click();
     assert_eq!(page.keys_sent().len(), 1);
     page.unmount();
@@ -362,7 +471,7 @@ async fn a_changed_cart_after_a_placed_order_can_be_ordered_under_a_new_key() {
     page.host.set_attribute("data-amount", "3998").unwrap();
     sleep(10).await;
     assert!(!page.button().disabled(), "a new cart can be ordered");
-    assert_eq!(page.status_text(), "");
+    assert_eq!(page.status_text(), "Your earlier order was placed.");
     page.click_place_order();
     page.until_status("Order placed").await;
     let keys = page.keys_sent();
@@ -387,15 +496,19 @@ async fn unconfirmed_page() -> Page {
 }
 
 #[wasm_bindgen_test]
-async fn a_changed_payload_gets_a_new_key() {
+async fn a_changed_payload_settles_the_earlier_attempt_before_a_new_key() {
     let page = unconfirmed_page().await;
+    let earlier = page.keys_sent()[0].clone();
     page.host.set_attribute("data-amount", "2999").unwrap();
     page.click_place_order();
-    page.until_status("Order placed").await;
-    let sent = page.transport.sent.borrow();
-    assert_ne!(sent[0].0.key, sent[1].0.key);
-    assert!(sent[1].0.body.contains("\"amount\":2999"));
-    drop(sent);
+    // The earlier attempt may have charged: its key is asked about first
+    // (the script answers 404, nothing recorded), and the customer is told.
+    page.until_status("Your earlier order was not charged.")
+        .await;
+    assert_eq!(page.keys_looked_up(), [earlier.as_str()]);
+    assert_eq!(page.keys_sent().len(), 1, "no new key before the answer");
+    assert_a_click_places_the_order_under_a_new_key(&page, &earlier).await;
+    assert!(page.bodies_sent()[1].contains("\"amount\":2999"));
     page.unmount();
 }
 
@@ -407,6 +520,19 @@ async fn an_unconfirmed_order_is_retried_with_the_same_key() {
     let keys = page.keys_sent();
     assert_eq!(keys[0], keys[1]);
     page.unmount();
+}
+
+/// Clicks the button an earlier attempt left enabled once it was settled,
+/// and checks that the page's order is placed with one request under a new
+/// key: a settled attempt's key is never reused.
+async fn assert_a_click_places_the_order_under_a_new_key(page: &Page, earlier: &str) {
+    assert!(!page.button().disabled(), "the page's order can be placed");
+    let before = page.keys_sent().len();
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), before + 1, "one request");
+    assert_ne!(keys[before], earlier, "a new key");
 }
 
 /// Places an order whose request never answers, then removes the page, as
@@ -425,16 +551,24 @@ async fn interrupted_order() -> (String, String) {
 }
 
 #[wasm_bindgen_test]
-async fn a_remount_mid_attempt_resumes_with_the_same_key() {
+async fn a_remount_mid_attempt_looks_the_key_up_then_sends_it_again() {
     let (order_ref, key) = interrupted_order().await;
+    // Nothing is recorded under the key (the scripted lookup's 404) and the
+    // page shows the same order: it is sent, with its key.
     let second = Page::mount(&order_ref, vec![Script::Answer(200, OK)]);
     second.until_status("Order placed").await;
+    assert_eq!(second.keys_looked_up(), [key.as_str()]);
     assert_eq!(second.keys_sent(), [key]);
+    assert_eq!(
+        second.events_named("chargeonce:attempt")[0]["method"],
+        "GET",
+        "the lookup comes first"
+    );
     // And a third mount shows the order as placed without sending anything.
     let third = Page::mount(&order_ref, vec![]);
     leptos::task::tick().await;
     assert_eq!(third.status_text(), "Order placed");
-    assert!(third.keys_sent().is_empty());
+    assert!(third.keys_sent().is_empty() && third.keys_looked_up().is_empty());
     second.unmount();
     third.unmount();
 }
@@ -452,6 +586,7 @@ async fn an_order_named_after_mounting_still_resumes_with_its_key() {
         .set_attribute("data-order-ref", &order_ref)
         .unwrap();
     second.until_status("Order placed").await;
+    assert_eq!(second.keys_looked_up(), [key.as_str()]);
     assert_eq!(second.keys_sent(), [key]);
     second.unmount();
 }
@@ -459,10 +594,8 @@ async fn an_order_named_after_mounting_still_resumes_with_its_key() {
 #[wasm_bindgen_test]
 async fn retry_after_is_honoured() {
     let busy = HttpAnswer {
-        status: 503,
-        body: "{}".into(),
-        replayed: false,
         retry_after_secs: Some(1),
+        ..answer(503, "{}")
     };
     let page = Page::mount(
         &unique_ref(),
@@ -482,7 +615,13 @@ async fn retry_after_is_honoured() {
 async fn offline_sends_nothing_until_online() {
     let network = Rc::new(FakeNetwork::default());
     network.offline.set(true);
-    let page = Page::mount_with(&unique_ref(), vec![Script::Answer(200, OK)], network);
+    let page = Page::mount_with(
+        &unique_ref(),
+        Setup {
+            network: Some(network),
+            ..Setup::default()
+        },
+    );
     page.click_place_order();
     sleep(100).await;
     assert!(page.keys_sent().is_empty(), "nothing is sent while offline");
@@ -499,15 +638,9 @@ async fn offline_sends_nothing_until_online() {
 
 #[wasm_bindgen_test]
 async fn events_carry_the_key_and_the_answer() {
-    let replayed = HttpAnswer {
-        status: 200,
-        body: OK.into(),
-        replayed: true,
-        retry_after_secs: None,
-    };
     let page = Page::mount(
         &unique_ref(),
-        vec![Script::NetworkError, Script::AnswerWith(replayed)],
+        vec![Script::NetworkError, Script::AnswerWith(replayed(200, OK))],
     );
     page.click_place_order();
     page.until_status("Order placed").await;
@@ -523,6 +656,7 @@ async fn events_carry_the_key_and_the_answer() {
     let events = page.events.borrow();
     let key = page.keys_sent()[0].clone();
     assert_eq!(events[0].1["key"], key.as_str());
+    assert_eq!(events[0].1["method"], "POST");
     assert_eq!(events[1].1["reason"], "connection_lost");
     assert_eq!(events[1].1["retry"], 1);
     assert_eq!(events[1].1["status"], Value::Null, "no answer, no status");
@@ -573,10 +707,6 @@ async fn a_misconfigured_button_says_what_is_wrong_and_sends_nothing() {
 #[wasm_bindgen_test]
 async fn the_order_token_is_passed_through_and_a_re_signed_order_is_the_same_order() {
     let page = Page::mount(&unique_ref(), vec![]);
-    page.host.set_attribute("data-customer", "cus_1").unwrap();
-    page.host
-        .set_attribute("data-order-token", "v1.first.signature")
-        .unwrap();
     page.click_place_order();
     page.until_status("Order placed").await;
     let body = page.transport.sent.borrow()[0].0.body.clone();
@@ -594,5 +724,199 @@ async fn the_order_token_is_passed_through_and_a_re_signed_order_is_the_same_ord
     page.click_place_order();
     sleep(30).await;
     assert_eq!(page.keys_sent().len(), 1, "a new token is not a new order");
+    page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn the_retry_event_reports_the_answers_status() {
+    let page = Page::mount(
+        &unique_ref(),
+        vec![Script::Answer(503, "{}"), Script::Answer(200, OK)],
+    );
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let retries = page.events_named("chargeonce:retry");
+    assert_eq!(retries.len(), 1);
+    assert_eq!(retries[0]["status"], 503, "{}", retries[0]);
+    page.unmount();
+}
+
+/// The order token the page renews an expired one with.
+const FRESH_TOKEN: &str = "v1.fresh.signature";
+
+/// Asserts that the order was sent twice with one key, first with the
+/// expired token and then with the fresh one, which the host now carries.
+fn assert_resent_with_the_fresh_token(page: &Page) {
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), 2, "one request refused, one resent");
+    assert_eq!(keys[0], keys[1], "a renewed token keeps the key");
+    let bodies = page.bodies_sent();
+    assert!(bodies[0].contains("v1.first.signature"), "{}", bodies[0]);
+    assert!(bodies[1].contains(FRESH_TOKEN), "{}", bodies[1]);
+    assert_eq!(
+        page.host.get_attribute("data-order-token").as_deref(),
+        Some(FRESH_TOKEN)
+    );
+}
+
+#[wasm_bindgen_test]
+async fn an_expired_token_is_renewed_through_get_order_token_with_the_same_key() {
+    let asked = Rc::new(RefCell::new(Vec::new()));
+    let get_order_token = {
+        let asked = Rc::clone(&asked);
+        Closure::<dyn FnMut(JsValue) -> js_sys::Promise>::new(move |detail: JsValue| {
+            let detail = js_sys::JSON::stringify(&detail).unwrap();
+            asked.borrow_mut().push(String::from(detail));
+            js_sys::Promise::resolve(&JsValue::from_str(FRESH_TOKEN))
+        })
+    };
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"getOrderToken".into(), get_order_token.as_ref()).unwrap();
+    let order_ref = unique_ref();
+    let page = Page::mount_with(
+        &order_ref,
+        Setup {
+            posts: vec![Script::AnswerWith(problem(ProblemType::OrderTokenExpired))],
+            options: Some(options),
+            ..Setup::default()
+        },
+    );
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    assert_resent_with_the_fresh_token(&page);
+    let asked: Vec<Value> = asked
+        .borrow()
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(asked.len(), 1, "one token asked for");
+    assert_eq!(asked[0]["key"], page.keys_sent()[0].as_str());
+    assert_eq!(asked[0]["orderRef"], order_ref.as_str());
+    assert!(
+        page.events_named("chargeonce:token-needed").is_empty(),
+        "the function is asked instead of the page's listeners"
+    );
+    page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn an_expired_token_is_renewed_through_the_token_needed_event_with_the_same_key() {
+    let page = Page::mount_with(
+        &unique_ref(),
+        Setup {
+            posts: vec![Script::AnswerWith(problem(ProblemType::OrderTokenExpired))],
+            ..Setup::default()
+        },
+    );
+    // The shop's listener: it asks its server (a while) and sets the token.
+    let host = page.host.clone();
+    let _shop = gloo_events::EventListener::new(&page.host, "chargeonce:token-needed", move |_| {
+        let host = host.clone();
+        leptos::task::spawn_local(async move {
+            sleep(30).await;
+            host.set_attribute("data-order-token", FRESH_TOKEN).unwrap();
+        });
+    });
+    page.click_place_order();
+    page.until_status("Refreshing your checkout session…").await;
+    page.until_status("Order placed").await;
+    assert_resent_with_the_fresh_token(&page);
+    let needed = page.events_named("chargeonce:token-needed");
+    assert_eq!(needed.len(), 1, "one token asked for");
+    assert_eq!(needed[0]["key"], page.keys_sent()[0].as_str());
+    page.unmount();
+}
+
+/// Leaves an attempt unconfirmed (a 500), then mounts the order again as a
+/// reload does, with the page's `attributes` (another cart, say) and the
+/// edge's answer to the status lookup; returns the reloaded page and the
+/// earlier key.
+async fn reload_after_an_unconfirmed_order(
+    lookup: HttpAnswer,
+    attributes: Vec<(&'static str, &'static str)>,
+) -> (Page, String) {
+    let order_ref = unique_ref();
+    let first = Page::mount(&order_ref, vec![Script::Answer(500, "{}")]);
+    first.click_place_order();
+    first.until_status(UNCONFIRMED).await;
+    let key = first.keys_sent()[0].clone();
+    first.unmount();
+    let reloaded = Page::mount_with(
+        &order_ref,
+        Setup {
+            lookups: vec![Script::AnswerWith(lookup)],
+            attributes,
+            ..Setup::default()
+        },
+    );
+    (reloaded, key)
+}
+
+#[wasm_bindgen_test]
+async fn a_reload_asks_the_status_lookup_first_and_shows_a_placed_order_without_posting() {
+    let (reloaded, key) = reload_after_an_unconfirmed_order(replayed(200, OK), vec![]).await;
+    reloaded.until_status("Order placed").await;
+    assert!(reloaded.keys_sent().is_empty(), "no POST");
+    let lookups = reloaded.transport.looked_up.borrow().clone();
+    assert_eq!(lookups.len(), 1);
+    assert_eq!(lookups[0].key, key);
+    assert_eq!(
+        lookups[0].order_token.as_deref(),
+        Some("v1.first.signature"),
+        "the lookup proves the customer with the page's token"
+    );
+    assert!(reloaded.button().disabled());
+    let success = reloaded.events_named("chargeonce:success");
+    assert_eq!(success[0]["replayed"], true);
+    reloaded.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_reload_with_another_cart_says_the_earlier_order_was_placed_and_takes_the_new_one() {
+    let (reloaded, key) =
+        reload_after_an_unconfirmed_order(replayed(200, OK), vec![("data-amount", "2999")]).await;
+    reloaded
+        .until_status("Your earlier order was placed.")
+        .await;
+    assert_eq!(reloaded.keys_looked_up(), [key.as_str()]);
+    assert!(reloaded.keys_sent().is_empty(), "no POST");
+    assert_a_click_places_the_order_under_a_new_key(&reloaded, &key).await;
+    reloaded.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_reload_of_an_attempt_settled_as_not_charged_asks_for_a_new_click() {
+    let not_charged = HttpAnswer {
+        replayed: true,
+        ..problem(ProblemType::AttemptNotCharged)
+    };
+    let (reloaded, key) = reload_after_an_unconfirmed_order(not_charged, vec![]).await;
+    reloaded
+        .until_status("Your order was not placed and you were not charged. Please try again.")
+        .await;
+    assert_a_click_places_the_order_under_a_new_key(&reloaded, &key).await;
+    reloaded.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn conflicts_do_not_use_up_the_retries() {
+    let page = Page::mount_with(
+        &unique_ref(),
+        Setup {
+            posts: vec![
+                Script::AnswerWith(problem(ProblemType::RequestInFlight)),
+                Script::AnswerWith(problem(ProblemType::RequestInFlight)),
+                Script::AnswerWith(problem(ProblemType::RequestInFlight)),
+                Script::Answer(200, OK),
+            ],
+            attributes: vec![("data-max-retries", "1")],
+            ..Setup::default()
+        },
+    );
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), 4, "three 409s waited out, then placed");
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key");
     page.unmount();
 }

@@ -3,10 +3,11 @@
 //!
 //! It owns a ledger of executed charges, Stripe-style idempotency (`Idempotency-Key`, scoped per
 //! endpoint) that can be switched off to play a naive backend, a record of every PaymentIntent it
-//! created that two lookups search, and injectable faults (latency, slow requests, 503s, responses
-//! lost after commit), all inspectable and resettable under `/__sim/*`. It must not depend on the
-//! edge or the protocol crate: it stands in for the real payment provider, and tests prove the
-//! edge's behaviour by reading this ledger.
+//! created that two lookups search, a log of those lookups, and injectable faults (latency, slow
+//! requests, 503s, responses lost after commit; lookups that lag, fail or are slow), all
+//! inspectable and resettable under `/__sim/*`. It must not depend on the edge or the protocol
+//! crate: it stands in for the real payment provider, and tests prove the edge's behaviour by
+//! reading this ledger.
 //!
 //! Endpoints, all answering JSON:
 //!
@@ -17,12 +18,14 @@
 //!   `/v1/payment_intents`, newest first.
 //! - `GET /v1/orders?idempotency_key=KEY`: a `list` of the intents created through `/v1/orders`
 //!   with that `Idempotency-Key`, newest first.
-//! - `GET /__sim/ledger`, `GET`/`POST /__sim/faults`, `POST /__sim/reset`: inspection and control,
-//!   without authentication.
+//! - `GET /__sim/ledger`, `GET /__sim/lookups`, `GET`/`POST /__sim/faults`, `POST /__sim/reset`:
+//!   inspection and control, without authentication. `/__sim/lookups` lists every lookup answered
+//!   since the last reset, `{"lookups":[{"path","query","status","at_ms"}]}`, oldest first.
 //!
 //! The four `/v1` endpoints need `Authorization: Bearer <secret>`. The lookups exist so that an
 //! edge that lost a payment's outcome can ask whether it was charged before forwarding it again;
-//! they see a payment as soon as it executed, whether or not its response reached anyone.
+//! they see a payment as soon as it executed unless `search_lag_ms` is set, whether or not its
+//! response reached anyone.
 //!
 //! `params` parses requests, `state` holds the rules and no I/O, `wire` renders the JSON, and
 //! `server` is the HTTP shell over them.
@@ -36,7 +39,7 @@ mod wire;
 pub use server::{serve, RunningSim, MAX_BODY_BYTES};
 pub use state::{
     Begin, Charge, Endpoint, Executed, Faults, FaultsPatch, Ledger, Lookup, LookupCall,
-    PaymentCall, Reply, Simulator, Ticket,
+    LookupEntry, LookupLog, LookupTicket, PaymentCall, Reply, Simulator, Ticket,
 };
 
 /// The bearer secret paysim accepts unless told otherwise.

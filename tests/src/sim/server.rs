@@ -1,4 +1,4 @@
-//! The HTTP shell: accepts connections, routes requests, sleeps injected latency and moves bytes.
+//! The HTTP shell: accepts connections, routes requests, sleeps injected delays and moves bytes.
 //!
 //! It holds no payment rule; those are in `state`. It owns the two things `state` cannot do: the
 //! clock and closing a connection without a response. hyper is used directly, not a framework,
@@ -51,8 +51,9 @@ enum NoResponse {
     /// The client's body stream broke; there is no one left to answer.
     #[error("reading the request body failed")]
     Body(#[source] Box<dyn StdError + Send + Sync>),
-    /// The task executing the payment was cancelled, which only happens at runtime shutdown.
-    #[error("the payment task did not finish")]
+    /// The task executing the payment or lookup was cancelled, which only happens at runtime
+    /// shutdown.
+    #[error("the request task did not finish")]
     Execution(#[source] tokio::task::JoinError),
 }
 
@@ -156,16 +157,14 @@ async fn route(
         return payment(sim, endpoint, request).await;
     }
     if let (&Method::GET, Some(lookup)) = (&method, Lookup::from_path(&path)) {
-        let call = LookupCall {
-            lookup,
-            authorization: header_str(request.headers(), AUTHORIZATION),
-            query: request.uri().query(),
-        };
-        return Ok(reply_response(lock(sim).lookup(call)));
+        return lookup_request(sim, lookup, &request).await;
     }
     Ok(match (&method, path.as_str()) {
         (&Method::GET, "/__sim/ledger") => {
             json_response(StatusCode::OK, json_bytes(&lock(sim).ledger()))
+        }
+        (&Method::GET, "/__sim/lookups") => {
+            json_response(StatusCode::OK, json_bytes(&lock(sim).lookup_log()))
         }
         (&Method::GET, "/__sim/faults") => {
             json_response(StatusCode::OK, json_bytes(&lock(sim).faults()))
@@ -184,9 +183,10 @@ async fn route(
                 Err(e) => error_response(
                     status::BAD_REQUEST,
                     &ApiError::invalid_request(format!(
-                        "Invalid faults: {e}. Send a JSON object with any of honor_idempotency \
-                         (bool), fail_next, drop_after_commit_next, latency_ms, slow_next, \
-                         slow_ms (non-negative integers)."
+                        "Invalid faults: {e}. Send a JSON object with any of honor_idempotency, \
+                         lookups_down (bools), fail_next, drop_after_commit_next, latency_ms, \
+                         slow_next, slow_ms, search_lag_ms, lookup_slow_next, lookup_slow_ms \
+                         (non-negative integers)."
                     )),
                 ),
             }
@@ -221,7 +221,7 @@ async fn route(
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/v1/payment_intents" | "/__sim/reset" => Some("POST"),
-        "/v1/payment_intents/search" | "/__sim/ledger" => Some("GET"),
+        "/v1/payment_intents/search" | "/__sim/ledger" | "/__sim/lookups" => Some("GET"),
         "/v1/orders" | "/__sim/faults" => Some("GET, POST"),
         _ => None,
     }
@@ -264,7 +264,7 @@ async fn payment(
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
-        lock(&sim).execute(ticket, unix_now())
+        lock(&sim).execute(ticket, unix_now_ms())
     })
     .await
     .map_err(NoResponse::Execution)?;
@@ -273,6 +273,33 @@ async fn payment(
         return Err(NoResponse::DroppedAfterCommit);
     }
     Ok(reply_response(executed.reply))
+}
+
+async fn lookup_request(
+    sim: &SharedSim,
+    lookup: Lookup,
+    request: &Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, NoResponse> {
+    let call = LookupCall {
+        lookup,
+        authorization: header_str(request.headers(), AUTHORIZATION),
+        query: request.uri().query(),
+    };
+    let ticket = lock(sim).begin_lookup(call);
+    if ticket.delay().is_zero() {
+        return Ok(reply_response(lock(sim).lookup(ticket, unix_now_ms())));
+    }
+    // The wait is outside the lock, so payments and other lookups go on meanwhile; and in its own
+    // task, so that a client that hangs up (an edge timing out) still gets its lookup answered
+    // and logged, which is how a test sees that the edge did ask.
+    let sim = Arc::clone(sim);
+    let reply = tokio::spawn(async move {
+        tokio::time::sleep(ticket.delay()).await;
+        lock(&sim).lookup(ticket, unix_now_ms())
+    })
+    .await
+    .map_err(NoResponse::Execution)?;
+    Ok(reply_response(reply))
 }
 
 /// A header's value, if it is visible ASCII; other values cannot be ours to match, so they count as
@@ -325,10 +352,12 @@ async fn read_body(
     Ok(Ok(Bytes::from(collected)))
 }
 
-fn unix_now() -> u64 {
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn reply_response(reply: Reply) -> Response<Full<Bytes>> {

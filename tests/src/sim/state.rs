@@ -5,8 +5,10 @@
 //! holding a lock: [`Simulator::begin`] authenticates, validates and claims the idempotency key,
 //! and either answers at once or hands back a [`Ticket`]; after waiting [`Ticket::latency`], the
 //! shell passes the ticket and the current time to [`Simulator::execute`], which applies the
-//! faults, charges and stores the result. A lookup ([`Simulator::lookup`]) is one step: it only
-//! reads. This module reads no clock and sleeps nowhere.
+//! faults, charges and stores the result. A lookup has two steps for the same reason:
+//! [`Simulator::begin_lookup`] authenticates, parses and decides the `lookup_slow_next` delay, and
+//! after [`LookupTicket::delay`] [`Simulator::lookup`] answers from the state at that moment. This
+//! module reads no clock and sleeps nowhere: the shell passes the time in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -170,6 +172,65 @@ pub struct Executed {
     pub drop_connection: bool,
 }
 
+/// A lookup that [`Simulator::begin_lookup`] took in: answer it with [`Simulator::lookup`] after
+/// waiting [`LookupTicket::delay`].
+///
+/// Not `Clone`, like [`Ticket`]: each lookup is answered, and logged, once.
+#[derive(Debug)]
+#[must_use]
+pub struct LookupTicket {
+    lookup: Lookup,
+    /// The raw query string, for the log.
+    query: String,
+    /// What to look for, or the refusal already decided (authentication or query).
+    question: Result<Question, Reply>,
+    delay: Duration,
+    epoch: u64,
+}
+
+impl LookupTicket {
+    /// How long to wait before answering: `lookup_slow_ms` when the `lookup_slow_next` fault
+    /// picked this lookup, otherwise zero.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+}
+
+/// What a well-formed, authenticated lookup asks for.
+#[derive(Debug)]
+enum Question {
+    /// PaymentIntents created through [`Endpoint::PaymentIntents`] with this metadata.
+    Metadata(params::MetadataEquals),
+    /// PaymentIntents created through [`Endpoint::Orders`] with this `Idempotency-Key`.
+    IdempotencyKey(String),
+}
+
+/// One lookup paysim answered, an element of [`LookupLog`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupEntry {
+    /// The request path, e.g. `/v1/payment_intents/search`.
+    pub path: String,
+    /// The URL's query string as received, still percent-encoded, without the `?`; empty when
+    /// there was none.
+    pub query: String,
+    /// The status it was answered with.
+    pub status: u16,
+    /// Unix milliseconds when it was answered, after any `lookup_slow_ms`.
+    pub at_ms: u64,
+}
+
+/// Every lookup answered since the last reset, oldest first; `GET /__sim/lookups`.
+///
+/// It exists because an edge's responses cannot show whether it asked the backend before
+/// answering: a black-box test reads it here. A lookup whose client hung up while it was delayed
+/// is still answered, and listed, as a server would; one begun before a reset is not listed, so
+/// that a test never sees its predecessor's lookups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LookupLog {
+    /// The lookups, oldest first.
+    pub lookups: Vec<LookupEntry>,
+}
+
 /// The injectable faults and the idempotency switch, as `GET /__sim/faults` shows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Faults {
@@ -185,6 +246,29 @@ pub struct Faults {
     pub slow_next: u32,
     /// The extra delay of a request picked by `slow_next`, on top of `latency_ms`.
     pub slow_ms: u64,
+    /// How long a PaymentIntent stays invisible to both lookups after it was created (executed),
+    /// in milliseconds; 0 shows it at once.
+    ///
+    /// Stripe's Search is eventually consistent, and an edge that trusts a "not found" read right
+    /// after a lost response charges twice. <https://docs.stripe.com/search>, "Data freshness":
+    /// "Don’t use search for read-after-write flows (for example, searching immediately after a
+    /// charge is made) because the data won’t be immediately available to search. Under normal
+    /// operating conditions, data is searchable in under 1 minute. Propagation of new or updated
+    /// data could be delayed during an outage." Stripe's list APIs are not delayed, but the
+    /// `/v1/orders` lookup lags too: it stands for any backend, whose lookup may read a replica.
+    ///
+    /// Visibility is decided when a lookup answers, as `now >= created + search_lag_ms` with the
+    /// current value, so changing it hides or shows intents created earlier at once.
+    pub search_lag_ms: u64,
+    /// Every lookup that authenticates and asks a well-formed question answers 503 (`api_error`)
+    /// until this is turned off; payments are unaffected. A search outage, during which an edge
+    /// can learn nothing about an unknown outcome and must not take that for "not charged".
+    pub lookups_down: bool,
+    /// How many of the next well-formed, authenticated lookups wait an extra `lookup_slow_ms`
+    /// before answering, to push a lookup past the edge's timeout.
+    pub lookup_slow_next: u32,
+    /// The extra delay of a lookup picked by `lookup_slow_next`.
+    pub lookup_slow_ms: u64,
 }
 
 impl Default for Faults {
@@ -196,6 +280,10 @@ impl Default for Faults {
             latency_ms: 0,
             slow_next: 0,
             slow_ms: 0,
+            search_lag_ms: 0,
+            lookups_down: false,
+            lookup_slow_next: 0,
+            lookup_slow_ms: 0,
         }
     }
 }
@@ -222,6 +310,18 @@ pub struct FaultsPatch {
     /// New value of [`Faults::slow_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_ms: Option<u64>,
+    /// New value of [`Faults::search_lag_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_lag_ms: Option<u64>,
+    /// New value of [`Faults::lookups_down`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_down: Option<bool>,
+    /// New value of [`Faults::lookup_slow_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_slow_next: Option<u32>,
+    /// New value of [`Faults::lookup_slow_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup_slow_ms: Option<u64>,
 }
 
 /// One executed charge: a PaymentIntent that succeeded.
@@ -257,6 +357,8 @@ struct CreatedIntent {
     /// The `Idempotency-Key` the creating request carried, honoured or not.
     idempotency_key: Option<String>,
     metadata: BTreeMap<String, String>,
+    /// Unix milliseconds at execution, from which `search_lag_ms` counts.
+    created_at_ms: u64,
     /// The intent's JSON exactly as in the response to the creating request (for a decline,
     /// inside the error body), so that a lookup shows a client what it missed, byte for byte.
     json: Box<RawValue>,
@@ -277,6 +379,8 @@ pub struct Simulator {
     ledger: Vec<Charge>,
     /// Every PaymentIntent created since the last reset, oldest first, whatever its status.
     created: Vec<CreatedIntent>,
+    /// Every lookup answered since the last reset, oldest first.
+    lookups: Vec<LookupEntry>,
     keys: HashMap<(Endpoint, String), StoredKey>,
     /// Bumped by [`Simulator::reset`] so that a request in flight across a reset cannot write
     /// into the fresh state.
@@ -291,6 +395,7 @@ impl Simulator {
             faults: Faults::default(),
             ledger: Vec::new(),
             created: Vec::new(),
+            lookups: Vec::new(),
             keys: HashMap::new(),
             epoch: 0,
         }
@@ -312,6 +417,10 @@ impl Simulator {
         faults.latency_ms = patch.latency_ms.unwrap_or(faults.latency_ms);
         faults.slow_next = patch.slow_next.unwrap_or(faults.slow_next);
         faults.slow_ms = patch.slow_ms.unwrap_or(faults.slow_ms);
+        faults.search_lag_ms = patch.search_lag_ms.unwrap_or(faults.search_lag_ms);
+        faults.lookups_down = patch.lookups_down.unwrap_or(faults.lookups_down);
+        faults.lookup_slow_next = patch.lookup_slow_next.unwrap_or(faults.lookup_slow_next);
+        faults.lookup_slow_ms = patch.lookup_slow_ms.unwrap_or(faults.lookup_slow_ms);
         *faults
     }
 
@@ -322,15 +431,23 @@ impl Simulator {
         }
     }
 
-    /// Empties the ledger, the record of created PaymentIntents and the idempotency store, and
-    /// restores the default faults.
+    /// Every lookup answered since the last reset.
+    pub fn lookup_log(&self) -> LookupLog {
+        LookupLog {
+            lookups: self.lookups.clone(),
+        }
+    }
+
+    /// Empties the ledger, the record of created PaymentIntents, the lookup log and the
+    /// idempotency store, and restores the default faults.
     ///
     /// Requests in flight at that moment answer 503 and charge nothing when they reach
-    /// [`Simulator::execute`].
+    /// [`Simulator::execute`]; lookups in flight are answered from the fresh state and not logged.
     pub fn reset(&mut self) {
         self.faults = Faults::default();
         self.ledger.clear();
         self.created.clear();
+        self.lookups.clear();
         self.keys.clear();
         self.epoch += 1;
     }
@@ -399,8 +516,9 @@ impl Simulator {
 
     /// Second step: the `fail_next` fault, the payment itself, storing, and `drop_after_commit_next`.
     ///
-    /// `now_unix` is the execution time in Unix seconds, recorded as `created`.
-    pub fn execute(&mut self, ticket: Ticket, now_unix: u64) -> Executed {
+    /// `now_ms` is the execution time in Unix milliseconds: in seconds it is the intent's
+    /// `created`, and `search_lag_ms` counts from it.
+    pub fn execute(&mut self, ticket: Ticket, now_ms: u64) -> Executed {
         let scope = ticket
             .idempotency_key
             .clone()
@@ -432,7 +550,7 @@ impl Simulator {
             };
         }
 
-        let (status, body) = self.pay(&ticket, now_unix);
+        let (status, body) = self.pay(&ticket, now_ms);
         if let (true, Some(scope)) = (ticket.claimed, &scope) {
             if let Some(stored) = self.keys.get_mut(scope) {
                 stored.result = Some((status, body.clone()));
@@ -448,35 +566,92 @@ impl Simulator {
         }
     }
 
-    /// A lookup: which PaymentIntents were created under a metadata value or an idempotency key.
+    /// First step of a lookup: authentication, the query, and the `lookup_slow_next` fault.
     ///
-    /// Answers from everything executed so far, whether its response reached the client or not,
-    /// and whatever `honor_idempotency` says; a request still waiting to execute is not there yet.
-    /// Matches come newest first, as Stripe orders search results, each element byte for byte
-    /// the intent's JSON in the response that created it.
-    pub fn lookup(&self, call: LookupCall<'_>) -> Reply {
-        if let Err(error) = self.authenticate(call.authorization) {
-            return Reply::error(status::UNAUTHORIZED, &error);
+    /// Nothing is searched yet: [`Simulator::lookup`] reads the intents when it answers, so a
+    /// delayed lookup sees what was created while it waited, as a slow server would.
+    pub fn begin_lookup(&mut self, call: LookupCall<'_>) -> LookupTicket {
+        let question = match self.authenticate(call.authorization) {
+            Err(error) => Err(Reply::error(status::UNAUTHORIZED, &error)),
+            Ok(()) => match call.lookup {
+                Lookup::PaymentIntentSearch => {
+                    params::parse_search(call.query).map(Question::Metadata)
+                }
+                Lookup::OrdersByKey => {
+                    params::parse_orders_lookup(call.query).map(Question::IdempotencyKey)
+                }
+            }
+            .map_err(|error| Reply::error(status::BAD_REQUEST, &error)),
+        };
+        let mut delay = Duration::ZERO;
+        // Like slow_next, refused requests are not picked, so a test knows which lookup is slow.
+        if question.is_ok() && self.faults.lookup_slow_next > 0 {
+            self.faults.lookup_slow_next -= 1;
+            delay = Duration::from_millis(self.faults.lookup_slow_ms);
         }
-        let url = call.lookup.path();
-        let body = match call.lookup {
-            Lookup::PaymentIntentSearch => params::parse_search(call.query).map(|wanted| {
+        LookupTicket {
+            lookup: call.lookup,
+            query: call.query.unwrap_or_default().to_owned(),
+            question,
+            delay,
+            epoch: self.epoch,
+        }
+    }
+
+    /// Second step of a lookup: answers it as of `now_ms` (Unix milliseconds) and logs it.
+    ///
+    /// Finds the PaymentIntents created at least `search_lag_ms` before `now_ms`, whether their
+    /// response reached the client or not, and whatever `honor_idempotency` says; a request still
+    /// waiting to execute is not there yet. Matches come newest first, as Stripe orders search
+    /// results, each element byte for byte the intent's JSON in the response that created it.
+    /// Under `lookups_down` every lookup that got this far answers 503 instead.
+    #[must_use]
+    pub fn lookup(&mut self, ticket: LookupTicket, now_ms: u64) -> Reply {
+        let LookupTicket {
+            lookup,
+            query,
+            question,
+            epoch,
+            ..
+        } = ticket;
+        let reply = match question {
+            Err(refused) => refused,
+            Ok(_) if self.faults.lookups_down => {
+                Reply::error(status::SERVICE_UNAVAILABLE, &lookups_down())
+            }
+            Ok(question) => self.search(lookup, &question, now_ms),
+        };
+        if epoch == self.epoch {
+            self.lookups.push(LookupEntry {
+                path: lookup.path().to_owned(),
+                query,
+                status: reply.status,
+                at_ms: now_ms,
+            });
+        }
+        reply
+    }
+
+    fn search(&self, lookup: Lookup, question: &Question, now_ms: u64) -> Reply {
+        let lag = self.faults.search_lag_ms;
+        // Saturating: with no lag, a wall clock stepped back must not hide what just executed.
+        let visible = |intent: &CreatedIntent| now_ms.saturating_sub(intent.created_at_ms) >= lag;
+        let url = lookup.path();
+        let body = match question {
+            Question::Metadata(wanted) => {
                 let found = self.created_newest_first(Endpoint::PaymentIntents, |intent| {
-                    intent.metadata.get(&wanted.key) == Some(&wanted.value)
+                    visible(intent) && intent.metadata.get(&wanted.key) == Some(&wanted.value)
                 });
                 json_bytes(&SearchResult::complete(url, found))
-            }),
-            Lookup::OrdersByKey => params::parse_orders_lookup(call.query).map(|key| {
+            }
+            Question::IdempotencyKey(key) => {
                 let found = self.created_newest_first(Endpoint::Orders, |intent| {
-                    intent.idempotency_key.as_deref() == Some(key.as_str())
+                    visible(intent) && intent.idempotency_key.as_deref() == Some(key.as_str())
                 });
                 json_bytes(&List::complete(url, found))
-            }),
+            }
         };
-        match body {
-            Ok(body) => Reply::fresh(status::OK, body),
-            Err(error) => Reply::error(status::BAD_REQUEST, &error),
-        }
+        Reply::fresh(status::OK, body)
     }
 
     fn created_newest_first(
@@ -510,7 +685,8 @@ impl Simulator {
     }
 
     /// The payment itself: the outcome is decided by the test payment method, as on Stripe.
-    fn pay(&mut self, ticket: &Ticket, now_unix: u64) -> (u16, Bytes) {
+    fn pay(&mut self, ticket: &Ticket, now_ms: u64) -> (u16, Bytes) {
+        let now_unix = now_ms / 1000;
         let params = &ticket.params;
         let intent = |status, payment_method: Option<&str>| PaymentIntent {
             id: ids::payment_intent_id(),
@@ -526,7 +702,7 @@ impl Simulator {
         match method {
             "pm_card_visa" | "pm_card_mastercard" | "pm_card_chargeDeclined" if !params.confirm => {
                 let intent = intent("requires_confirmation", Some(method));
-                (status::OK, self.record(ticket, &intent))
+                (status::OK, self.record(ticket, &intent, now_ms))
             }
             "pm_card_visa" | "pm_card_mastercard" => {
                 let intent = intent("succeeded", Some(method));
@@ -539,12 +715,12 @@ impl Simulator {
                     customer: params.customer().map(str::to_owned),
                     created: now_unix,
                 });
-                (status::OK, self.record(ticket, &intent))
+                (status::OK, self.record(ticket, &intent, now_ms))
             }
             "pm_card_chargeDeclined" => {
                 // Stripe detaches the failed method, so the intent asks for a new one.
                 let intent = intent("requires_payment_method", None);
-                self.record(ticket, &intent);
+                self.record(ticket, &intent, now_ms);
                 // Serialized again inside the error, by the same serializer: the same bytes.
                 let error = ApiError::card_declined(intent);
                 (status::PAYMENT_REQUIRED, error.to_body())
@@ -557,13 +733,14 @@ impl Simulator {
     }
 
     /// Keeps `intent` for the lookups and returns its JSON, the very bytes they will answer.
-    fn record(&mut self, ticket: &Ticket, intent: &PaymentIntent) -> Bytes {
+    fn record(&mut self, ticket: &Ticket, intent: &PaymentIntent, now_ms: u64) -> Bytes {
         let json = raw_json(intent);
         let bytes = Bytes::copy_from_slice(json.get().as_bytes());
         self.created.push(CreatedIntent {
             endpoint: ticket.endpoint,
             idempotency_key: ticket.idempotency_key.clone(),
             metadata: intent.metadata.clone(),
+            created_at_ms: now_ms,
             json,
         });
         bytes
@@ -580,6 +757,13 @@ fn redact(key: &str) -> String {
         .rev()
         .collect();
     format!("****{tail}")
+}
+
+fn lookups_down() -> ApiError {
+    ApiError::api(
+        "The lookup is unavailable (injected lookups_down fault). This says nothing about whether \
+         the payment was made; payments are still accepted.",
+    )
 }
 
 fn in_progress(key: &str) -> ApiError {
@@ -614,6 +798,9 @@ mod tests {
         &metadata[order_ref]=ord_1&metadata[customer]=cus_1";
     const DECLINED: &str = "amount=1999&currency=usd&payment_method=pm_card_chargeDeclined\
         &confirm=true&return_url=https%3A%2F%2Fshop.example%2Fdone";
+    /// When every step of a test happens unless it says otherwise, in Unix milliseconds.
+    const NOW_MS: u64 = 1_700_000_000_123;
+    /// [`NOW_MS`] in Unix seconds, as Stripe's `created`.
     const NOW: u64 = 1_700_000_000;
 
     fn sim() -> Simulator {
@@ -637,7 +824,7 @@ mod tests {
         match sim.begin(call) {
             Begin::Respond(reply) => (reply, false),
             Begin::Execute(ticket) => {
-                let executed = sim.execute(ticket, NOW);
+                let executed = sim.execute(ticket, NOW_MS);
                 (executed.reply, executed.drop_connection)
             }
         }
@@ -780,7 +967,7 @@ mod tests {
         };
         assert_eq!(busy.status, 409);
         assert_eq!(json(&busy)["error"]["type"], "idempotency_error");
-        assert_eq!(sim.execute(first, NOW).reply.status, 200);
+        assert_eq!(sim.execute(first, NOW_MS).reply.status, 200);
         assert!(run(&mut sim, call(VISA, Some("k"))).0.replayed);
         assert_eq!(sim.ledger().charges.len(), 1);
     }
@@ -842,7 +1029,7 @@ mod tests {
         let mut sim = sim();
         let in_flight = ticket(sim.begin(call(VISA, Some("k"))));
         sim.reset();
-        assert_eq!(sim.execute(in_flight, NOW).reply.status, 503);
+        assert_eq!(sim.execute(in_flight, NOW_MS).reply.status, 503);
         assert!(sim.ledger().charges.is_empty());
         assert!(!run(&mut sim, call(VISA, Some("k"))).0.replayed);
     }
@@ -858,6 +1045,10 @@ mod tests {
             latency_ms: Some(9),
             slow_next: Some(4),
             slow_ms: Some(300),
+            search_lag_ms: Some(60_000),
+            lookups_down: Some(true),
+            lookup_slow_next: Some(5),
+            lookup_slow_ms: Some(700),
         });
         sim.reset();
         assert_eq!(sim.faults(), Faults::default());
@@ -906,7 +1097,7 @@ mod tests {
         let first = ticket(sim.begin(call(VISA, Some("k1"))));
         assert_eq!(first.latency(), slow);
         assert_eq!(sim.faults().slow_next, 1);
-        let _ = sim.execute(first, NOW);
+        let _ = sim.execute(first, NOW_MS);
 
         // Requests answered without executing are not picked.
         let unauthorized = PaymentCall {
@@ -925,23 +1116,39 @@ mod tests {
         assert_eq!(sim.faults().slow_ms, 300);
     }
 
-    fn lookup(sim: &Simulator, lookup: Lookup, query: &str) -> Reply {
-        sim.lookup(LookupCall {
+    /// Both steps of a lookup back to back, answered at `now_ms`, as the shell does without delay.
+    fn answer(sim: &mut Simulator, call: LookupCall<'_>, now_ms: u64) -> Reply {
+        let ticket = sim.begin_lookup(call);
+        sim.lookup(ticket, now_ms)
+    }
+
+    fn lookup_call<'a>(lookup: Lookup, query: &'a str) -> LookupCall<'a> {
+        LookupCall {
             lookup,
             authorization: Some(AUTH),
             query: Some(query),
-        })
+        }
     }
 
-    fn search(sim: &Simulator, key: &str, value: &str) -> Reply {
+    fn lookup(sim: &mut Simulator, lookup: Lookup, query: &str) -> Reply {
+        answer(sim, lookup_call(lookup, query), NOW_MS)
+    }
+
+    fn search_query(key: &str, value: &str) -> String {
         let query = format!("metadata['{key}']:'{value}'");
-        let query_string = serde_urlencoded::to_string([("query", query)]).unwrap();
-        lookup(sim, Lookup::PaymentIntentSearch, &query_string)
+        serde_urlencoded::to_string([("query", query)]).unwrap()
     }
 
-    fn orders_by_key(sim: &Simulator, key: &str) -> Reply {
-        let query_string = serde_urlencoded::to_string([("idempotency_key", key)]).unwrap();
-        lookup(sim, Lookup::OrdersByKey, &query_string)
+    fn orders_query(key: &str) -> String {
+        serde_urlencoded::to_string([("idempotency_key", key)]).unwrap()
+    }
+
+    fn search(sim: &mut Simulator, key: &str, value: &str) -> Reply {
+        lookup(sim, Lookup::PaymentIntentSearch, &search_query(key, value))
+    }
+
+    fn orders_by_key(sim: &mut Simulator, key: &str) -> Reply {
+        lookup(sim, Lookup::OrdersByKey, &orders_query(key))
     }
 
     /// The elements of a lookup's `data`, as raw JSON text.
@@ -1046,22 +1253,22 @@ mod tests {
         run(&mut sim, order_call(ORDER, Some("a")));
 
         assert_eq!(
-            found(&search(&sim, "chargeonce_key", "ck_1")),
+            found(&search(&mut sim, "chargeonce_key", "ck_1")),
             [text(&newer), text(&older)]
         );
-        assert_eq!(found(&search(&sim, "chargeonce_key", "ck_2")).len(), 1);
+        assert_eq!(found(&search(&mut sim, "chargeonce_key", "ck_2")).len(), 1);
         // The order shares order_ref and a key with the form intents but is not searched.
-        assert_eq!(found(&search(&sim, "order_ref", "ord_1")).len(), 3);
-        assert!(found(&search(&sim, "chargeonce_key", "ck_")).is_empty());
-        assert!(found(&search(&sim, "chargeonce_key", "CK_1")).is_empty());
-        assert!(found(&search(&sim, "a", "ck_1")).is_empty());
+        assert_eq!(found(&search(&mut sim, "order_ref", "ord_1")).len(), 3);
+        assert!(found(&search(&mut sim, "chargeonce_key", "ck_")).is_empty());
+        assert!(found(&search(&mut sim, "chargeonce_key", "CK_1")).is_empty());
+        assert!(found(&search(&mut sim, "a", "ck_1")).is_empty());
 
-        let nothing = search(&sim, "chargeonce_key", "ck_3");
+        let nothing = search(&mut sim, "chargeonce_key", "ck_3");
         assert_eq!(
             text(&nothing),
             r#"{"object":"search_result","url":"/v1/payment_intents/search","has_more":false,"next_page":null,"data":[]}"#
         );
-        let one = search(&sim, "chargeonce_key", "ck_2");
+        let one = search(&mut sim, "chargeonce_key", "ck_2");
         let found_one = &found(&one)[0];
         assert_eq!(
             text(&one),
@@ -1077,7 +1284,7 @@ mod tests {
         let declined = format!("{DECLINED}&metadata[chargeonce_key]=ck_d");
         let reply = run(&mut sim, call(&declined, Some("k"))).0;
         assert_eq!(reply.status, 402);
-        let found = found(&search(&sim, "chargeonce_key", "ck_d"));
+        let found = found(&search(&mut sim, "chargeonce_key", "ck_d"));
         assert_eq!(found.len(), 1);
         let intent: Value = serde_json::from_str(&found[0]).unwrap();
         assert_eq!(intent["status"], "requires_payment_method");
@@ -1097,7 +1304,7 @@ mod tests {
         let (lost, dropped) = run(&mut sim, call(&form, Some("ck_lost")));
         assert!(dropped);
         assert_eq!(
-            found(&search(&sim, "chargeonce_key", "ck_lost")),
+            found(&search(&mut sim, "chargeonce_key", "ck_lost")),
             [text(&lost)]
         );
         let (lost_order, dropped) = {
@@ -1108,12 +1315,15 @@ mod tests {
             run(&mut sim, order_call(ORDER, Some("ck_lost")))
         };
         assert!(dropped);
-        assert_eq!(found(&orders_by_key(&sim, "ck_lost")), [text(&lost_order)]);
+        assert_eq!(
+            found(&orders_by_key(&mut sim, "ck_lost")),
+            [text(&lost_order)]
+        );
 
         // The naive backend charges the retry again; both charges are there to see.
         let again = run(&mut sim, call(&form, Some("ck_lost"))).0;
         assert_eq!(
-            found(&search(&sim, "chargeonce_key", "ck_lost")),
+            found(&search(&mut sim, "chargeonce_key", "ck_lost")),
             [text(&again), text(&lost)]
         );
         assert_eq!(sim.ledger().charges.len(), 3);
@@ -1123,9 +1333,12 @@ mod tests {
     fn lookups_see_a_payment_once_it_executes_and_not_before() {
         let mut sim = sim();
         let pending = ticket(sim.begin(order_call(ORDER, Some("k"))));
-        assert!(found(&orders_by_key(&sim, "k")).is_empty());
-        let executed = sim.execute(pending, NOW);
-        assert_eq!(found(&orders_by_key(&sim, "k")), [text(&executed.reply)]);
+        assert!(found(&orders_by_key(&mut sim, "k")).is_empty());
+        let executed = sim.execute(pending, NOW_MS);
+        assert_eq!(
+            found(&orders_by_key(&mut sim, "k")),
+            [text(&executed.reply)]
+        );
     }
 
     #[test]
@@ -1141,7 +1354,7 @@ mod tests {
         run(&mut sim, call(VISA, Some("k")));
         let second = run(&mut sim, order_call(ORDER, Some("k"))).0;
 
-        let reply = orders_by_key(&sim, "k");
+        let reply = orders_by_key(&mut sim, "k");
         assert_eq!(
             text(&reply),
             format!(
@@ -1150,10 +1363,10 @@ mod tests {
                 text(&first)
             )
         );
-        assert_eq!(found(&orders_by_key(&sim, "other")).len(), 1);
-        assert!(found(&orders_by_key(&sim, "K")).is_empty());
+        assert_eq!(found(&orders_by_key(&mut sim, "other")).len(), 1);
+        assert!(found(&orders_by_key(&mut sim, "K")).is_empty());
         assert_eq!(
-            text(&orders_by_key(&sim, "unknown")),
+            text(&orders_by_key(&mut sim, "unknown")),
             r#"{"object":"list","url":"/v1/orders","has_more":false,"data":[]}"#
         );
     }
@@ -1164,23 +1377,24 @@ mod tests {
         run(&mut sim, order_call(ORDER, Some("k")));
         for lookup in [Lookup::PaymentIntentSearch, Lookup::OrdersByKey] {
             for authorization in [None, Some("Bearer sk_test_wrong")] {
-                let reply = sim.lookup(LookupCall {
+                let call = LookupCall {
                     lookup,
                     authorization,
                     query: Some("idempotency_key=k&query=metadata['order_ref']:'ord_1'"),
-                });
+                };
+                let reply = answer(&mut sim, call, NOW_MS);
                 assert_eq!(reply.status, 401, "{lookup:?} {authorization:?}");
                 assert_eq!(json(&reply)["error"]["type"], "invalid_request_error");
             }
         }
         let bad = lookup(
-            &sim,
+            &mut sim,
             Lookup::PaymentIntentSearch,
             "query=status:'succeeded'",
         );
         assert_eq!(bad.status, 400);
         assert_eq!(json(&bad)["error"]["param"], "query");
-        let bad = lookup(&sim, Lookup::OrdersByKey, "key=k");
+        let bad = lookup(&mut sim, Lookup::OrdersByKey, "key=k");
         assert_eq!(bad.status, 400);
         assert_eq!(json(&bad)["error"]["param"], "idempotency_key");
     }
@@ -1194,12 +1408,264 @@ mod tests {
         let in_flight = ticket(sim.begin(call(&form, Some("k2"))));
         let order_in_flight = ticket(sim.begin(order_call(ORDER, Some("k2"))));
         sim.reset();
-        assert!(found(&search(&sim, "chargeonce_key", "ck")).is_empty());
-        assert!(found(&orders_by_key(&sim, "k1")).is_empty());
+        assert!(found(&search(&mut sim, "chargeonce_key", "ck")).is_empty());
+        assert!(found(&orders_by_key(&mut sim, "k1")).is_empty());
 
-        assert_eq!(sim.execute(in_flight, NOW).reply.status, 503);
-        assert_eq!(sim.execute(order_in_flight, NOW).reply.status, 503);
-        assert!(found(&search(&sim, "chargeonce_key", "ck")).is_empty());
-        assert!(found(&orders_by_key(&sim, "k2")).is_empty());
+        assert_eq!(sim.execute(in_flight, NOW_MS).reply.status, 503);
+        assert_eq!(sim.execute(order_in_flight, NOW_MS).reply.status, 503);
+        assert!(found(&search(&mut sim, "chargeonce_key", "ck")).is_empty());
+        assert!(found(&orders_by_key(&mut sim, "k2")).is_empty());
+    }
+
+    fn search_at(sim: &mut Simulator, value: &str, now_ms: u64) -> Vec<String> {
+        let query = search_query("chargeonce_key", value);
+        found(&answer(
+            sim,
+            lookup_call(Lookup::PaymentIntentSearch, &query),
+            now_ms,
+        ))
+    }
+
+    fn orders_at(sim: &mut Simulator, key: &str, now_ms: u64) -> Vec<String> {
+        let query = orders_query(key);
+        found(&answer(
+            sim,
+            lookup_call(Lookup::OrdersByKey, &query),
+            now_ms,
+        ))
+    }
+
+    #[test]
+    fn search_lag_hides_each_intent_from_both_lookups_until_it_has_passed() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(1000),
+            ..FaultsPatch::default()
+        });
+        let form = format!("{VISA}&metadata[chargeonce_key]=ck");
+        let paid = text(&run(&mut sim, call(&form, Some("ck"))).0);
+        let order = text(&run(&mut sim, order_call(ORDER, Some("ck"))).0);
+        let later = ticket(sim.begin(call(&form, Some("ck_later"))));
+        let later = text(&sim.execute(later, NOW_MS + 500).reply);
+        assert_eq!(sim.created[0].created_at_ms, NOW_MS);
+        // The charge itself is not lagged: only what the lookups see is.
+        assert_eq!(sim.ledger().charges.len(), 3);
+
+        for now_ms in [NOW_MS, NOW_MS + 999] {
+            assert!(search_at(&mut sim, "ck", now_ms).is_empty(), "{now_ms}");
+            assert!(orders_at(&mut sim, "ck", now_ms).is_empty(), "{now_ms}");
+        }
+        assert_eq!(search_at(&mut sim, "ck", NOW_MS + 1000), [paid.as_str()]);
+        assert_eq!(orders_at(&mut sim, "ck", NOW_MS + 1000), [order.as_str()]);
+        assert_eq!(
+            search_at(&mut sim, "ck", NOW_MS + 1500),
+            [later.as_str(), paid.as_str()]
+        );
+        // A wall clock stepped back hides, it does not wrap around and show.
+        assert!(search_at(&mut sim, "ck", NOW_MS - 5000).is_empty());
+
+        // The lag in force when a lookup answers decides, whatever it was at creation.
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(0),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(
+            search_at(&mut sim, "ck", NOW_MS - 5000),
+            [later.as_str(), paid.as_str()]
+        );
+        assert_eq!(orders_at(&mut sim, "ck", NOW_MS), [order.as_str()]);
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(60_000),
+            ..FaultsPatch::default()
+        });
+        assert!(search_at(&mut sim, "ck", NOW_MS + 59_999).is_empty());
+        assert_eq!(search_at(&mut sim, "ck", NOW_MS + 60_000), [paid.as_str()]);
+    }
+
+    #[test]
+    fn lookups_down_answers_503_until_turned_off_and_payments_still_charge() {
+        let mut sim = sim();
+        let order = text(&run(&mut sim, order_call(ORDER, Some("k"))).0);
+        sim.apply_faults(FaultsPatch {
+            lookups_down: Some(true),
+            ..FaultsPatch::default()
+        });
+        for _ in 0..3 {
+            for reply in [
+                orders_by_key(&mut sim, "k"),
+                search(&mut sim, "order_ref", "ord_1"),
+            ] {
+                assert_eq!(reply.status, 503);
+                let error = &json(&reply)["error"];
+                assert_eq!(error["type"], "api_error");
+                assert!(error["message"].as_str().unwrap().contains("lookups_down"));
+            }
+        }
+        // Not a counter: it stays down until turned off.
+        assert!(sim.faults().lookups_down);
+        // Refusals are decided before the search is reached.
+        let unauthorized = LookupCall {
+            authorization: None,
+            ..lookup_call(Lookup::OrdersByKey, "idempotency_key=k")
+        };
+        assert_eq!(answer(&mut sim, unauthorized, NOW_MS).status, 401);
+        assert_eq!(lookup(&mut sim, Lookup::OrdersByKey, "key=k").status, 400);
+
+        let paid = run(&mut sim, call(VISA, Some("k2"))).0;
+        assert_eq!((paid.status, sim.ledger().charges.len()), (200, 2));
+
+        sim.apply_faults(FaultsPatch {
+            lookups_down: Some(false),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(found(&orders_by_key(&mut sim, "k")), [order]);
+        assert_eq!(found(&search(&mut sim, "customer", "cus_1")), [text(&paid)]);
+    }
+
+    #[test]
+    fn lookup_slow_next_delays_only_that_many_lookups_which_answer_what_is_there_after() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            latency_ms: Some(10),
+            lookup_slow_next: Some(2),
+            lookup_slow_ms: Some(400),
+            ..FaultsPatch::default()
+        });
+        let slow = Duration::from_millis(400);
+        let query = search_query("chargeonce_key", "ck");
+        let first = sim.begin_lookup(lookup_call(Lookup::PaymentIntentSearch, &query));
+        assert_eq!(first.delay(), slow);
+        assert_eq!(sim.faults().lookup_slow_next, 1);
+
+        // Refused lookups and payments are not picked, and payments get no lookup delay.
+        let unauthorized = LookupCall {
+            authorization: None,
+            ..lookup_call(Lookup::OrdersByKey, "idempotency_key=k")
+        };
+        assert!(sim.begin_lookup(unauthorized).delay().is_zero());
+        let bad = lookup_call(Lookup::OrdersByKey, "key=k");
+        assert!(sim.begin_lookup(bad).delay().is_zero());
+        let form = format!("{VISA}&metadata[chargeonce_key]=ck");
+        let payment = ticket(sim.begin(call(&form, Some("ck"))));
+        assert_eq!(payment.latency(), Duration::from_millis(10));
+        assert_eq!(sim.faults().lookup_slow_next, 1);
+
+        // What executed while the slow lookup waited is in its answer.
+        let paid = text(&sim.execute(payment, NOW_MS).reply);
+        assert_eq!(found(&sim.lookup(first, NOW_MS + 400)), [paid]);
+
+        let orders = orders_query("k");
+        let second = sim.begin_lookup(lookup_call(Lookup::OrdersByKey, &orders));
+        assert_eq!(second.delay(), slow);
+        assert_eq!(sim.faults().lookup_slow_next, 0);
+        let third = sim.begin_lookup(lookup_call(Lookup::OrdersByKey, &orders));
+        assert!(third.delay().is_zero());
+        assert_eq!(sim.faults().lookup_slow_ms, 400);
+    }
+
+    #[test]
+    fn lookup_log_lists_answered_lookups_in_answer_order_until_reset() {
+        let mut sim = sim();
+        assert!(sim.lookup_log().lookups.is_empty());
+        run(&mut sim, order_call(ORDER, Some("k")));
+        let search_k = search_query("chargeonce_key", "k");
+        let slow = {
+            sim.apply_faults(FaultsPatch {
+                lookup_slow_next: Some(1),
+                lookup_slow_ms: Some(900),
+                ..FaultsPatch::default()
+            });
+            sim.begin_lookup(lookup_call(Lookup::PaymentIntentSearch, &search_k))
+        };
+        fn answered(sim: &mut Simulator, call: LookupCall<'_>, now_ms: u64) -> u16 {
+            answer(sim, call, now_ms).status
+        }
+        let orders = lookup_call(Lookup::OrdersByKey, "idempotency_key=k");
+        assert_eq!(answered(&mut sim, orders, NOW_MS + 1), 200);
+        let unauthorized = LookupCall {
+            authorization: Some("Bearer sk_test_wrong"),
+            ..orders
+        };
+        assert_eq!(answered(&mut sim, unauthorized, NOW_MS + 2), 401);
+        let no_query = LookupCall {
+            query: None,
+            ..orders
+        };
+        assert_eq!(answered(&mut sim, no_query, NOW_MS + 3), 400);
+        sim.apply_faults(FaultsPatch {
+            lookups_down: Some(true),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(answered(&mut sim, orders, NOW_MS + 4), 503);
+        assert_eq!(sim.lookup(slow, NOW_MS + 900).status, 503);
+
+        let entry = |path: &str, query: &str, status, at_ms| LookupEntry {
+            path: path.to_owned(),
+            query: query.to_owned(),
+            status,
+            at_ms,
+        };
+        let orders_path = "/v1/orders";
+        assert_eq!(
+            sim.lookup_log().lookups,
+            [
+                entry(orders_path, "idempotency_key=k", 200, NOW_MS + 1),
+                entry(orders_path, "idempotency_key=k", 401, NOW_MS + 2),
+                entry(orders_path, "", 400, NOW_MS + 3),
+                entry(orders_path, "idempotency_key=k", 503, NOW_MS + 4),
+                entry("/v1/payment_intents/search", &search_k, 503, NOW_MS + 900),
+            ]
+        );
+        assert_eq!(
+            serde_json::to_value(sim.lookup_log()).unwrap()["lookups"][0],
+            serde_json::json!({
+                "path": "/v1/orders", "query": "idempotency_key=k", "status": 200,
+                "at_ms": NOW_MS + 1
+            })
+        );
+
+        // A lookup begun before a reset is answered, from the fresh state, but not logged.
+        let in_flight = sim.begin_lookup(orders);
+        sim.reset();
+        assert!(sim.lookup_log().lookups.is_empty());
+        assert!(found(&sim.lookup(in_flight, NOW_MS)).is_empty());
+        assert!(sim.lookup_log().lookups.is_empty());
+        assert_eq!(answered(&mut sim, orders, NOW_MS + 5), 200);
+        assert_eq!(
+            sim.lookup_log().lookups,
+            [entry(orders_path, "idempotency_key=k", 200, NOW_MS + 5)]
+        );
+    }
+
+    #[test]
+    fn lookup_faults_parse_merge_and_show_every_field() {
+        for bad in [
+            r#"{"search_lag_ms":-1}"#,
+            r#"{"lookups_down":1}"#,
+            r#"{"lookup_slow_next":"1"}"#,
+            r#"{"lookup_slow":1}"#,
+        ] {
+            assert!(serde_json::from_str::<FaultsPatch>(bad).is_err(), "{bad}");
+        }
+        let mut sim = sim();
+        let patch = r#"{"search_lag_ms":1500,"lookups_down":true,"lookup_slow_next":2}"#;
+        sim.apply_faults(serde_json::from_str(patch).unwrap());
+        let faults = sim.apply_faults(serde_json::from_str(r#"{"lookup_slow_ms":300}"#).unwrap());
+        assert_eq!(
+            serde_json::to_value(faults).unwrap(),
+            serde_json::json!({
+                "honor_idempotency": true, "fail_next": 0, "drop_after_commit_next": 0,
+                "latency_ms": 0, "slow_next": 0, "slow_ms": 0, "search_lag_ms": 1500,
+                "lookups_down": true, "lookup_slow_next": 2, "lookup_slow_ms": 300
+            })
+        );
+        let patch = FaultsPatch {
+            lookups_down: Some(false),
+            ..FaultsPatch::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&patch).unwrap(),
+            r#"{"lookups_down":false}"#
+        );
     }
 }

@@ -1,0 +1,77 @@
+//! `make model`: the deep run of the model check. It checks the model in
+//! every scenario (or the one `SCENARIO` names), each with a naive backend
+//! and with one that keeps keys, with the fault budget, fault horizon and
+//! horizon of the scenario (or `FAULTS`, `FAULT_HORIZON`, `HORIZON`). It
+//! prints the states explored and exits non-zero with a counterexample for
+//! any property that fails. `STOP_AT_FIRST_FAILURE=1` stops at the first one
+//! (as `make mutants` does, which expects one).
+
+use chargeonce_model::{check, Backend, Checkout, Scenario};
+use std::process::ExitCode;
+
+fn var(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok().filter(|v| !v.trim().is_empty())?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+    )
+}
+
+/// The deep run's budget in each scenario: three faults where the world is
+/// the base one; two where a longer lease or an outage already stretches it.
+fn defaults(scenario: Scenario) -> (u64, u64, u64) {
+    match scenario {
+        Scenario::Base => (3, 4, 14),
+        Scenario::LongLease => (2, 4, 16),
+        Scenario::Outage => (2, 4, 18),
+    }
+}
+
+fn main() -> ExitCode {
+    let scenarios = match std::env::var("SCENARIO") {
+        Ok(name) if !name.is_empty() => vec![Scenario::from_name(&name)
+            .unwrap_or_else(|| panic!("SCENARIO={name:?} is not base, long-lease or outage"))],
+        _ => Scenario::ALL.to_vec(),
+    };
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stop = std::env::var("STOP_AT_FIRST_FAILURE").is_ok_and(|v| v == "1");
+    let mut ok = true;
+    let mut total = 0;
+    for scenario in scenarios {
+        let (faults, fault_horizon, horizon) = defaults(scenario);
+        let faults = var("FAULTS").unwrap_or(faults);
+        let fault_horizon = var("FAULT_HORIZON").unwrap_or(fault_horizon);
+        let horizon = var("HORIZON").unwrap_or(horizon);
+        for backend in [Backend::Naive, Backend::KeepsKeys] {
+            let faults = u8::try_from(faults).expect("FAULTS fits in a byte");
+            let model = Checkout::new(backend, scenario, faults, fault_horizon, horizon);
+            println!(
+                "model: {} scenario, {backend:?} backend, up to {faults} faults before {fault_horizon} s, explored to {horizon} s",
+                scenario.name()
+            );
+            let report = check(model, threads, stop);
+            total += report.states;
+            println!(
+                "model: {} distinct states, paths up to {} steps, in {:.1} s",
+                report.states,
+                report.max_depth,
+                report.elapsed.as_secs_f64()
+            );
+            for (property, trace, steps) in &report.failures {
+                ok = false;
+                println!("model: FAILED \"{property}\" ({steps} steps):\n{trace}");
+            }
+            if stop && !ok {
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("model: {total} distinct states in all");
+    if ok {
+        println!("model: every property holds");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,806 @@
+//! One request at the edge, from its head to its reply, as a pure driver.
+//!
+//! The shell (the Worker) performs the I/O that each [`Step`] names and feeds
+//! the result to that step's `handle_*` method, which answers the next step,
+//! until [`Step::Done`]. Each step owns the flow's state and is consumed by
+//! its handler, so results cannot be fed out of order. Every decision of the
+//! request path is here: the order of the contract's checks, when KV is
+//! trusted, what a claim's decision means, when to reconcile, that the order
+//! token's freshness is checked only before a forward (a stored answer is
+//! replayed whatever the token's age), and how each backend outcome ends the
+//! claim. The property test and the model check drive this same type.
+//!
+//! ```text
+//! POST /v1/orders:
+//!   ReadBody ─▶ ReadCache ─▶ Claim ─┬──────────────────────────┬─▶ Forward ─▶ Complete ─▶ Done
+//!                   │            │  └─▶ Lookup ─▶ Settle ──────┘      │     ├▶ Release ─▶ Done
+//!                   └─ hit ──────┴─ replay, mismatch, in flight ─▶ Done   └▶ Abandon ─▶ Done
+//! GET /v1/orders (status lookup, never forwards):
+//!   ReadCache ─▶ QueryStatus ─▶ Done
+//! ```
+
+use crate::backend::{BackendOutcome, BackendRequest, LookupOutcome};
+use crate::config::EdgeConfig;
+use crate::fingerprint::Fingerprint;
+use crate::key::{IdempotencyKey, ScopedKey};
+use crate::problem::{Problem, ProblemType};
+use crate::record::{
+    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Settlement, StoredResponse,
+};
+use crate::request::{check_head, check_order_request, OrderRequest, RequestHead, MAX_BODY_BYTES};
+use crate::time::UnixMs;
+use crate::token::{self, OrderClaims};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The secrets a flow needs, read from the Worker's environment.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Secrets {
+    /// `ORDER_TOKEN_SECRET`, the storefront's signing secret.
+    pub order_token: Option<Vec<u8>>,
+    /// The backend credential ([`crate::BackendKind::secret_name`]).
+    pub backend: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    // Secrets never reach a log line, even through a debug print of a step.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("order_token", &self.order_token.as_ref().map(|_| "…"))
+            .field("backend", &self.backend.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// The key's object could not be reached or answered nonsense.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Error)]
+#[error("{0}")]
+pub struct StoreFailure(pub String);
+
+/// What the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// An error, as problem+json.
+    Problem(Problem),
+    /// A backend answer, or the key's stored answer.
+    Stored {
+        /// The response, byte for byte.
+        response: StoredResponse,
+        /// Whether to send `Idempotent-Replayed: true`.
+        replayed: bool,
+    },
+}
+
+/// The flow's end: the reply, and a final answer to copy to KV.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub struct Done {
+    /// What the client is told.
+    pub reply: Reply,
+    /// A final answer just stored in the key's object, for the shell to
+    /// copy to KV off the response path.
+    pub cache: Option<CacheWrite>,
+}
+
+/// A final answer for the KV fast path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheWrite {
+    /// The KV key ([`ScopedKey::storage_name`]).
+    pub name: String,
+    /// The answer.
+    pub completed: Completed,
+    /// How long KV keeps it.
+    pub ttl: Duration,
+}
+
+/// What the shell does next.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[must_use]
+pub enum Step {
+    /// Read at most [`ReadBody::limit`] bytes of the body.
+    ReadBody(ReadBody),
+    /// Read the KV copy of the key's final answer.
+    ReadCache(ReadCache),
+    /// Ask the key's object to decide and claim.
+    Claim(Claim),
+    /// Ask the backend whether it charged under the key.
+    Lookup(Lookup),
+    /// Tell the key's object what the lookup found.
+    Settle(Settle),
+    /// Send the order to the backend.
+    Forward(Forward),
+    /// Store the backend's final answer in the key's object.
+    Complete(Complete),
+    /// Give the key back: nothing was charged.
+    Release(Release),
+    /// End the claim without knowing whether it charged.
+    Abandon(Abandon),
+    /// Ask the key's object what it knows (status lookups).
+    QueryStatus(QueryStatus),
+    /// Send the reply.
+    Done(Done),
+}
+
+impl Step {
+    /// The step's name in `Server-Timing`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ReadBody(_) => "read",
+            Self::ReadCache(_) => "kv",
+            Self::Claim(_) => "claim",
+            Self::Lookup(_) => "lookup",
+            Self::Settle(_) => "settle",
+            Self::Forward(_) => "backend",
+            Self::Complete(_) => "complete",
+            Self::Release(_) => "release",
+            Self::Abandon(_) => "abandon",
+            Self::QueryStatus(_) => "status",
+            Self::Done(_) => "done",
+        }
+    }
+}
+
+fn done(reply: Reply) -> Step {
+    Step::Done(Done { reply, cache: None })
+}
+
+fn problem(problem: Problem) -> Step {
+    done(Reply::Problem(problem))
+}
+
+fn replay(response: StoredResponse) -> Step {
+    done(Reply::Stored {
+        response,
+        replayed: true,
+    })
+}
+
+fn store_unavailable() -> Step {
+    problem(
+        Problem::new(
+            ProblemType::StoreUnavailable,
+            "the idempotency store is unavailable, so the order was not forwarded; retry with the same key",
+        )
+        .retry_after(1),
+    )
+}
+
+fn mismatch() -> Step {
+    problem(Problem::new(
+        ProblemType::KeyReused,
+        "this Idempotency-Key was already used for a different order; use a new key for a new order",
+    ))
+}
+
+fn in_flight(detail: &str, retry_after_secs: u32) -> Step {
+    problem(Problem::new(ProblemType::RequestInFlight, detail).retry_after(retry_after_secs))
+}
+
+/// The order token's signing secret, or the problem of its absence (a 500:
+/// the edge is deployed without it).
+pub fn signing_secret(secrets: &Secrets) -> Result<&[u8], Problem> {
+    match secrets.order_token.as_deref() {
+        Some(secret) if secret.len() >= token::MIN_SECRET_LEN => Ok(secret),
+        _ => Err(Problem::new(
+            ProblemType::EdgeMisconfigured,
+            format!(
+                "the secret ORDER_TOKEN_SECRET is not set or shorter than {} bytes; nothing was forwarded",
+                token::MIN_SECRET_LEN
+            ),
+        )),
+    }
+}
+
+/// The owned parts of a request head.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Head {
+    method: String,
+    content_type: Option<String>,
+    content_length: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+impl Head {
+    fn borrow(&self) -> RequestHead<'_> {
+        RequestHead {
+            method: &self.method,
+            content_type: self.content_type.as_deref(),
+            content_length: self.content_length.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
+    }
+}
+
+/// Starts the flow of `POST /v1/orders` (any method but OPTIONS and GET).
+pub fn order(head: RequestHead<'_>, config: &EdgeConfig, secrets: Secrets) -> Step {
+    if let Err(refused) = check_head(&head) {
+        return problem(refused);
+    }
+    Step::ReadBody(ReadBody {
+        config: config.clone(),
+        secrets,
+        head: Head {
+            method: head.method.to_owned(),
+            content_type: head.content_type.map(str::to_owned),
+            content_length: head.content_length.map(str::to_owned),
+            idempotency_key: head.idempotency_key.map(str::to_owned),
+        },
+    })
+}
+
+/// The parts of a status lookup (`GET /v1/orders`) the edge reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusHead<'a> {
+    /// The `Idempotency-Key` header of the attempt asked about.
+    pub idempotency_key: Option<&'a str>,
+    /// The `Authorization` header: `Bearer <order token>`.
+    pub authorization: Option<&'a str>,
+}
+
+/// Starts a status lookup: what became of the attempt under a key. Any
+/// valid, unexpired order token for the key's customer will do: it proves
+/// the customer, who scopes the key. It never forwards anything.
+pub fn status(head: StatusHead<'_>, secrets: &Secrets, now: UnixMs) -> Step {
+    let key = match IdempotencyKey::parse(head.idempotency_key) {
+        Ok(key) => key,
+        Err(e) => {
+            return problem(Problem::new(
+                ProblemType::InvalidIdempotencyKey,
+                e.to_string(),
+            ))
+        }
+    };
+    let Some(bearer) = head.authorization.map(str::trim).filter(|a| !a.is_empty()) else {
+        return problem(Problem::new(
+            ProblemType::AuthorizationRequired,
+            "a status lookup needs Authorization: Bearer <order token>, any unexpired order token the storefront signed for this customer",
+        ));
+    };
+    let Some(order_token) = bearer
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+    else {
+        return problem(Problem::new(
+            ProblemType::AuthorizationRequired,
+            "the Authorization header must be Bearer <order token>",
+        ));
+    };
+    let secret = match signing_secret(secrets) {
+        Ok(secret) => secret,
+        Err(refused) => return problem(refused),
+    };
+    let claims = match OrderClaims::verify(order_token, secret) {
+        Ok(claims) => claims,
+        Err(e) => return problem(e.to_problem()),
+    };
+    if let Err(e) = claims.check_fresh(now.as_secs()) {
+        return problem(e.to_problem());
+    }
+    let name = ScopedKey::new(Some(&claims.customer), key).storage_name();
+    Step::ReadCache(ReadCache {
+        purpose: CachePurpose::Status { name },
+    })
+}
+
+/// Reading the body; then [`ReadBody::handle_body`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadBody {
+    config: EdgeConfig,
+    secrets: Secrets,
+    head: Head,
+}
+
+impl ReadBody {
+    /// How many bytes to read at most: one past the limit, so an oversized
+    /// body is recognised without reading all of it.
+    pub fn limit(&self) -> usize {
+        MAX_BODY_BYTES + 1
+    }
+
+    /// Runs the contract's checks on the body read (or the reason it could
+    /// not be read), then the order token's.
+    pub fn handle_body(self, body: Result<Vec<u8>, String>) -> Step {
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                return problem(Problem::new(
+                    ProblemType::InvalidOrder,
+                    format!("the body could not be read: {e}"),
+                ))
+            }
+        };
+        let request = match check_order_request(&self.head.borrow(), &body) {
+            Ok(request) => request,
+            Err(refused) => return problem(refused),
+        };
+        // The token is checked before the store is touched: an order the
+        // storefront did not sign never claims a key. Its customer is the
+        // request's customer, which scopes the key.
+        let claims = match signing_secret(&self.secrets)
+            .and_then(|secret| token::authorize(&request.order, secret).map_err(|e| e.to_problem()))
+        {
+            Ok(claims) => claims,
+            Err(refused) => return problem(refused),
+        };
+        let kind = self.config.backend;
+        let authorization = match self.secrets.backend.clone().filter(|s| !s.is_empty()) {
+            None if kind.requires_secret() => {
+                return problem(Problem::new(
+                    ProblemType::EdgeMisconfigured,
+                    format!(
+                        "the secret {} is not set; nothing was forwarded",
+                        kind.secret_name()
+                    ),
+                ))
+            }
+            secret => secret,
+        };
+        let name = request.key.storage_name();
+        Step::ReadCache(ReadCache {
+            purpose: CachePurpose::Order(Box::new(Checked {
+                config: self.config,
+                request,
+                claims,
+                authorization,
+                name,
+            })),
+        })
+    }
+}
+
+/// A request that passed every check, on its way through the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Checked {
+    config: EdgeConfig,
+    request: OrderRequest,
+    claims: OrderClaims,
+    authorization: Option<String>,
+    name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CachePurpose {
+    Order(Box<Checked>),
+    Status { name: String },
+}
+
+/// Reading KV; then [`ReadCache::handle_cached`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReadCache {
+    purpose: CachePurpose,
+}
+
+impl ReadCache {
+    /// The KV key.
+    pub fn name(&self) -> &str {
+        match &self.purpose {
+            CachePurpose::Order(checked) => &checked.name,
+            CachePurpose::Status { name } => name,
+        }
+    }
+
+    /// Acts on the cached answer, if any. Only a hit is trusted: a final
+    /// answer never changes once stored. A miss, a stale entry or a KV
+    /// failure (which the shell reports as `None`) asks the key's object.
+    pub fn handle_cached(self, cached: Option<Completed>, now: UnixMs) -> Step {
+        match self.purpose {
+            CachePurpose::Order(checked) => {
+                match cached.and_then(|c| c.decide(&checked.request.fingerprint, now)) {
+                    Some(Decision::Replay { response }) => replay(response),
+                    Some(Decision::Mismatch) => mismatch(),
+                    _ => Step::Claim(Claim {
+                        checked,
+                        asked_at: now,
+                    }),
+                }
+            }
+            CachePurpose::Status { name } => match cached.filter(|c| now < c.expires_at) {
+                Some(completed) => replay(completed.response),
+                None => Step::QueryStatus(QueryStatus { name }),
+            },
+        }
+    }
+}
+
+/// Claiming the key; then [`Claim::handle_claim`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claim {
+    checked: Box<Checked>,
+    /// When the claim was asked for: the lease counts from a moment no
+    /// earlier than this.
+    asked_at: UnixMs,
+}
+
+impl Claim {
+    /// The name of the key's object.
+    pub fn name(&self) -> &str {
+        &self.checked.name
+    }
+
+    /// The request's fingerprint.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.checked.request.fingerprint
+    }
+
+    /// Acts on the object's decision.
+    pub fn handle_claim(self, decided: Result<Decision, StoreFailure>, now: UnixMs) -> Step {
+        match decided {
+            Err(_) => store_unavailable(),
+            Ok(Decision::Forward {
+                token,
+                reconcile: true,
+            }) => Step::Lookup(Lookup {
+                held: Held {
+                    checked: self.checked,
+                    token,
+                },
+                sent_at: now,
+            }),
+            Ok(Decision::Forward {
+                token,
+                reconcile: false,
+            }) => Held {
+                checked: self.checked,
+                token,
+            }
+            .forward(self.asked_at, now),
+            Ok(Decision::Replay { response }) => replay(response),
+            Ok(Decision::Mismatch) => mismatch(),
+            Ok(Decision::InFlight { retry_after_secs }) => in_flight(
+                "another request with this Idempotency-Key is being processed; retry with the same key",
+                retry_after_secs,
+            ),
+        }
+    }
+}
+
+/// A checked request and the claim it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Held {
+    checked: Box<Checked>,
+    token: ClaimToken,
+}
+
+impl Held {
+    /// Forwards under a lease asked for at `asked_at`, unless the order
+    /// token has expired (a stored answer is replayed whatever the token's
+    /// age, but nothing is charged on an expired one) or too little of the
+    /// lease is left. The backend must have finished the forward before the
+    /// lease ends, so a forward starts only while a whole backend timeout of
+    /// the lease remains; the reply that granted the claim may have been slow.
+    fn forward(self, asked_at: UnixMs, now: UnixMs) -> Step {
+        let config = &self.checked.config;
+        if now.plus(config.backend_timeout) >= asked_at.plus(config.lease) {
+            return Step::Release(Release {
+                token: self.token,
+                problem: Problem::new(
+                    ProblemType::StoreUnavailable,
+                    "the idempotency store confirmed the claim too late to forward within its lease; nothing was forwarded; retry with the same key",
+                )
+                .retry_after(1),
+            });
+        }
+        if let Err(e) = self.checked.claims.check_fresh(now.as_secs()) {
+            return Step::Release(Release {
+                token: self.token,
+                problem: e.to_problem(),
+            });
+        }
+        let backend_key = self.checked.request.key.backend_key();
+        let config = &self.checked.config;
+        let request = config.backend.request(
+            &config.backend_url,
+            &self.checked.request.order,
+            &backend_key,
+        );
+        Step::Forward(Forward {
+            held: self,
+            request,
+            backend_key,
+        })
+    }
+}
+
+/// Asking the backend what it did under the key; then
+/// [`Lookup::handle_lookup`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lookup {
+    held: Held,
+    /// When the lookup is sent: the shell sends it as soon as it is asked.
+    sent_at: UnixMs,
+}
+
+impl Lookup {
+    /// The lookup's URL.
+    pub fn url(&self) -> String {
+        let config = &self.held.checked.config;
+        config.backend.lookup_url(
+            &config.backend_url,
+            &self.held.checked.request.key.backend_key(),
+        )
+    }
+
+    /// The backend credential, sent as `Authorization: Bearer`.
+    pub fn authorization(&self) -> Option<&str> {
+        self.held.checked.authorization.as_deref()
+    }
+
+    /// How long to wait for the answer.
+    pub fn timeout(&self) -> Duration {
+        self.held.checked.config.backend_timeout
+    }
+
+    /// Hands what the lookup found to the key's object at `now`.
+    pub fn handle_lookup(self, found: LookupOutcome, now: UnixMs) -> Step {
+        let (found, failure) = found.found(self.sent_at);
+        Step::Settle(Settle {
+            held: self.held,
+            found,
+            failure,
+            asked_at: now,
+        })
+    }
+}
+
+/// Settling the claim with what the lookup found; then
+/// [`Settle::handle_settlement`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Settle {
+    held: Held,
+    found: Found,
+    failure: Option<Problem>,
+    /// When the settlement was asked for: a renewed lease counts from a
+    /// moment no earlier than this.
+    asked_at: UnixMs,
+}
+
+impl Settle {
+    /// The claim being settled.
+    pub fn token(&self) -> ClaimToken {
+        self.held.token
+    }
+
+    /// The request's fingerprint.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.held.checked.request.fingerprint
+    }
+
+    /// What the lookup found.
+    pub fn found(&self) -> &Found {
+        &self.found
+    }
+
+    /// Acts on what the key's object made of the lookup.
+    pub fn handle_settlement(self, settled: Result<Settlement, StoreFailure>, now: UnixMs) -> Step {
+        let cache = |response: &StoredResponse| CacheWrite {
+            name: self.held.checked.name.clone(),
+            completed: Completed {
+                fingerprint: self.held.checked.request.fingerprint.clone(),
+                response: response.clone(),
+                expires_at: now.plus(self.held.checked.config.answer_ttl),
+            },
+            ttl: self.held.checked.config.answer_ttl,
+        };
+        match settled {
+            // The claim stays until its lease runs out; then the key is
+            // unknown again and the object reconciles it itself.
+            Err(_) => store_unavailable(),
+            Ok(Settlement::Charged { response } | Settlement::AlreadyAnswered { response }) => {
+                Step::Done(Done {
+                    cache: Some(cache(&response)),
+                    reply: Reply::Stored {
+                        response,
+                        replayed: true,
+                    },
+                })
+            }
+            Ok(Settlement::NotCharged { response }) => Step::Done(Done {
+                cache: Some(cache(&response)),
+                reply: Reply::Stored {
+                    response,
+                    replayed: false,
+                },
+            }),
+            Ok(Settlement::Forward) => self.held.forward(self.asked_at, now),
+            Ok(Settlement::Pending { retry_after_secs }) => in_flight(
+                "the outcome of an earlier request with this Idempotency-Key is being confirmed with the payment backend; nothing was forwarded; retry with the same key",
+                retry_after_secs,
+            ),
+            Ok(Settlement::LookupFailed) => problem(self.failure.unwrap_or_else(|| {
+                Problem::new(
+                    ProblemType::BackendUnavailable,
+                    "the payment backend could not confirm an earlier attempt; retry with the same key",
+                )
+                .retry_after(1)
+            })),
+            Ok(Settlement::NotHeld) => in_flight(
+                "another request took this Idempotency-Key over while its outcome was being confirmed; retry with the same key",
+                1,
+            ),
+        }
+    }
+}
+
+/// Sending the order to the backend; then [`Forward::handle_forward`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Forward {
+    held: Held,
+    request: BackendRequest,
+    backend_key: String,
+}
+
+impl Forward {
+    /// What to send.
+    pub fn request(&self) -> &BackendRequest {
+        &self.request
+    }
+
+    /// The `Idempotency-Key` the backend gets: scoped to the customer, so an
+    /// idempotent backend is a second safety net that never joins customers.
+    pub fn backend_key(&self) -> &str {
+        &self.backend_key
+    }
+
+    /// The backend credential, sent as `Authorization: Bearer`.
+    pub fn authorization(&self) -> Option<&str> {
+        self.held.checked.authorization.as_deref()
+    }
+
+    /// How long to wait for the answer.
+    pub fn timeout(&self) -> Duration {
+        self.held.checked.config.backend_timeout
+    }
+
+    /// Ends the claim as the backend's answer says.
+    pub fn handle_forward(self, outcome: BackendOutcome) -> Step {
+        let token = self.held.token;
+        match outcome {
+            BackendOutcome::Final(response) => Step::Complete(Complete {
+                held: self.held,
+                response,
+            }),
+            BackendOutcome::NotCharged(problem) => Step::Release(Release { token, problem }),
+            BackendOutcome::Unknown(problem) => Step::Abandon(Abandon { token, problem }),
+            // The request may still be running at the backend: the claim
+            // stays until its lease runs out; then the key is unknown and
+            // reconciled.
+            BackendOutcome::StillRunning(refused) => problem(refused),
+        }
+    }
+}
+
+/// Storing the backend's final answer; then [`Complete::handle_complete`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Complete {
+    held: Held,
+    response: StoredResponse,
+}
+
+impl Complete {
+    /// The claim being completed.
+    pub fn token(&self) -> ClaimToken {
+        self.held.token
+    }
+
+    /// The fingerprint of the request that was forwarded.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.held.checked.request.fingerprint
+    }
+
+    /// The backend's answer.
+    pub fn response(&self) -> &StoredResponse {
+        &self.response
+    }
+
+    /// Says what the client gets once the object has the answer.
+    pub fn handle_complete(
+        self,
+        stored: Result<CompleteOutcome, StoreFailure>,
+        now: UnixMs,
+    ) -> Step {
+        let reply = |response| Reply::Stored {
+            response,
+            replayed: false,
+        };
+        match stored {
+            Ok(CompleteOutcome::Stored) => {
+                let config = &self.held.checked.config;
+                Step::Done(Done {
+                    cache: Some(CacheWrite {
+                        name: self.held.checked.name.clone(),
+                        completed: Completed {
+                            fingerprint: self.held.checked.request.fingerprint.clone(),
+                            response: self.response.clone(),
+                            expires_at: now.plus(config.answer_ttl),
+                        },
+                        ttl: config.answer_ttl,
+                    }),
+                    reply: reply(self.response),
+                })
+            }
+            // Every client of the key sees the answer stored first.
+            Ok(CompleteOutcome::AlreadyCompleted { response }) => replay(response),
+            Ok(CompleteOutcome::NotStored) => done(reply(self.response)),
+            // The backend answered, and the customer must hear it. The claim
+            // stays until its lease runs out; then the object reconciles the
+            // key and finds this very answer.
+            Err(_) => done(reply(self.response)),
+        }
+    }
+}
+
+/// Giving the key back; then [`Release::handle_release`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Release {
+    token: ClaimToken,
+    problem: Problem,
+}
+
+impl Release {
+    /// The claim being released.
+    pub fn token(&self) -> ClaimToken {
+        self.token
+    }
+
+    /// Replies with the problem that ended the claim. A failed release
+    /// changes nothing for the client: the lease frees the key instead.
+    pub fn handle_release(self, _released: Result<bool, StoreFailure>) -> Step {
+        problem(self.problem)
+    }
+}
+
+/// Ending the claim with an unknown outcome; then
+/// [`Abandon::handle_abandon`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Abandon {
+    token: ClaimToken,
+    problem: Problem,
+}
+
+impl Abandon {
+    /// The claim being abandoned.
+    pub fn token(&self) -> ClaimToken {
+        self.token
+    }
+
+    /// Replies with the problem that ended the claim. A failed abandon
+    /// changes nothing for the client: when the lease runs out the key is
+    /// unknown all the same.
+    pub fn handle_abandon(self, _abandoned: Result<bool, StoreFailure>) -> Step {
+        problem(self.problem)
+    }
+}
+
+/// Asking the key's object for its status; then
+/// [`QueryStatus::handle_status`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct QueryStatus {
+    name: String,
+}
+
+impl QueryStatus {
+    /// The name of the key's object.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Replies with what the object knows.
+    pub fn handle_status(self, status: Result<KeyStatus, StoreFailure>) -> Step {
+        match status {
+            Err(_) => store_unavailable(),
+            Ok(KeyStatus::Answered { response }) => replay(response),
+            Ok(KeyStatus::Pending { retry_after_secs }) => problem(
+                Problem::new(
+                    ProblemType::OrderPending,
+                    "the order under this Idempotency-Key is being placed or its outcome confirmed; ask again later",
+                )
+                .retry_after(retry_after_secs),
+            ),
+            Ok(KeyStatus::NotFound) => problem(Problem::new(
+                ProblemType::OrderNotFound,
+                "nothing is recorded under this Idempotency-Key for this customer: no order was placed with it, or its answer has expired",
+            )),
+        }
+    }
+}

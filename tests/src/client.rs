@@ -1,0 +1,267 @@
+//! A checkout client that behaves as the widget does, over real HTTP: it
+//! runs the protocol's [`Attempt`] (the same state machine and retry
+//! schedule the widget runs) and performs each request it asks for, the
+//! order (`POST`) and the status lookup (`GET`), asking the storefront for a
+//! fresh order token when the edge says the old one expired.
+//!
+//! The soak runs thousands of these at once; the edge tests run one at a
+//! time with the jitter fixed, so their timing is what the widget's defaults
+//! would do.
+
+use crate::shop::order_token;
+use chargeonce_protocol::{Attempt, EdgeResponse, Next, ProblemType, RetryPolicy};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the client counted, for reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Orders and status lookups sent.
+    pub requests: AtomicU64,
+    /// Orders sent again by the attempt's retries.
+    pub retries: AtomicU64,
+    /// Status lookups sent.
+    pub status_lookups: AtomicU64,
+    /// Fresh order tokens asked for after one expired.
+    pub token_refreshes: AtomicU64,
+}
+
+/// A response from the edge, read whole.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The status.
+    pub status: u16,
+    /// Whether `Idempotent-Replayed: true` came with it.
+    pub replayed: bool,
+    /// `Retry-After`, in seconds.
+    pub retry_after_secs: Option<u64>,
+    /// The body.
+    pub body: String,
+    /// Every response's headers, for tests that look closer.
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Received {
+    /// The problem+json `detail` (or Stripe's `error.message`), if any.
+    pub fn message(&self) -> Option<String> {
+        let value: Value = serde_json::from_str(&self.body).ok()?;
+        value["detail"]
+            .as_str()
+            .or_else(|| value["error"]["message"].as_str())
+            .map(str::to_owned)
+    }
+
+    /// The problem+json `type`, read back.
+    pub fn problem(&self) -> Option<ProblemType> {
+        let value: Value = serde_json::from_str(&self.body).ok()?;
+        ProblemType::from_uri(value["type"].as_str()?)
+    }
+}
+
+/// An order as the storefront's page holds it: the body the widget sends,
+/// with the order token the storefront's server signed.
+#[derive(Debug, Clone)]
+pub struct PageOrder {
+    body: Value,
+}
+
+impl PageOrder {
+    /// An order for `customer`, signed with a token valid until
+    /// `expires_at` (Unix seconds).
+    pub fn new(
+        order_ref: &str,
+        amount: u64,
+        customer: &str,
+        payment_method: &str,
+        expires_at: u64,
+    ) -> Self {
+        Self {
+            body: serde_json::json!({
+                "order_ref": order_ref,
+                "amount": amount,
+                "currency": "usd",
+                "customer": customer,
+                "payment_method": payment_method,
+                "order_token": order_token(order_ref, amount, customer, expires_at),
+            }),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        self.body.to_string()
+    }
+
+    /// The order reference: the attempt's fingerprint for these tests (one
+    /// payload per reference).
+    pub fn order_ref(&self) -> &str {
+        self.body["order_ref"].as_str().unwrap_or_default()
+    }
+
+    /// The current order token.
+    pub fn token(&self) -> &str {
+        self.body["order_token"].as_str().unwrap_or_default()
+    }
+
+    /// What the storefront does when asked for a fresh token: signs the
+    /// same order again, valid until `expires_at`.
+    pub fn refresh_token(&mut self, expires_at: u64) {
+        let field = |name: &str| self.body[name].clone();
+        let token = order_token(
+            field("order_ref").as_str().unwrap_or_default(),
+            field("amount").as_u64().unwrap_or_default(),
+            field("customer").as_str().unwrap_or_default(),
+            expires_at,
+        );
+        self.body["order_token"] = Value::String(token);
+    }
+}
+
+/// Sends orders and status lookups to one edge.
+pub struct CheckoutClient {
+    http: reqwest::Client,
+    url: String,
+    /// The widget's policy.
+    pub policy: RetryPolicy,
+    /// What was sent.
+    pub counters: Counters,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl CheckoutClient {
+    /// A client of the orders route at `url`, with the widget's `policy`.
+    pub fn new(http: reqwest::Client, url: String, policy: RetryPolicy) -> Self {
+        Self {
+            http,
+            url,
+            policy,
+            counters: Counters::default(),
+        }
+    }
+
+    /// One order; `None` when no answer came (connection refused or lost, or
+    /// the per-request timeout).
+    pub async fn post(&self, key: &str, body: &str) -> Option<Received> {
+        let request = self
+            .http
+            .post(&self.url)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", key)
+            .body(body.to_owned());
+        self.send(request).await
+    }
+
+    /// One status lookup.
+    pub async fn status(&self, key: &str, token: &str) -> Option<Received> {
+        self.counters.status_lookups.fetch_add(1, Ordering::Relaxed);
+        let request = self
+            .http
+            .get(&self.url)
+            .header("Idempotency-Key", key)
+            .header("Authorization", format!("Bearer {token}"));
+        self.send(request).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Option<Received> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let res = request
+            .timeout(Duration::from_millis(self.policy.request_timeout_ms))
+            .send()
+            .await
+            .ok()?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let replayed = header("Idempotent-Replayed") == Some("true");
+        let retry_after_secs = header("Retry-After").and_then(|v| v.parse().ok());
+        let body = res.text().await.ok()?;
+        Some(Received {
+            status,
+            replayed,
+            retry_after_secs,
+            body,
+            headers,
+        })
+    }
+
+    /// Drives `attempt` from `next` until it stops, as the widget would for
+    /// the page's `order`. `jitter` picks each backoff's jitter; a fresh
+    /// order token, when the edge asks for one, is valid for `token_life`.
+    pub async fn drive(
+        &self,
+        attempt: &mut Attempt,
+        mut next: Next,
+        order: &mut PageOrder,
+        mut jitter: impl FnMut() -> f64,
+        token_life: Duration,
+    ) {
+        loop {
+            next = match next {
+                Next::Send { key } => {
+                    if attempt.sends() > 1 {
+                        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let received = self.post(&key, &order.body()).await;
+                    match received {
+                        Some(r) => attempt.handle_response(
+                            &edge_response(&r, &r.message()),
+                            now_ms(),
+                            jitter(),
+                            &self.policy,
+                        ),
+                        None => {
+                            attempt.handle_transport_failure(now_ms(), true, jitter(), &self.policy)
+                        }
+                    }
+                }
+                Next::FetchStatus { key } => match self.status(&key, order.token()).await {
+                    Some(r) => {
+                        let same_payload = attempt.fingerprint() == order.order_ref();
+                        attempt.handle_status(
+                            &edge_response(&r, &r.message()),
+                            now_ms(),
+                            jitter(),
+                            &self.policy,
+                            same_payload,
+                        )
+                    }
+                    None => {
+                        attempt.handle_transport_failure(now_ms(), true, jitter(), &self.policy)
+                    }
+                },
+                Next::NeedToken => {
+                    self.counters
+                        .token_refreshes
+                        .fetch_add(1, Ordering::Relaxed);
+                    order.refresh_token(now_ms() / 1000 + token_life.as_secs().max(1));
+                    attempt.handle_token(true)
+                }
+                Next::Wait => {
+                    let at = attempt.poll_timeout().unwrap_or_else(now_ms);
+                    tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await;
+                    attempt.handle_timeout(now_ms(), true)
+                }
+                Next::WaitForOnline => unreachable!("these customers are always online"),
+                Next::Stop | Next::Ignore(_) => return,
+            }
+        }
+    }
+}
+
+fn edge_response<'a>(received: &'a Received, message: &'a Option<String>) -> EdgeResponse<'a> {
+    EdgeResponse {
+        status: received.status,
+        body: &received.body,
+        message: message.as_deref(),
+        problem: received.problem(),
+        replayed: received.replayed,
+        retry_after_secs: received.retry_after_secs,
+    }
+}
