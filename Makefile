@@ -19,7 +19,7 @@ dev: build
 test: build lint
 	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace
-	@echo "==> the bounded model check, optimised (about 1 min to build, 30 s to run)"
+	@echo "==> the bounded model check, optimised (about 1 min to build, 45 s to run)"
 	cargo test --release -p chargeonce-model
 	@bash scripts/test-widget.sh
 	@bash scripts/test-e2e.sh
@@ -76,7 +76,7 @@ screenshot:
 	cp tests/artifacts/storefront.png docs/storefront.png
 
 ## make soak: the chaos soak with ATTEMPTS checkout attempts (default 10000,
-## about 6 minutes); prints the table the README quotes. Also CONCURRENCY,
+## about 4 minutes); prints the table the README quotes. Also CONCURRENCY,
 ## FAULT_RATE, KILLS, SEED.
 soak: build
 	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak
