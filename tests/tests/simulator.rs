@@ -444,6 +444,24 @@ async fn fail_next_answers_503_once_then_the_retry_charges() {
 }
 
 #[tokio::test]
+async fn fail_saved_next_answers_500_and_every_retry_with_the_key_gets_it_replayed() {
+    let h = Harness::start().await;
+    h.faults(json!({"fail_saved_next": 1})).await;
+    let failed = h.payment_intent(VISA, Some("key-500")).await;
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&failed, "idempotent-replayed"), None);
+    let first = failed.bytes().await.unwrap();
+
+    for _ in 0..2 {
+        let retried = h.payment_intent(VISA, Some("key-500")).await;
+        assert_eq!(retried.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(header(&retried, "idempotent-replayed"), Some("true"));
+        assert_eq!(retried.bytes().await.unwrap(), first);
+    }
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
 async fn drop_after_commit_loses_the_response_and_the_retry_replays() {
     let h = Harness::start().await;
     h.faults(json!({"drop_after_commit_next": 1})).await;
@@ -558,6 +576,7 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
         Faults {
             honor_idempotency: true,
             fail_next: 2,
+            fail_saved_next: 0,
             drop_after_commit_next: 0,
             latency_ms: 10,
             slow_next: 0,

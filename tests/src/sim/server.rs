@@ -184,8 +184,8 @@ async fn route(
                     status::BAD_REQUEST,
                     &ApiError::invalid_request(format!(
                         "Invalid faults: {e}. Send a JSON object with any of honor_idempotency, \
-                         lookups_down (bools), fail_next, drop_after_commit_next, latency_ms, \
-                         slow_next, slow_ms, search_lag_ms, lookup_slow_next, lookup_slow_ms \
+                         lookups_down (bools), fail_next, fail_saved_next, drop_after_commit_next, \
+                         latency_ms, slow_next, slow_ms, search_lag_ms, lookup_slow_next, lookup_slow_ms \
                          (non-negative integers)."
                     )),
                 ),

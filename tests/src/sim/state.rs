@@ -236,8 +236,18 @@ pub struct LookupLog {
 pub struct Faults {
     /// Store results under `Idempotency-Key` and replay them; `false` is the naive backend.
     pub honor_idempotency: bool,
-    /// How many of the next executing requests answer 503 without charging or storing.
+    /// How many of the next executing requests answer 503 without charging or storing: a
+    /// failure before the endpoint's execution begins, which Stripe does not save ("We save
+    /// results only after the execution of an endpoint begins",
+    /// <https://docs.stripe.com/idempotency>).
     pub fail_next: u32,
+    /// How many of the next executing requests answer 500 `api_error` without charging, and
+    /// save that answer under their key: a failure once execution began. Stripe "saves the
+    /// resulting status code and body of the first request made for any given idempotency key,
+    /// regardless of whether it succeeds or fails. Subsequent requests with the same key return
+    /// the same result, including 500 errors" (<https://docs.stripe.com/idempotency>), so every
+    /// retry with the key gets this 500 again, replayed, until the key is pruned.
+    pub fail_saved_next: u32,
     /// How many of the next executed requests commit and then lose their response.
     pub drop_after_commit_next: u32,
     /// Delay before each executing request is handled, while its key is in progress.
@@ -276,6 +286,7 @@ impl Default for Faults {
         Self {
             honor_idempotency: true,
             fail_next: 0,
+            fail_saved_next: 0,
             drop_after_commit_next: 0,
             latency_ms: 0,
             slow_next: 0,
@@ -298,6 +309,9 @@ pub struct FaultsPatch {
     /// New value of [`Faults::fail_next`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fail_next: Option<u32>,
+    /// New value of [`Faults::fail_saved_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_saved_next: Option<u32>,
     /// New value of [`Faults::drop_after_commit_next`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drop_after_commit_next: Option<u32>,
@@ -411,6 +425,7 @@ impl Simulator {
         let faults = &mut self.faults;
         faults.honor_idempotency = patch.honor_idempotency.unwrap_or(faults.honor_idempotency);
         faults.fail_next = patch.fail_next.unwrap_or(faults.fail_next);
+        faults.fail_saved_next = patch.fail_saved_next.unwrap_or(faults.fail_saved_next);
         faults.drop_after_commit_next = patch
             .drop_after_commit_next
             .unwrap_or(faults.drop_after_commit_next);
@@ -514,7 +529,8 @@ impl Simulator {
         })
     }
 
-    /// Second step: the `fail_next` fault, the payment itself, storing, and `drop_after_commit_next`.
+    /// Second step: the `fail_next` and `fail_saved_next` faults, the payment itself, storing,
+    /// and `drop_after_commit_next`.
     ///
     /// `now_ms` is the execution time in Unix milliseconds: in seconds it is the intent's
     /// `created`, and `search_lag_ms` counts from it.
@@ -537,7 +553,8 @@ impl Simulator {
         if self.faults.fail_next > 0 {
             self.faults.fail_next -= 1;
             if let (true, Some(scope)) = (ticket.claimed, &scope) {
-                // Like Stripe after a 5xx: nothing is stored, so a retry with the key executes.
+                // Failed before execution began: nothing is saved, so a retry with the key
+                // executes.
                 self.keys.remove(scope);
             }
             let error = ApiError::api(
@@ -550,7 +567,17 @@ impl Simulator {
             };
         }
 
-        let (status, body) = self.pay(&ticket, now_ms);
+        let (status, body) = if self.faults.fail_saved_next > 0 {
+            self.faults.fail_saved_next -= 1;
+            let error = ApiError::api(
+                "The payment backend failed this request after it began (injected \
+                 fail_saved_next fault); nothing was charged, and this answer is saved under the \
+                 idempotency key.",
+            );
+            (status::INTERNAL_SERVER_ERROR, error.to_body())
+        } else {
+            self.pay(&ticket, now_ms)
+        };
         if let (true, Some(scope)) = (ticket.claimed, &scope) {
             if let Some(stored) = self.keys.get_mut(scope) {
                 stored.result = Some((status, body.clone()));
@@ -990,6 +1017,30 @@ mod tests {
     }
 
     #[test]
+    fn fail_saved_next_answers_500_and_replays_it_under_the_key() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            fail_saved_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        let failed = run(&mut sim, call(VISA, Some("k"))).0;
+        assert_eq!((failed.status, failed.replayed), (500, false));
+        assert_eq!(json(&failed)["error"]["type"], "api_error");
+        assert_eq!(sim.faults().fail_saved_next, 0);
+        // The fault is spent, yet the key answers with its saved 500, byte for byte.
+        let retried = run(&mut sim, call(VISA, Some("k"))).0;
+        assert_eq!(
+            (retried.status, &retried.body, retried.replayed),
+            (500, &failed.body, true)
+        );
+        assert!(sim.ledger().charges.is_empty());
+        // Another key is not affected.
+        let other = run(&mut sim, call(VISA, Some("k2"))).0;
+        assert_eq!((other.status, other.replayed), (200, false));
+        assert_eq!(sim.ledger().charges.len(), 1);
+    }
+
+    #[test]
     fn drop_after_commit_charges_stores_and_asks_to_drop_once() {
         let mut sim = sim();
         sim.apply_faults(FaultsPatch {
@@ -1041,6 +1092,7 @@ mod tests {
         sim.apply_faults(FaultsPatch {
             honor_idempotency: Some(false),
             fail_next: Some(3),
+            fail_saved_next: Some(1),
             drop_after_commit_next: Some(2),
             latency_ms: Some(9),
             slow_next: Some(4),
@@ -1654,8 +1706,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(faults).unwrap(),
             serde_json::json!({
-                "honor_idempotency": true, "fail_next": 0, "drop_after_commit_next": 0,
-                "latency_ms": 0, "slow_next": 0, "slow_ms": 0, "search_lag_ms": 1500,
+                "honor_idempotency": true, "fail_next": 0, "fail_saved_next": 0,
+                "drop_after_commit_next": 0, "latency_ms": 0, "slow_next": 0, "slow_ms": 0, "search_lag_ms": 1500,
                 "lookups_down": true, "lookup_slow_next": 2, "lookup_slow_ms": 300
             })
         );

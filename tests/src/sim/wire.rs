@@ -19,6 +19,7 @@ pub(crate) mod status {
     pub const METHOD_NOT_ALLOWED: u16 = 405;
     pub const CONFLICT: u16 = 409;
     pub const PAYLOAD_TOO_LARGE: u16 = 413;
+    pub const INTERNAL_SERVER_ERROR: u16 = 500;
     pub const SERVICE_UNAVAILABLE: u16 = 503;
 }
 
