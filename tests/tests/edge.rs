@@ -601,6 +601,51 @@ fn an_unknown_outcome_outlives_its_ttl_and_a_late_retry_still_reconciles(s: &Sui
     });
 }
 
+/// Stripe saves a 500 under its key and replays it to every retry with the
+/// key ("including 500 errors", docs.stripe.com/idempotency), so a
+/// reconciling forward gets the same 500 again. The key must not stay
+/// unknown: once a lookup made a settle window after the last forward finds
+/// nothing, the key's object settles it as "not charged" by itself, and a
+/// new click, under a new key, charges once. (Each forward that gets the
+/// saved 500 starts the settle window again, so this needs a settle window
+/// without retries; see "Where they stop" in the README.)
+fn a_saved_500_settles_as_not_charged_and_a_new_key_charges_once(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"fail_saved_next": 1})).await;
+        let body = order("saved-500", 2900);
+        let key = "saved-500-key-0001";
+        s.post(key, &body).await.problem(502);
+        // The retry reconciles, finds nothing yet, forwards again under the
+        // same key, and gets the saved 500 replayed (after a 409 if the
+        // object's own check holds the key just then).
+        let retry = s.retry_past_409s(key, &body).await;
+        let replayed_500 = retry.problem(502);
+        assert!(replayed_500["detail"]
+            .as_str()
+            .unwrap()
+            .contains("answered 500"));
+        assert!(s.charges("saved-500").await.is_empty());
+        // Nobody retries for the settle window; the object checks on its own.
+        tokio::time::sleep(Duration::from_secs(SETTLE_SECS + 8)).await;
+        let token = order_token("saved-500-status", 1, shop::CUSTOMER, now_secs() + 600);
+        let status = s.status(key, &token).await;
+        assert_eq!((status.status, status.replayed()), (410, true));
+        assert!(status.problem(410)["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(":attempt-not-charged"));
+        let again = s.post(key, &body).await;
+        assert_eq!((again.status, again.replayed()), (410, true));
+        assert!(s.charges("saved-500").await.is_empty());
+        // The customer clicks again: a new key, one charge.
+        let placed = s.post("saved-500-key-0002", &body).await;
+        assert_eq!((placed.status, placed.replayed()), (200, false));
+        let charges = s.charges("saved-500").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(placed.json()["id"], charges[0].id);
+    });
+}
+
 /// Problem 2: the widget gave up before the lease ended, leaving the charge
 /// unrecorded unless the customer clicked again. Now a 409's `Retry-After`
 /// is the lease time left and 409s spend no retries: the widget's defaults
@@ -1813,6 +1858,7 @@ fn main() {
         an_expired_token_mid_reconciliation_keeps_the_key_and_charges_once,
         the_status_lookup_tells_what_became_of_a_key_and_forwards_nothing,
         an_unknown_outcome_outlives_its_ttl_and_a_late_retry_still_reconciles,
+        a_saved_500_settles_as_not_charged_and_a_new_key_charges_once,
         a_reconciling_forward_keeps_the_key_for_a_whole_lease,
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,
