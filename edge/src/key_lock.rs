@@ -172,9 +172,9 @@ impl DurableObject for KeyLock {
         };
         let policy = config.key_policy();
         let before = record.clone();
-        let now = now();
-        log_timeouts(&name, &record.handle_timeout(now, &policy));
-        let check = record.begin_check(now, random_token(), &policy);
+        let woke_at = now();
+        log_timeouts(&name, &record.handle_timeout(woke_at, &policy));
+        let check = record.begin_check(woke_at, random_token(), &policy);
         // The alarm that woke us is spent: re-arm whatever the record needs.
         self.persist(&name, &record, record != before, None).await?;
         let Some(token) = check else {
@@ -191,7 +191,7 @@ impl DurableObject for KeyLock {
             .backend
             .lookup_url(&config.backend_url, &backend_key_of(&name));
         let outcome = backend::lookup(&url, secret.as_deref(), config.backend_timeout).await;
-        let (found, failure) = outcome.found(now);
+        let (found, failure) = outcome.found(woke_at);
         if let Some(problem) = failure {
             console_error!("key {name}: the lookup failed: {}", problem.detail);
         }
@@ -199,8 +199,7 @@ impl DurableObject for KeyLock {
             return Response::empty();
         };
         let armed = record.poll_timeout();
-        let settled =
-            record.handle_lookup(token, &fingerprint, found, crate::orders::now(), &policy);
+        let settled = record.handle_lookup(token, &fingerprint, found, now(), &policy);
         log_settlement(&name, "the object's own check", &settled);
         self.persist(&name, &record, true, armed).await?;
         Response::empty()
