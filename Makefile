@@ -48,8 +48,9 @@ model:
 	cargo run --release -p chargeonce-model
 
 ## make mutants: puts back, one at a time, each problem the settling-keys
-## work fixed (model/mutations/) and checks that the model check finds a
-## counterexample for each.
+## work fixed, and one the payment-semantics work could make
+## (model/mutations/), and checks that the model check finds a
+## counterexample for each (about 20 minutes).
 mutants:
 	@bash scripts/mutants.sh
 

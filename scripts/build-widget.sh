@@ -31,8 +31,10 @@ wasm-bindgen --target web --out-dir "$out" --out-name chargeonce \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/chargeonce_widget.wasm"
 # The features rustc 1.9x emits for wasm32 must be named, or wasm-opt refuses
 # the module; npm binaryen 132 only (Debian's wasm-opt 108 miscompiles; see
-# docs/toolchain.md).
-wasm-opt -Oz --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
+# docs/toolchain.md). `--converge` repeats the passes until the module stops
+# shrinking, and the producers section (which compilers made the module) is
+# of no use to a browser: together about 0.2 KB brotli.
+wasm-opt -Oz --converge --strip-producers --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
   "$out/chargeonce_bg.wasm" -o "$out/chargeonce_bg.wasm"
 # `--target web` leaves initialisation to the page; the contract is one

@@ -2,7 +2,11 @@
 // "shop's server" prices and signs (the Worker's /demo/order-token route), and
 // the backstage panels (ledger, chaos, request log) that read and steer the
 // payment simulator through the Worker's /__sim routes. Both routes exist
-// only under `make dev`.
+// only under `make dev`. The bank's 3-D Secure challenge is a dialog here
+// (Stripe.js shows the real one) that tells the simulator the customer's
+// answer.
+
+import { mount } from "/pkg/chargeonce.js";
 
 // Prices here are for display. What is charged is what the server's own
 // catalogue says (edge/src/demo.rs), signed into the order token.
@@ -28,12 +32,46 @@ const state = {
   cart: JSON.parse(sessionStorage.getItem("shop-cart") ?? "{}"),
   orderRef: sessionStorage.getItem("shop-order-ref") ?? newOrderRef(),
   placed: sessionStorage.getItem("shop-placed") === "1",
+  paymentMethod: sessionStorage.getItem("shop-payment-method") ?? "pm_card_visa",
 };
 
 function save() {
   sessionStorage.setItem("shop-cart", JSON.stringify(state.cart));
   sessionStorage.setItem("shop-order-ref", state.orderRef);
   sessionStorage.setItem("shop-placed", state.placed ? "1" : "0");
+  sessionStorage.setItem("shop-payment-method", state.paymentMethod);
+}
+
+// The payment method is part of what the widget sends; another card after a
+// decline is a new attempt, with a new key.
+function wirePaymentMethod() {
+  const select = $("payment-method");
+  select.value = state.paymentMethod;
+  $("checkout").dataset.paymentMethod = state.paymentMethod;
+  select.addEventListener("change", () => {
+    state.paymentMethod = select.value;
+    $("checkout").dataset.paymentMethod = select.value;
+    save();
+  });
+}
+
+// The widget's handleAction: shows the bank's challenge for the intent the
+// client secret names and tells the simulator what the customer answered.
+// The widget then sends the order again with the same key and shows the
+// outcome.
+async function bankChallenge(clientSecret) {
+  const intent = clientSecret.split("_secret_")[0];
+  const dialog = $("bank");
+  $("bank-intent").textContent = intent;
+  dialog.showModal();
+  const outcome = await new Promise((resolve) => {
+    $("bank-confirm").onclick = () => resolve("succeed");
+    $("bank-fail").onclick = () => resolve("fail");
+    dialog.oncancel = () => resolve("fail");
+  });
+  dialog.close();
+  log(`the customer ${outcome === "succeed" ? "confirmed" : "failed"} the bank's challenge for ${intent}`, outcome === "succeed" ? "good" : "bad");
+  await sim(`payment_intents/${intent}/authenticate`, { outcome });
 }
 
 function changeCart(id, delta) {
@@ -245,6 +283,8 @@ document.addEventListener("chargeonce:token-needed", async ({ target, detail }) 
     log(`The shop could not renew the order token: ${e.message}`, "bad");
   }
 });
+document.addEventListener("chargeonce:action", ({ detail }) =>
+  log(`← 200 requires_action ${detail.payment_intent}: the bank asks the customer to confirm`));
 document.addEventListener("chargeonce:failure", ({ detail }) =>
   log(`← ${detail.status ?? "unconfirmed"}: ${detail.message}`, "bad"));
 
@@ -253,7 +293,9 @@ if (Object.keys(state.cart).length === 0 && !sessionStorage.getItem("shop-cart")
   state.cart = { pourover: 1 };
 }
 save();
+wirePaymentMethod();
 renderCart();
+mount($("checkout"), { handleAction: bankChallenge });
 wireChaos();
 poll();
 setInterval(poll, 1000);

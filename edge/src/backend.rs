@@ -1,22 +1,15 @@
 //! The HTTP calls to the payment backend, each bounded by the configured
-//! timeout: the forward and the reconciliation lookup. What to send and what
-//! the answers mean are decided in `chargeonce_protocol::backend`.
+//! timeout: the forward, the reconciliation lookup and the refresh of a
+//! stored intent. What to send and what the answers mean are decided in
+//! `chargeonce_protocol::backend`.
 
 use chargeonce_protocol::{
     backend::{classify_failure, classify_lookup, classify_lookup_failure, classify_response},
-    flow, BackendOutcome, LookupOutcome, TransportFailure,
+    flow, BackendOutcome, BackendResponse, LookupOutcome, TransportFailure,
 };
 use futures_util::future::{select, Either};
 use std::time::Duration;
 use worker::{wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
-
-/// A whole response from the backend.
-struct BackendResponse {
-    status: u16,
-    content_type: Option<String>,
-    retry_after: Option<String>,
-    body: Vec<u8>,
-}
 
 /// Sends the flow's forward with the backend key (so an idempotent backend
 /// is a second safety net) and the backend credential.
@@ -32,14 +25,22 @@ pub async fn forward(step: &flow::Forward) -> BackendOutcome {
     )
     .await;
     match sent {
-        Ok(answer) => classify_response(
-            answer.status,
-            answer.content_type.as_deref(),
-            answer.body,
-            answer.retry_after.as_deref(),
-        ),
+        Ok(answer) => classify_response(answer),
         Err(failure) => classify_failure(&failure),
     }
+}
+
+/// Asks the backend how a stored answer's intent stands now.
+pub async fn refresh(step: &flow::Refresh) -> Result<BackendResponse, TransportFailure> {
+    send(
+        Method::Get,
+        &step.url(),
+        None,
+        None,
+        step.authorization(),
+        step.timeout(),
+    )
+    .await
 }
 
 /// Asks the backend what it did under the backend key (`url` from
@@ -87,11 +88,13 @@ async fn send(
         let mut res = Fetch::Request(req).send_with_signal(&signal).await?;
         let header = |name: &str| res.headers().get(name).ok().flatten();
         let (content_type, retry_after) = (header("Content-Type"), header("Retry-After"));
+        let replayed = header("Idempotent-Replayed").is_some_and(|v| v.trim() == "true");
         let body = res.bytes().await?;
         Ok::<_, worker::Error>(BackendResponse {
             status: res.status_code(),
             content_type,
             retry_after,
+            replayed,
             body,
         })
     };

@@ -1,6 +1,7 @@
-//! `/__sim/*`: the payment simulator's test hooks (ledger, faults, reset),
-//! passed through so the demo page can show the ledger and inject chaos from
-//! the Worker's own origin.
+//! `/__sim/*`: the payment simulator's test hooks (ledger, faults, reset,
+//! and the bank's 3-D Secure challenge), passed through so the demo page can
+//! show the ledger, inject chaos and play the bank from the Worker's own
+//! origin.
 //!
 //! Only when `DEV_SIMULATOR_URL` is set, which `make dev` and the tests do
 //! with `--var` and wrangler.toml never does: a deployed Worker answers these
@@ -16,12 +17,18 @@ use worker::{
 pub async fn handle(mut req: Request, config: &EdgeConfig) -> Result<Response> {
     let path = req.path();
     let method = req.method();
+    let challenge = path
+        .strip_prefix("/__sim/payment_intents/")
+        .and_then(|rest| rest.strip_suffix("/authenticate"))
+        .is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
     let allowed = matches!(
         (path.as_str(), &method),
         ("/__sim/ledger", Method::Get)
             | ("/__sim/faults", Method::Get | Method::Post)
             | ("/__sim/reset", Method::Post)
-    );
+    ) || (challenge && method == Method::Post);
     let Some(base) = config.dev_simulator_url.as_deref().filter(|_| allowed) else {
         return http::not_found(&path);
     };

@@ -73,6 +73,19 @@ pub enum Command {
     Abandon {
         /// The claim being abandoned.
         token: ClaimToken,
+        /// Whether its forward may have run at the backend (see
+        /// [`KeyRecord::abandon`]).
+        ran: bool,
+    },
+    /// Replace a stored answer whose intent changed with the intent as it is
+    /// now ([`KeyRecord::refresh`]).
+    Refresh {
+        /// The fingerprint of the request that read the stored answer.
+        fingerprint: Fingerprint,
+        /// The stored answer it read.
+        previous: StoredResponse,
+        /// The refreshed answer.
+        response: StoredResponse,
     },
     /// Say what is known of the key (a status lookup).
     Status,
@@ -145,9 +158,17 @@ impl DurableObject for KeyLock {
                 let released = record.release(token, now, &policy);
                 (name, to_json(&released)?)
             }
-            Command::Abandon { token } => {
-                let abandoned = record.abandon(token, now, &policy);
+            Command::Abandon { token, ran } => {
+                let abandoned = record.abandon(token, ran, now, &policy);
                 (name, to_json(&abandoned)?)
+            }
+            Command::Refresh {
+                fingerprint,
+                previous,
+                response,
+            } => {
+                let stored = record.refresh(&fingerprint, &previous, response, now, &policy);
+                (name, to_json(&stored)?)
             }
             Command::Status => {
                 let status = record.status(now, &policy);
@@ -293,7 +314,9 @@ fn log_timeouts(name: &str, changes: &[chargeonce_protocol::record::Timeout]) {
 
 fn log_settlement(name: &str, by: &str, settled: &Settlement) {
     let what = match settled {
-        Settlement::Charged { .. } => "found the charge; it is the key's answer now",
+        Settlement::Answered { .. } => {
+            "found the intent (charged, or awaiting the customer's authentication); it is the key's answer now"
+        }
         Settlement::NotCharged { .. } => {
             "found no charge after the settle window; the key's answer is 'not charged'"
         }
@@ -404,8 +427,27 @@ impl KeyLockClient {
 
     /// Ends a claim whose outcome is unknown, so the key is reconciled;
     /// returns whether it was still held.
-    pub async fn abandon(&self, token: ClaimToken) -> std::result::Result<bool, StoreError> {
-        self.call(&Command::Abandon { token }).await
+    pub async fn abandon(
+        &self,
+        token: ClaimToken,
+        ran: bool,
+    ) -> std::result::Result<bool, StoreError> {
+        self.call(&Command::Abandon { token, ran }).await
+    }
+
+    /// Replaces the stored answer `previous` with its refresh.
+    pub async fn refresh(
+        &self,
+        fingerprint: &Fingerprint,
+        previous: &StoredResponse,
+        response: &StoredResponse,
+    ) -> std::result::Result<CompleteOutcome, StoreError> {
+        self.call(&Command::Refresh {
+            fingerprint: fingerprint.clone(),
+            previous: previous.clone(),
+            response: response.clone(),
+        })
+        .await
     }
 
     /// What is known of the key.

@@ -143,13 +143,32 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
             }
             Step::Abandon(s) => {
                 let abandoned = match &lock {
-                    Some(lock) => lock.abandon(s.token()).await.map_err(StoreFailure::from),
+                    Some(lock) => lock
+                        .abandon(s.token(), s.ran())
+                        .await
+                        .map_err(StoreFailure::from),
                     None => Err(no_lock()),
                 };
                 if abandoned == Ok(false) {
                     console_warn!("a claim was no longer held when abandoned");
                 }
                 s.handle_abandon(abandoned)
+            }
+            Step::Refresh(s) => {
+                let answer = backend::refresh(&s).await;
+                s.handle_refresh(answer)
+            }
+            Step::SaveRefresh(s) => {
+                // A KV hit is refreshed without a claim: the object is named
+                // here if it was not yet.
+                let saved = match KeyLockClient::for_key(env, s.name()) {
+                    Ok(client) => client
+                        .refresh(s.fingerprint(), s.previous(), s.response())
+                        .await
+                        .map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_saved(saved, now())
             }
             Step::QueryStatus(s) => {
                 let status = match KeyLockClient::for_key(env, s.name()) {

@@ -42,7 +42,7 @@
 //! it, and its lookup shows a charge within the settle window.
 
 use chargeonce_protocol::backend::{
-    classify_failure, classify_lookup, classify_lookup_failure, classify_response,
+    classify_failure, classify_lookup, classify_lookup_failure, classify_response, BackendResponse,
 };
 use chargeonce_protocol::flow::{self, Reply, Secrets, StatusHead, StoreFailure};
 use chargeonce_protocol::{
@@ -264,8 +264,8 @@ pub enum Command {
     Complete(ClaimToken, Fingerprint, StoredResponse),
     /// Give the key back.
     Release(ClaimToken),
-    /// End the claim, outcome unknown.
-    Abandon(ClaimToken),
+    /// End the claim, outcome unknown; whether its forward may have run.
+    Abandon(ClaimToken, bool),
     /// A status lookup.
     Status,
 }
@@ -378,6 +378,8 @@ pub enum Msg {
         status: u16,
         /// The body.
         body: String,
+        /// `Idempotent-Replayed: true`: an answer saved under the key.
+        replayed: bool,
     },
 }
 
@@ -696,6 +698,9 @@ impl Checkout {
                     self.with_attempt(world, |a| a.handle_token(true))
                 }
                 Next::Wait | Next::WaitForOnline | Next::Stop | Next::Ignore(_) => return,
+                Next::HandleAction => {
+                    unreachable!("the model's backend asks for no authentication")
+                }
             }
         }
     }
@@ -800,7 +805,7 @@ impl Checkout {
                 s.response().clone(),
             )),
             Step::Release(s) => Some(Command::Release(s.token())),
-            Step::Abandon(s) => Some(Command::Abandon(s.token())),
+            Step::Abandon(s) => Some(Command::Abandon(s.token(), s.ran())),
             Step::QueryStatus(_) => Some(Command::Status),
             _ => None,
         };
@@ -865,7 +870,9 @@ impl Checkout {
                     retry_after_secs,
                 });
             }
-            other => unreachable!("the worker ran the body and KV steps at its start: {other:?}"),
+            other => unreachable!(
+                "the worker ran the body and KV steps at its start, and the model's intents are all settled, so nothing is refreshed: {other:?}"
+            ),
         }
     }
 
@@ -919,16 +926,14 @@ impl Checkout {
             })),
             (Step::Lookup(s), Heard::Backend(r)) => {
                 let outcome = match r {
-                    Some((status, body)) => classify_lookup(status, body.as_bytes()),
+                    Some(answer) => classify_lookup(answer.status, &answer.body),
                     None => classify_lookup_failure(&TransportFailure::Timeout { after_ms: 1_000 }),
                 };
                 s.handle_lookup(outcome, now)
             }
             (Step::Forward(s), Heard::Backend(r)) => {
                 let outcome = match r {
-                    Some((status, body)) => {
-                        classify_response(status, Some("application/json"), body.into_bytes(), None)
-                    }
+                    Some(answer) => classify_response(answer),
                     None => classify_failure(&TransportFailure::Timeout { after_ms: 1_000 }),
                 };
                 s.handle_forward(outcome)
@@ -975,7 +980,9 @@ impl Checkout {
                 CommandResult::Complete(record.complete(token, &fp, response, now, &policy))
             }
             Command::Release(token) => CommandResult::Held(record.release(token, now, &policy)),
-            Command::Abandon(token) => CommandResult::Held(record.abandon(token, now, &policy)),
+            Command::Abandon(token, ran) => {
+                CommandResult::Held(record.abandon(token, ran, now, &policy))
+            }
             Command::Status => CommandResult::Status(record.status(now, &policy)),
         };
         let changed = record != before;
@@ -1014,12 +1021,12 @@ impl Checkout {
     }
 
     /// The backend runs a forward under `key`.
-    fn execute(&self, world: &mut World, key: u8, outcome: Outcome) -> (u16, String) {
+    fn execute(&self, world: &mut World, key: u8, outcome: Outcome) -> (u16, String, bool) {
         let retention = self.config.backend_key_retention.as_secs();
         if self.backend == Backend::KeepsKeys {
             world.saved.retain(|s| world.now < s.at + retention);
             if let Some(saved) = world.saved.iter().find(|s| s.key == key) {
-                return (saved.status, saved.body.clone());
+                return (saved.status, saved.body.clone(), true);
             }
         }
         let charge = |world: &mut World, lag: u64| {
@@ -1077,7 +1084,7 @@ impl Checkout {
                 at: world.now,
             });
         }
-        (status, body)
+        (status, body, false)
     }
 
     fn lookup(&self, world: &mut World, key: u8, outcome: Outcome) -> (u16, String) {
@@ -1125,16 +1132,16 @@ impl Checkout {
                     return Ok(());
                 }
                 world.page.waiting = None;
-                let problem = serde_json::from_str::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v["type"].as_str().and_then(ProblemType::from_uri));
+                let parsed = serde_json::from_str::<serde_json::Value>(&body).ok();
+                let member = |name| parsed.as_ref().and_then(|v| v[name].as_str());
                 let response = EdgeResponse {
                     status,
                     body: &body,
                     message: None,
-                    problem,
+                    problem: member("type").and_then(ProblemType::from_uri),
                     replayed,
                     retry_after_secs: retry_after_secs.map(u64::from),
+                    payment_status: member("status"),
                 };
                 let now = world.now * 1000;
                 let policy = self.policy;
@@ -1178,12 +1185,13 @@ impl Checkout {
             Msg::Forward {
                 worker, call, key, ..
             } => {
-                let (status, body) =
+                let (status, body, replayed) =
                     self.execute(world, key, outcome.expect("a forward has an outcome"));
                 world.send(Msg::Backend {
                     to: Asker::Worker(worker, call),
                     status,
                     body,
+                    replayed,
                 });
             }
             Msg::Lookup { asker, key, .. } => {
@@ -1193,15 +1201,25 @@ impl Checkout {
                     to: asker,
                     status,
                     body,
+                    replayed: false,
                 });
             }
-            Msg::Backend { to, status, body } => match to {
+            Msg::Backend {
+                to,
+                status,
+                body,
+                replayed,
+            } => match to {
                 Asker::Worker(worker, call) => {
                     if world.workers.iter().any(|w| {
                         w.id == worker
                             && matches!(w.waiting, Waiting::Backend { call: c, .. } if c == call)
                     }) {
-                        self.hear(world, worker, Heard::Backend(Some((status, body))));
+                        let answer = BackendResponse {
+                            replayed,
+                            ..BackendResponse::new(status, body)
+                        };
+                        self.hear(world, worker, Heard::Backend(Some(answer)));
                     }
                 }
                 Asker::Alarm(key, token, sent) => {
@@ -1267,7 +1285,7 @@ impl Checkout {
 #[derive(Debug)]
 enum Heard {
     Object(Result<CommandResult, StoreFailure>),
-    Backend(Option<(u16, String)>),
+    Backend(Option<BackendResponse>),
 }
 
 /// Stands in for a worker's step while the step is being run.
@@ -1767,7 +1785,15 @@ fn summarize(msg: &Msg) -> String {
                 Command::Settle(t, _, found) => format!("settle claim {} with {found:?}", t.0),
                 Command::Complete(t, _, r) => format!("complete claim {} with {}", t.0, r.status),
                 Command::Release(t) => format!("release claim {}", t.0),
-                Command::Abandon(t) => format!("abandon claim {}", t.0),
+                Command::Abandon(t, ran) => format!(
+                    "abandon claim {}{}",
+                    t.0,
+                    if *ran {
+                        ""
+                    } else {
+                        " (its forward was answered by a replay)"
+                    }
+                ),
                 Command::Status => "status".to_owned(),
             };
             format!("worker {worker} -> object {key}: {command}")
@@ -1785,6 +1811,14 @@ fn summarize(msg: &Msg) -> String {
             "{asker:?} looks up key {key}{}",
             if *late { " (held up)" } else { "" }
         ),
-        Msg::Backend { to, status, body } => format!("backend -> {to:?}: {status} {body}"),
+        Msg::Backend {
+            to,
+            status,
+            body,
+            replayed,
+        } => format!(
+            "backend -> {to:?}: {status} {body}{}",
+            if *replayed { " (replayed)" } else { "" }
+        ),
     }
 }

@@ -21,6 +21,7 @@
 //! attempt has one: an unconfirmed attempt is first settled through the
 //! edge's status lookup, which never charges.
 
+use crate::payment::{self, PaymentOutcome};
 use crate::problem::ProblemType;
 
 /// The first line of [`Attempt::encode`]'s form; a change of format bumps it.
@@ -32,6 +33,16 @@ const STORAGE_VERSION_1: &str = "chargeonce-attempt/1";
 /// Fresh order tokens asked for in one run of sends, at most: a page that
 /// keeps handing out expired ones cannot keep the widget sending for ever.
 pub const MAX_TOKEN_REFRESHES: u32 = 3;
+
+/// Times the page is asked to authenticate one run's payment: a handler that
+/// returns without the customer authenticating cannot keep the widget
+/// asking for ever.
+pub const MAX_ACTIONS: u32 = 2;
+
+/// What a refused attempt says when the payment needs the customer to
+/// authenticate and the page gave the widget no way to ask them.
+pub const NO_ACTION_HANDLER: &str =
+    "The card needs confirming with the bank, and this page has no handleAction.";
 
 /// How a client retries. The defaults follow Stripe's clients: 0.5 s
 /// doubling to 5 s, with full jitter.
@@ -142,9 +153,18 @@ pub enum Phase {
         /// Whether the edge replayed it.
         replayed: bool,
     },
-    /// The order was definitively refused (a decline, another 4xx, or a
-    /// final "not charged"). Final: the next submit starts a new attempt
-    /// with a new key.
+    /// The payment awaits the customer's authentication with their bank
+    /// (3-D Secure): nothing is charged until they do. The page's handler
+    /// is showing the challenge; then the order is sent again with the same
+    /// key for the outcome. A click meanwhile is ignored.
+    ActionRequired {
+        /// The intent, as the edge sent it: its `id`, `client_secret` and
+        /// `next_action`.
+        body: String,
+    },
+    /// The order was definitively refused (a decline, a failed
+    /// authentication, another 4xx, or a final "not charged"). Final: the
+    /// next submit starts a new attempt with a new key.
     Refused {
         /// The HTTP status.
         status: u16,
@@ -198,6 +218,8 @@ pub struct Attempt {
     /// Fresh order tokens asked for in the current run (not stored: a
     /// reload starts a new run).
     refreshes: u32,
+    /// Authentications asked for in the current run (not stored).
+    actions: u32,
     /// When the current run of retries started (Unix ms).
     started_at_ms: u64,
 }
@@ -220,6 +242,9 @@ pub struct EdgeResponse<'a> {
     pub replayed: bool,
     /// The `Retry-After` header, in seconds, if any.
     pub retry_after_secs: Option<u64>,
+    /// The body's `status` member, if the shell found one: a PaymentIntent's
+    /// status, which says what a 2xx means ([`payment::outcome_of`]).
+    pub payment_status: Option<&'a str>,
 }
 
 impl<'a> EdgeResponse<'a> {
@@ -233,6 +258,7 @@ impl<'a> EdgeResponse<'a> {
             problem: None,
             replayed: false,
             retry_after_secs: None,
+            payment_status: None,
         }
     }
 
@@ -271,6 +297,11 @@ pub enum Next {
     Wait,
     /// Wait for the browser to come online.
     WaitForOnline,
+    /// Ask the customer to authenticate the payment in
+    /// [`Phase::ActionRequired`] (the page's `handleAction`), then call
+    /// [`Attempt::handle_action_done`], or
+    /// [`Attempt::handle_no_action_handler`] if the page has none.
+    HandleAction,
     /// The attempt reached a final phase or gave up; see [`Attempt::phase`].
     Stop,
     /// Do nothing: the click is a duplicate or the order is already placed.
@@ -300,9 +331,7 @@ impl Attempt {
             // payload waits until the earlier one is settled.
             Some(a) if a.fingerprint == fingerprint => (a.key, Exchange::Order),
             Some(mut a) => {
-                a.started_at_ms = now_ms;
-                a.sends = 0;
-                a.refreshes = 0;
+                a.new_run(now_ms);
                 let next = a.send_or_wait(online, Exchange::Status);
                 return (a, next);
             }
@@ -314,6 +343,7 @@ impl Attempt {
             phase: Phase::Sending,
             sends: 0,
             refreshes: 0,
+            actions: 0,
             started_at_ms: now_ms,
         };
         let next = attempt.send_or_wait(online, exchange);
@@ -328,10 +358,72 @@ impl Attempt {
         if matches!(self.phase, Phase::Placed { .. } | Phase::Refused { .. }) {
             return Next::Stop;
         }
+        self.new_run(now_ms);
+        self.send_or_wait(online, Exchange::Status)
+    }
+
+    /// The page's handler for [`Next::HandleAction`] returned (whether the
+    /// customer authenticated or not): the order is sent again with the
+    /// same key, and the edge answers with the payment as it is now.
+    pub fn handle_action_done(&mut self, now_ms: u64, online: bool) -> Next {
+        if !matches!(self.phase, Phase::ActionRequired { .. }) {
+            return Next::Stop;
+        }
+        let actions = self.actions;
+        self.new_run(now_ms);
+        self.actions = actions;
+        self.send_or_wait(online, Exchange::Order)
+    }
+
+    /// The page has no handler for [`Next::HandleAction`]: the customer
+    /// cannot authenticate, so nothing will be charged under this attempt,
+    /// and the next click starts a new one (another card, say).
+    pub fn handle_no_action_handler(&mut self) -> Next {
+        if matches!(self.phase, Phase::ActionRequired { .. }) {
+            self.refuse(200, Some(NO_ACTION_HANDLER));
+        }
+        Next::Stop
+    }
+
+    fn new_run(&mut self, now_ms: u64) {
         self.started_at_ms = now_ms;
         self.sends = 0;
         self.refreshes = 0;
-        self.send_or_wait(online, Exchange::Status)
+        self.actions = 0;
+    }
+
+    /// An answer that is the key's 2xx: what its payment status means.
+    /// `same_payload` is false for a status lookup of an attempt whose cart
+    /// the page no longer shows: its payment cannot be authenticated from
+    /// here (the order cannot be sent again), so it will charge nothing.
+    fn handle_success(&mut self, response: &EdgeResponse<'_>, same_payload: bool) -> Next {
+        match payment::outcome_of(response.payment_status) {
+            PaymentOutcome::Placed => {
+                self.phase = Phase::Placed {
+                    body: response.body.to_owned(),
+                    replayed: response.replayed,
+                };
+                Next::Stop
+            }
+            PaymentOutcome::ActionRequired if same_payload && self.actions < MAX_ACTIONS => {
+                self.actions += 1;
+                self.phase = Phase::ActionRequired {
+                    body: response.body.to_owned(),
+                };
+                Next::HandleAction
+            }
+            // Asked often enough in this run, and still not authenticated:
+            // the next click sends the order again with the key and asks
+            // again.
+            PaymentOutcome::ActionRequired if same_payload => {
+                self.phase = Phase::Unconfirmed;
+                Next::Stop
+            }
+            PaymentOutcome::ActionRequired | PaymentOutcome::Refused => {
+                self.refuse(response.status, response.message);
+                Next::Stop
+            }
+        }
     }
 
     /// Handles the edge's response to the order; `jitter` is a uniform pick
@@ -354,13 +446,7 @@ impl Attempt {
             then: Exchange::Order,
         };
         match response.status {
-            200..=299 => {
-                self.phase = Phase::Placed {
-                    body: response.body.to_owned(),
-                    replayed: response.replayed,
-                };
-                Next::Stop
-            }
+            200..=299 => self.handle_success(response, true),
             _ if response.token_expired() => self.need_token(Exchange::Order, now_ms, policy),
             // Another request holds the key: its `Retry-After` is when its
             // lease ends, and waiting it out is not a failed retry.
@@ -400,14 +486,23 @@ impl Attempt {
             then: Exchange::Status,
         };
         match response.status {
-            // The key's stored answer, whatever its status.
-            200..=299 if response.replayed => {
-                self.phase = Phase::Placed {
-                    body: response.body.to_owned(),
-                    replayed: true,
-                };
-                Next::Stop
+            // An intent that awaited authentication, as stored: the order
+            // sent again with the key learns how it stands now (the status
+            // lookup does not ask the backend), before the page is asked to
+            // authenticate it a second time.
+            200..=299
+                if response.replayed
+                    && same_payload
+                    && payment::outcome_of(response.payment_status)
+                        == PaymentOutcome::ActionRequired =>
+            {
+                self.phase = Phase::Sending;
+                Next::Send {
+                    key: self.key.clone(),
+                }
             }
+            // The key's stored answer, whatever its status.
+            200..=299 if response.replayed => self.handle_success(response, same_payload),
             status if response.replayed => {
                 self.refuse(status, response.message);
                 Next::Stop
@@ -551,6 +646,7 @@ impl Attempt {
                 | Phase::Backoff { .. }
                 | Phase::Offline { .. }
                 | Phase::NeedsToken { .. }
+                | Phase::ActionRequired { .. }
         )
     }
 
@@ -576,6 +672,9 @@ impl Attempt {
             Phase::Placed { body, replayed } => {
                 (format!("placed {}", u8::from(*replayed)), body.as_str())
             }
+            // Stored as in flight: a reload settles it through the status
+            // lookup, which answers with the intent again (or its outcome).
+            Phase::ActionRequired { .. } => ("sending".to_owned(), ""),
             Phase::Refused { status, message } => (format!("refused {status}"), message.as_str()),
             Phase::Unconfirmed => ("unconfirmed".to_owned(), ""),
             Phase::OtherTab => ("other_tab".to_owned(), ""),
@@ -641,6 +740,7 @@ impl Attempt {
             phase,
             sends,
             refreshes: 0,
+            actions: 0,
             started_at_ms,
         })
     }
@@ -1020,6 +1120,150 @@ mod tests {
         );
     }
 
+    const ACTION: &str =
+        r#"{"id":"pi_3ds","status":"requires_action","client_secret":"pi_3ds_secret_x"}"#;
+
+    fn intent<'a>(body: &'a str, status: &'a str) -> EdgeResponse<'a> {
+        EdgeResponse {
+            payment_status: Some(status),
+            ..EdgeResponse::new(200, body)
+        }
+    }
+
+    #[test]
+    fn a_payment_that_needs_authentication_is_sent_again_with_its_key_after_it() {
+        let mut a = fresh(0);
+        let next = a.handle_response(&intent(ACTION, "requires_action"), 1, 0.0, &policy());
+        assert_eq!(next, Next::HandleAction);
+        assert_eq!(
+            a.phase(),
+            &Phase::ActionRequired {
+                body: ACTION.into()
+            }
+        );
+        // The challenge is on screen: a click changes nothing.
+        assert!(a.is_busy());
+        let (mut a, click) = Attempt::submit(Some(a), FP, 2, true, || "key-2".into());
+        assert_eq!(click, Next::Ignore(IgnoreReason::Busy));
+        // A reload keeps the key and asks the edge first, which answers with
+        // the intent again (or its outcome).
+        let mut reloaded = Attempt::decode(&a.encode()).unwrap();
+        assert_eq!(reloaded.key(), a.key());
+        assert_eq!(
+            reloaded.resume(10, true),
+            Next::FetchStatus {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(
+            a.handle_action_done(30_000, true),
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+        let placed = r#"{"id":"pi_3ds","status":"succeeded"}"#;
+        let replayed = EdgeResponse {
+            replayed: true,
+            ..intent(placed, "succeeded")
+        };
+        assert_eq!(
+            a.handle_response(&replayed, 30_100, 0.0, &policy()),
+            Next::Stop
+        );
+        assert!(matches!(a.phase(), Phase::Placed { .. }));
+    }
+
+    #[test]
+    fn a_failed_authentication_is_refused_and_the_next_click_takes_a_new_key() {
+        let mut a = fresh(0);
+        let _ = a.handle_response(&intent(ACTION, "requires_action"), 1, 0.0, &policy());
+        let _ = a.handle_action_done(2, true);
+        let failed = EdgeResponse {
+            message: Some("We are unable to authenticate your payment method."),
+            replayed: true,
+            ..intent(r#"{"id":"pi_3ds"}"#, "requires_payment_method")
+        };
+        assert_eq!(a.handle_response(&failed, 3, 0.0, &policy()), Next::Stop);
+        assert_eq!(
+            a.phase(),
+            &Phase::Refused {
+                status: 200,
+                message: "We are unable to authenticate your payment method.".into()
+            }
+        );
+        let (a, next) = Attempt::submit(Some(a), FP, 4, true, || "key-2".into());
+        assert_eq!(
+            (a.key(), next),
+            (
+                "key-2",
+                Next::Send {
+                    key: "key-2".into()
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn without_a_handler_the_attempt_says_so_and_charges_nothing() {
+        let mut a = fresh(0);
+        let _ = a.handle_response(&intent(ACTION, "requires_action"), 1, 0.0, &policy());
+        assert_eq!(a.handle_no_action_handler(), Next::Stop);
+        assert_eq!(
+            a.phase(),
+            &Phase::Refused {
+                status: 200,
+                message: NO_ACTION_HANDLER.into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_handler_that_never_authenticates_is_asked_a_bounded_number_of_times() {
+        let mut a = fresh(0);
+        let mut asked = 0;
+        let mut next = a.handle_response(&intent(ACTION, "requires_action"), 1, 0.0, &policy());
+        while next == Next::HandleAction {
+            asked += 1;
+            assert!(matches!(a.handle_action_done(2, true), Next::Send { .. }));
+            next = a.handle_response(&intent(ACTION, "requires_action"), 3, 0.0, &policy());
+        }
+        assert_eq!((asked, next), (MAX_ACTIONS, Next::Stop));
+        // Not final: the next click sends the order again with the key.
+        assert_eq!(a.phase(), &Phase::Unconfirmed);
+        let (_, click) = Attempt::submit(Some(a), FP, 4, true, || "key-2".into());
+        assert_eq!(
+            click,
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_stored_intent_awaiting_authentication_for_another_cart_charged_nothing() {
+        let mut a = fresh(0);
+        let _ = respond(&mut a, 500, 1);
+        let _ = a.resume(2, true);
+        let stored = EdgeResponse {
+            replayed: true,
+            ..intent(ACTION, "requires_action")
+        };
+        // The page still shows it: the order is sent again with the key,
+        // which learns how the intent stands now.
+        let mut same = a.clone();
+        assert_eq!(
+            same.handle_status(&stored, 3, 0.0, &policy(), true),
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(
+            a.handle_status(&stored, 3, 0.0, &policy(), false),
+            Next::Stop
+        );
+        assert!(matches!(a.phase(), Phase::Refused { .. }));
+    }
+
     #[test]
     fn a_reload_of_an_unconfirmed_attempt_learns_its_stored_answer() {
         let mut a = fresh(0);
@@ -1286,7 +1530,8 @@ mod tests {
         ];
         for phase in phases {
             let a = Attempt { phase, ..fresh(7) };
-            assert_eq!(Attempt::decode(&a.encode()).as_ref(), Some(&a));
+            let reloaded = Attempt::decode(&a.encode()).unwrap();
+            assert_eq!((reloaded.key(), reloaded.phase()), (a.key(), a.phase()));
         }
     }
 

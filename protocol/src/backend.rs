@@ -6,6 +6,7 @@
 //! The HTTP call itself is the edge's; everything decided about it is here.
 
 use crate::order::Order;
+use crate::payment::{self, IntentStatus, PaymentOutcome};
 use crate::problem::{Problem, ProblemType};
 use crate::record::{Found, StoredResponse};
 use crate::time::UnixMs;
@@ -84,6 +85,22 @@ impl BackendKind {
         }
     }
 
+    /// The URL of a `GET` that shows the intent `intent_id`, created under
+    /// `backend_key`, as it is now, to refresh a stored answer that may have
+    /// changed ([`unsettled_intent`]); [`classify_refresh`] reads the
+    /// answer. Stripe: `GET /v1/payment_intents/{id}`, which reads the
+    /// intent itself and does not lag like Search. Passthrough: the lookup,
+    /// which lists the key's intents as they are now.
+    pub fn refresh_url(self, base_url: &str, intent_id: &str, backend_key: &str) -> String {
+        match self {
+            Self::Stripe => {
+                let id: String = form_urlencoded::byte_serialize(intent_id.as_bytes()).collect();
+                format!("{}/v1/payment_intents/{id}", base_url.trim_end_matches('/'))
+            }
+            Self::Passthrough => self.lookup_url(base_url, backend_key),
+        }
+    }
+
     /// The URL of a `GET` that lists what the backend did under
     /// `backend_key`; [`classify_lookup`] reads the answer.
     ///
@@ -146,6 +163,12 @@ pub enum BackendOutcome {
     /// success whose body cannot be stored): abandon the claim so the retry
     /// reconciles first.
     Unknown(Problem),
+    /// The backend replayed a server error it saved for an earlier request
+    /// with the key (`Idempotent-Replayed: true`; Stripe saves 500s): that
+    /// request may have charged, but nothing ran for this one. Abandon the
+    /// claim as for [`Self::Unknown`], without counting this forward as one
+    /// that may have charged, so retries cannot keep the key from settling.
+    SavedUnknown(Problem),
     /// The backend may still be working on the request (the edge gave up
     /// waiting): keep the claim; when its lease runs out the key becomes
     /// unknown and the retry reconciles.
@@ -157,7 +180,10 @@ impl BackendOutcome {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Self::Final(_) => None,
-            Self::NotCharged(p) | Self::Unknown(p) | Self::StillRunning(p) => Some(p),
+            Self::NotCharged(p)
+            | Self::Unknown(p)
+            | Self::SavedUnknown(p)
+            | Self::StillRunning(p) => Some(p),
         }
     }
 }
@@ -175,15 +201,46 @@ pub enum TransportFailure {
     Unreachable(String),
 }
 
-/// Classifies a backend response. `body` is taken whole so that what is
-/// stored is byte for byte what the backend sent.
-pub fn classify_response(
-    status: u16,
-    content_type: Option<&str>,
-    body: Vec<u8>,
-    retry_after: Option<&str>,
-) -> BackendOutcome {
+/// A whole answer from the backend, as the shell read it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct BackendResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// Whether it carried `Idempotent-Replayed: true`: an answer the backend
+    /// saved for an earlier request with the key, sent again without running
+    /// this one (<https://docs.stripe.com/idempotency>).
+    pub replayed: bool,
+    /// The body, whole, so that what is stored is byte for byte what the
+    /// backend sent.
+    pub body: Vec<u8>,
+}
+
+impl BackendResponse {
+    /// An answer with this status and body, and no headers.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Classifies a backend response to a forward.
+pub fn classify_response(response: BackendResponse) -> BackendOutcome {
+    let BackendResponse {
+        status,
+        content_type,
+        retry_after,
+        replayed,
+        body,
+    } = response;
     let retry_after = retry_after
+        .as_deref()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(DEFAULT_RETRY_AFTER_SECS)
         .clamp(1, MAX_RETRY_AFTER_SECS);
@@ -202,7 +259,7 @@ pub fn classify_response(
             match String::from_utf8(body) {
                 Ok(body) => BackendOutcome::Final(StoredResponse {
                     status,
-                    content_type: content_type.unwrap_or("application/json").to_owned(),
+                    content_type: content_type.unwrap_or_else(|| "application/json".to_owned()),
                     body,
                 }),
                 Err(_) => BackendOutcome::Unknown(problem(
@@ -229,6 +286,12 @@ pub fn classify_response(
                 .into(),
         )),
         // A server error mid-request may come after the charge.
+        500..=599 if replayed => BackendOutcome::SavedUnknown(problem(
+            ProblemType::BackendError,
+            format!(
+                "the payment backend replayed the {status} it saved for an earlier request with this Idempotency-Key; its outcome is being confirmed; retry with the same key"
+            ),
+        )),
         500..=599 => BackendOutcome::Unknown(problem(
             ProblemType::BackendError,
             format!("the payment backend answered {status}; retry with the same Idempotency-Key"),
@@ -277,8 +340,9 @@ pub fn classify_failure(failure: &TransportFailure) -> BackendOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum LookupOutcome {
-    /// The backend charged under the key: this is the key's final answer.
-    Charged(StoredResponse),
+    /// The backend holds the key's answer (a charge, or an intent awaiting
+    /// the customer's authentication): this is the key's final answer.
+    Answered(StoredResponse),
     /// No charge under the key (declined or never-run attempts are not
     /// charges): forwarding again cannot charge twice.
     NotCharged,
@@ -291,7 +355,7 @@ impl LookupOutcome {
     /// and the problem to tell the client when it failed.
     pub fn found(self, looked_at: UnixMs) -> (Found, Option<Problem>) {
         match self {
-            Self::Charged(response) => (Found::Charge { response }, None),
+            Self::Answered(response) => (Found::Answer { response }, None),
             Self::NotCharged => (Found::Nothing { looked_at }, None),
             Self::Failed(problem) => (Found::Unknown, Some(problem)),
         }
@@ -318,14 +382,13 @@ fn lookup_failed(why: String) -> LookupOutcome {
     )
 }
 
-/// PaymentIntent statuses under which money has moved or will move without
-/// the customer doing anything more.
-const CHARGED_STATUSES: &[&str] = &["succeeded", "processing", "requires_capture"];
-
 /// Reads the lookup's answer: both adapters answer a JSON object whose `data`
-/// lists PaymentIntents, newest first. The first charged one, as compact
-/// JSON, becomes the key's final answer (status 200, as its POST would have
-/// been), replayed byte for byte from then on. It is re-serialised rather than
+/// lists PaymentIntents, newest first. The first that is the key's answer
+/// (placed, or awaiting the customer's authentication, read as a forward's
+/// answer is read: [`payment::outcome_of`]), as compact JSON, becomes the
+/// key's final answer (status 200, as its POST would have been), replayed
+/// byte for byte from then on. A refused intent (a decline) charged nothing:
+/// forwarding again cannot charge twice. It is re-serialised rather than
 /// cut out of the answer byte for byte because serde_json's `raw_value`
 /// feature would cost the widget, which shares this crate, 1.4 KB of its
 /// 60 KB budget; no client has seen the original bytes anyway.
@@ -346,12 +409,12 @@ pub fn classify_lookup(status: u16, body: &[u8]) -> LookupOutcome {
             return failed("its lookup listed something that is not an object".into());
         };
         let status = fields.get("status").and_then(|s| s.as_str());
-        if status.is_some_and(|s| CHARGED_STATUSES.contains(&s)) {
+        if payment::outcome_of(status) != PaymentOutcome::Refused {
             let body = intent.to_string();
             if body.len() > MAX_STORED_BODY_BYTES {
                 return failed("the charge it found is too large to store".into());
             }
-            return LookupOutcome::Charged(StoredResponse {
+            return LookupOutcome::Answered(StoredResponse {
                 status: 200,
                 content_type: "application/json".into(),
                 body,
@@ -359,6 +422,73 @@ pub fn classify_lookup(status: u16, body: &[u8]) -> LookupOutcome {
         }
     }
     LookupOutcome::NotCharged
+}
+
+/// The id of the intent a stored answer shows, if that intent may still
+/// change without a new confirmation ([`IntentStatus::may_change`]: it awaits
+/// the customer's authentication, or is processing). Such an answer is
+/// refreshed when replayed, so that the retry after authentication reports
+/// the outcome under the same key. Cheap for every other answer: only a 2xx
+/// that mentions such a status is parsed.
+pub fn unsettled_intent(response: &StoredResponse) -> Option<String> {
+    if !(200..300).contains(&response.status)
+        || !IntentStatus::ALL
+            .iter()
+            .any(|s| s.may_change() && response.body.contains(s.as_str()))
+    {
+        return None;
+    }
+    let intent: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+    let status = IntentStatus::parse(intent.get("status")?.as_str()?)?;
+    status
+        .may_change()
+        .then(|| intent.get("id")?.as_str().map(str::to_owned))
+        .flatten()
+}
+
+/// Reads the refresh of the stored answer `stored` (whose intent is
+/// `intent_id`): the intent as it is now, as the key's new answer (status
+/// 200, compact JSON for the passthrough list, the backend's bytes for
+/// Stripe), or `None` when the refresh says nothing new (a failure, another
+/// intent, or the same status), and the stored answer stands.
+pub fn classify_refresh(
+    kind: BackendKind,
+    stored: &StoredResponse,
+    intent_id: &str,
+    status: u16,
+    body: &[u8],
+) -> Option<StoredResponse> {
+    if status != 200 || body.len() > MAX_STORED_BODY_BYTES {
+        return None;
+    }
+    let answer: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let intent = match kind {
+        BackendKind::Stripe => answer,
+        BackendKind::Passthrough => answer
+            .get("data")?
+            .as_array()?
+            .iter()
+            .find(|i| i.get("id").and_then(|id| id.as_str()) == Some(intent_id))?
+            .clone(),
+    };
+    if intent.get("id").and_then(|id| id.as_str()) != Some(intent_id) {
+        return None;
+    }
+    let status_of =
+        |v: &serde_json::Value| v.get("status").and_then(|s| s.as_str()).map(str::to_owned);
+    let before: Option<serde_json::Value> = serde_json::from_str(&stored.body).ok();
+    if before.as_ref().and_then(status_of) == status_of(&intent) {
+        return None;
+    }
+    let body = match kind {
+        BackendKind::Stripe => String::from_utf8(body.to_vec()).ok()?,
+        BackendKind::Passthrough => intent.to_string(),
+    };
+    Some(StoredResponse {
+        status: 200,
+        content_type: "application/json".into(),
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -374,6 +504,19 @@ mod tests {
             order_token: None,
             payment_method: "pm_card_visa".into(),
         }
+    }
+
+    fn classify(
+        status: u16,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+        retry_after: Option<&str>,
+    ) -> BackendOutcome {
+        classify_response(BackendResponse {
+            content_type: content_type.map(str::to_owned),
+            retry_after: retry_after.map(str::to_owned),
+            ..BackendResponse::new(status, body)
+        })
     }
 
     fn status_of(outcome: BackendOutcome) -> u16 {
@@ -437,7 +580,7 @@ mod tests {
             {"id":"pi_1","status":"succeeded"}]}"#;
         assert_eq!(
             classify_lookup(200, body),
-            LookupOutcome::Charged(StoredResponse {
+            LookupOutcome::Answered(StoredResponse {
                 status: 200,
                 content_type: "application/json".into(),
                 body: r#"{"id":"pi_2","status":"succeeded"}"#.into(),
@@ -476,7 +619,7 @@ mod tests {
     #[test]
     fn successes_and_declines_are_final_and_kept_byte_for_byte() {
         let body = b"{\"id\": \"pi_1\",\n \"status\":\"succeeded\"}".to_vec();
-        match classify_response(
+        match classify(
             200,
             Some("application/json; charset=utf-8"),
             body.clone(),
@@ -489,21 +632,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            classify_response(402, None, b"{}".to_vec(), None),
+            classify(402, None, b"{}".to_vec(), None),
             BackendOutcome::Final(_)
         ));
         assert!(matches!(
-            classify_response(400, None, b"{}".to_vec(), None),
+            classify(400, None, b"{}".to_vec(), None),
             BackendOutcome::Final(_)
         ));
     }
 
     #[test]
     fn answers_say_whether_the_key_may_have_charged() {
-        let kind = |status| match classify_response(status, None, vec![], None) {
+        let kind = |status| match classify(status, None, vec![], None) {
             BackendOutcome::Final(_) => "final",
             BackendOutcome::NotCharged(_) => "not charged",
             BackendOutcome::Unknown(_) => "unknown",
+            BackendOutcome::SavedUnknown(_) => "saved unknown",
             BackendOutcome::StillRunning(_) => "still running",
         };
         for status in [408, 425, 429, 503, 401, 403, 404, 405, 301] {
@@ -515,16 +659,137 @@ mod tests {
         for status in [409, 504] {
             assert_eq!(kind(status), "still running", "{status}");
         }
-        assert_eq!(status_of(classify_response(500, None, vec![], None)), 502);
-        assert_eq!(status_of(classify_response(503, None, vec![], None)), 503);
-        assert_eq!(status_of(classify_response(429, None, vec![], None)), 503);
-        assert_eq!(status_of(classify_response(504, None, vec![], None)), 504);
-        assert_eq!(status_of(classify_response(409, None, vec![], None)), 409);
+        assert_eq!(status_of(classify(500, None, vec![], None)), 502);
+        assert_eq!(status_of(classify(503, None, vec![], None)), 503);
+        assert_eq!(status_of(classify(429, None, vec![], None)), 503);
+        assert_eq!(status_of(classify(504, None, vec![], None)), 504);
+        assert_eq!(status_of(classify(409, None, vec![], None)), 409);
+    }
+
+    #[test]
+    fn a_replayed_server_error_is_a_saved_unknown_and_other_replays_are_as_they_were() {
+        let replayed = |status| {
+            classify_response(BackendResponse {
+                replayed: true,
+                ..BackendResponse::new(status, "{}")
+            })
+        };
+        let saved = replayed(500);
+        assert!(
+            matches!(saved, BackendOutcome::SavedUnknown(_)),
+            "{saved:?}"
+        );
+        assert_eq!(saved.problem().unwrap().status(), 502);
+        assert!(matches!(replayed(200), BackendOutcome::Final(_)));
+        assert!(matches!(replayed(402), BackendOutcome::Final(_)));
+        assert!(matches!(
+            classify(500, None, vec![], None),
+            BackendOutcome::Unknown(_)
+        ));
+    }
+
+    #[test]
+    fn a_lookup_reads_intents_as_a_forward_does() {
+        let list = |status: &str| format!(r#"{{"data":[{{"id":"pi_1","status":"{status}"}}]}}"#);
+        for status in [
+            "succeeded",
+            "processing",
+            "requires_capture",
+            "requires_action",
+        ] {
+            assert!(
+                matches!(
+                    classify_lookup(200, list(status).as_bytes()),
+                    LookupOutcome::Answered(_)
+                ),
+                "{status}"
+            );
+        }
+        for status in [
+            "requires_payment_method",
+            "requires_confirmation",
+            "canceled",
+        ] {
+            assert_eq!(
+                classify_lookup(200, list(status).as_bytes()),
+                LookupOutcome::NotCharged,
+                "{status}"
+            );
+        }
+    }
+
+    fn stored(body: &str) -> StoredResponse {
+        StoredResponse {
+            status: 200,
+            content_type: "application/json".into(),
+            body: body.into(),
+        }
+    }
+
+    #[test]
+    fn only_an_intent_that_may_still_change_is_refreshed() {
+        let action =
+            r#"{"id":"pi_7","status":"requires_action","next_action":{"type":"use_stripe_sdk"}}"#;
+        assert_eq!(unsettled_intent(&stored(action)), Some("pi_7".into()));
+        assert_eq!(
+            unsettled_intent(&stored(r#"{"id":"pi_7","status":"processing"}"#)),
+            Some("pi_7".into())
+        );
+        for settled in [
+            r#"{"id":"pi_7","status":"succeeded","description":"processing fee"}"#,
+            r#"{"id":"pi_7","status":"requires_payment_method"}"#,
+            r#"{"status":"requires_action"}"#,
+            "requires_action, not json",
+        ] {
+            assert_eq!(unsettled_intent(&stored(settled)), None, "{settled}");
+        }
+        let problem = StoredResponse {
+            status: 402,
+            ..stored(action)
+        };
+        assert_eq!(unsettled_intent(&problem), None);
+    }
+
+    #[test]
+    fn a_refresh_is_the_intent_as_it_is_now_when_its_status_changed() {
+        let before = stored(r#"{"id":"pi_7","status":"requires_action"}"#);
+        let now = br#"{"id": "pi_7", "status": "succeeded"}"#;
+        assert_eq!(
+            classify_refresh(BackendKind::Stripe, &before, "pi_7", 200, now),
+            Some(stored(r#"{"id": "pi_7", "status": "succeeded"}"#))
+        );
+        let listed = br#"{"data":[{"id":"pi_8","status":"succeeded"},{"id":"pi_7","status":"requires_payment_method"}]}"#;
+        assert_eq!(
+            classify_refresh(BackendKind::Passthrough, &before, "pi_7", 200, listed),
+            Some(stored(
+                r#"{"id":"pi_7","status":"requires_payment_method"}"#
+            ))
+        );
+        let unchanged = br#"{"id":"pi_7","status":"requires_action","x":1}"#;
+        for (status, body) in [
+            (200, &unchanged[..]),
+            (404, &now[..]),
+            (200, br#"{"id":"pi_8","status":"succeeded"}"#),
+            (200, b"not json"),
+        ] {
+            assert_eq!(
+                classify_refresh(BackendKind::Stripe, &before, "pi_7", status, body),
+                None
+            );
+        }
+        assert_eq!(
+            BackendKind::Stripe.refresh_url("https://api.stripe.com/", "pi_7", KEY),
+            "https://api.stripe.com/v1/payment_intents/pi_7"
+        );
+        assert_eq!(
+            BackendKind::Passthrough.refresh_url("http://sim/v1/orders", "pi_7", KEY),
+            "http://sim/v1/orders?idempotency_key=chargeonce_00ff"
+        );
     }
 
     #[test]
     fn retry_after_is_passed_on_within_bounds() {
-        let after = |v| match classify_response(503, None, vec![], Some(v)) {
+        let after = |v| match classify(503, None, vec![], Some(v)) {
             BackendOutcome::NotCharged(p) => p.retry_after_secs,
             other => panic!("{other:?}"),
         };
@@ -540,17 +805,17 @@ mod tests {
     #[test]
     fn a_success_that_cannot_be_stored_is_an_unknown_outcome() {
         assert!(matches!(
-            classify_response(200, None, vec![0xff, 0xfe], None),
+            classify(200, None, vec![0xff, 0xfe], None),
             BackendOutcome::Unknown(_)
         ));
         let huge = vec![b' '; MAX_STORED_BODY_BYTES + 1];
         assert!(matches!(
-            classify_response(200, None, huge, None),
+            classify(200, None, huge, None),
             BackendOutcome::Unknown(_)
         ));
         let largest = vec![b' '; MAX_STORED_BODY_BYTES];
         assert!(matches!(
-            classify_response(200, None, largest, None),
+            classify(200, None, largest, None),
             BackendOutcome::Final(_)
         ));
     }

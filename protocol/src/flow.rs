@@ -14,12 +14,19 @@
 //! POST /v1/orders:
 //!   ReadBody ─▶ ReadCache ─▶ Claim ─┬──────────────────────────┬─▶ Forward ─▶ Complete ─▶ Done
 //!                   │            │  └─▶ Lookup ─▶ Settle ──────┘      │     ├▶ Release ─▶ Done
-//!                   └─ hit ──────┴─ replay, mismatch, in flight ─▶ Done   └▶ Abandon ─▶ Done
+//!                   │            │                                    │     └▶ Abandon ─▶ Done
+//!                   └─ hit ──────┴─ replay, mismatch, in flight ─▶ Done
+//!                                   └─ replay of an intent that may have changed:
+//!                                      Refresh ─┬─ unchanged ─▶ Done
+//!                                               └─ changed ─▶ SaveRefresh ─▶ Done
 //! GET /v1/orders (status lookup, never forwards):
 //!   ReadCache ─▶ QueryStatus ─▶ Done
 //! ```
 
-use crate::backend::{BackendOutcome, BackendRequest, LookupOutcome};
+use crate::backend::{
+    classify_refresh, unsettled_intent, BackendOutcome, BackendRequest, BackendResponse,
+    LookupOutcome, TransportFailure,
+};
 use crate::config::EdgeConfig;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, ScopedKey};
@@ -115,6 +122,10 @@ pub enum Step {
     Release(Release),
     /// End the claim without knowing whether it charged.
     Abandon(Abandon),
+    /// Ask the backend how the intent of a stored answer stands now.
+    Refresh(Refresh),
+    /// Store the refreshed answer in the key's object.
+    SaveRefresh(SaveRefresh),
     /// Ask the key's object what it knows (status lookups).
     QueryStatus(QueryStatus),
     /// Send the reply.
@@ -134,6 +145,8 @@ impl Step {
             Self::Complete(_) => "complete",
             Self::Release(_) => "release",
             Self::Abandon(_) => "abandon",
+            Self::Refresh(_) => "refresh",
+            Self::SaveRefresh(_) => "save-refresh",
             Self::QueryStatus(_) => "status",
             Self::Done(_) => "done",
         }
@@ -387,7 +400,7 @@ impl ReadCache {
         match self.purpose {
             CachePurpose::Order(checked) => {
                 match cached.and_then(|c| c.decide(&checked.request.fingerprint, now)) {
-                    Some(Decision::Replay { response }) => replay(response),
+                    Some(Decision::Replay { response }) => replay_or_refresh(checked, response),
                     Some(Decision::Mismatch) => mismatch(),
                     _ => Step::Claim(Claim {
                         checked,
@@ -445,7 +458,7 @@ impl Claim {
                 token,
             }
             .forward(self.asked_at, now),
-            Ok(Decision::Replay { response }) => replay(response),
+            Ok(Decision::Replay { response }) => replay_or_refresh(self.checked, response),
             Ok(Decision::Mismatch) => mismatch(),
             Ok(Decision::InFlight { retry_after_secs }) => in_flight(
                 "another request with this Idempotency-Key is being processed; retry with the same key",
@@ -586,7 +599,7 @@ impl Settle {
             // The claim stays until its lease runs out; then the key is
             // unknown again and the object reconciles it itself.
             Err(_) => store_unavailable(),
-            Ok(Settlement::Charged { response } | Settlement::AlreadyAnswered { response }) => {
+            Ok(Settlement::Answered { response } | Settlement::AlreadyAnswered { response }) => {
                 Step::Done(Done {
                     cache: Some(cache(&response)),
                     reply: Reply::Stored {
@@ -661,7 +674,16 @@ impl Forward {
                 response,
             }),
             BackendOutcome::NotCharged(problem) => Step::Release(Release { token, problem }),
-            BackendOutcome::Unknown(problem) => Step::Abandon(Abandon { token, problem }),
+            BackendOutcome::Unknown(problem) => Step::Abandon(Abandon {
+                token,
+                ran: true,
+                problem,
+            }),
+            BackendOutcome::SavedUnknown(problem) => Step::Abandon(Abandon {
+                token,
+                ran: false,
+                problem,
+            }),
             // The request may still be running at the backend: the claim
             // stays until its lease runs out; then the key is unknown and
             // reconciled.
@@ -755,6 +777,7 @@ impl Release {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Abandon {
     token: ClaimToken,
+    ran: bool,
     problem: Problem,
 }
 
@@ -764,11 +787,145 @@ impl Abandon {
         self.token
     }
 
+    /// Whether the forward may have run at the backend: false when the
+    /// backend replayed a failure saved for an earlier request (see
+    /// [`crate::KeyRecord::abandon`]).
+    pub fn ran(&self) -> bool {
+        self.ran
+    }
+
     /// Replies with the problem that ended the claim. A failed abandon
     /// changes nothing for the client: when the lease runs out the key is
     /// unknown all the same.
     pub fn handle_abandon(self, _abandoned: Result<bool, StoreFailure>) -> Step {
         problem(self.problem)
+    }
+}
+
+/// The key's stored answer, refreshed first when its intent may have
+/// changed since (it awaited the customer's authentication, or was
+/// processing): the retry after authentication then reports the outcome
+/// under the same key.
+fn replay_or_refresh(checked: Box<Checked>, stored: StoredResponse) -> Step {
+    match unsettled_intent(&stored) {
+        Some(intent_id) => Step::Refresh(Refresh {
+            checked,
+            stored,
+            intent_id,
+        }),
+        None => replay(stored),
+    }
+}
+
+/// Asking the backend how a stored answer's intent stands now; then
+/// [`Refresh::handle_refresh`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Refresh {
+    checked: Box<Checked>,
+    stored: StoredResponse,
+    intent_id: String,
+}
+
+impl Refresh {
+    /// The `GET` to send ([`crate::BackendKind::refresh_url`]).
+    pub fn url(&self) -> String {
+        let config = &self.checked.config;
+        config.backend.refresh_url(
+            &config.backend_url,
+            &self.intent_id,
+            &self.checked.request.key.backend_key(),
+        )
+    }
+
+    /// The backend credential, sent as `Authorization: Bearer`.
+    pub fn authorization(&self) -> Option<&str> {
+        self.checked.authorization.as_deref()
+    }
+
+    /// How long to wait for the answer.
+    pub fn timeout(&self) -> Duration {
+        self.checked.config.backend_timeout
+    }
+
+    /// Stores the intent as it is now if it changed; replays the stored
+    /// answer if it did not, or if the backend could not say (the client
+    /// asks again).
+    pub fn handle_refresh(self, answer: Result<BackendResponse, TransportFailure>) -> Step {
+        let refreshed = answer.ok().and_then(|answer| {
+            classify_refresh(
+                self.checked.config.backend,
+                &self.stored,
+                &self.intent_id,
+                answer.status,
+                &answer.body,
+            )
+        });
+        match refreshed {
+            Some(response) => Step::SaveRefresh(SaveRefresh {
+                checked: self.checked,
+                previous: self.stored,
+                response,
+            }),
+            None => replay(self.stored),
+        }
+    }
+}
+
+/// Storing a refreshed answer; then [`SaveRefresh::handle_saved`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SaveRefresh {
+    checked: Box<Checked>,
+    previous: StoredResponse,
+    response: StoredResponse,
+}
+
+impl SaveRefresh {
+    /// The name of the key's object.
+    pub fn name(&self) -> &str {
+        &self.checked.name
+    }
+
+    /// The request's fingerprint.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.checked.request.fingerprint
+    }
+
+    /// The stored answer that was refreshed.
+    pub fn previous(&self) -> &StoredResponse {
+        &self.previous
+    }
+
+    /// The refreshed answer.
+    pub fn response(&self) -> &StoredResponse {
+        &self.response
+    }
+
+    /// Replies with the key's answer as the object now holds it, copied to
+    /// KV when this refresh stored it. A failed save still tells the client
+    /// what the backend said; the next replay refreshes again.
+    pub fn handle_saved(self, saved: Result<CompleteOutcome, StoreFailure>, now: UnixMs) -> Step {
+        match saved {
+            Ok(CompleteOutcome::Stored) => {
+                let config = &self.checked.config;
+                Step::Done(Done {
+                    cache: Some(CacheWrite {
+                        name: self.checked.name.clone(),
+                        completed: Completed {
+                            fingerprint: self.checked.request.fingerprint.clone(),
+                            response: self.response.clone(),
+                            expires_at: now.plus(config.answer_ttl),
+                        },
+                        ttl: config.answer_ttl,
+                    }),
+                    reply: Reply::Stored {
+                        response: self.response,
+                        replayed: true,
+                    },
+                })
+            }
+            Ok(CompleteOutcome::AlreadyCompleted { response }) => replay(response),
+            Ok(CompleteOutcome::NotStored) | Err(_) => replay(self.response),
+        }
     }
 }
 

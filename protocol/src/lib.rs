@@ -13,7 +13,8 @@
 //! 5. [`record`]: the per-key state machine, its reconciliation of unknown
 //!    outcomes, and the edge's [`Decision`].
 //! 6. [`backend`]: what the edge sends the payment backend and which answers
-//!    are final.
+//!    are final. [`payment`]: what a PaymentIntent's status means for the
+//!    customer.
 //! 7. [`flow`]: one request at the edge, from its head to its reply, as a
 //!    driver the Worker runs step by step.
 //! 8. [`problem`]: RFC 9457 problem+json bodies for every error.
@@ -54,6 +55,8 @@
 //!         Step::Complete(s) => s.handle_complete(object.ask("complete"), now()),
 //!         Step::Release(s) => s.handle_release(object.ask("release")),
 //!         Step::Abandon(s) => s.handle_abandon(object.ask("abandon")),
+//!         Step::Refresh(s) => s.handle_refresh(Err(TransportFailure::Unreachable("offline".into()))),
+//!         Step::SaveRefresh(s) => s.handle_saved(object.ask("refresh"), now()),
 //!         Step::QueryStatus(s) => s.handle_status(object.ask("status")),
 //!         Step::Done(done) => break done,
 //!     };
@@ -62,8 +65,8 @@
 //! ```
 //!
 //! The key's object runs [`KeyRecord`]'s methods for `claim`, `settle`,
-//! `complete`, `release`, `abandon` and `status`, and its alarm reconciles an
-//! unknown key by itself ([`KeyRecord::begin_check`]).
+//! `complete`, `release`, `abandon`, `refresh` and `status`, and its alarm
+//! reconciles an unknown key by itself ([`KeyRecord::begin_check`]).
 
 pub mod attempt;
 pub mod backend;
@@ -72,6 +75,7 @@ pub mod fingerprint;
 pub mod flow;
 pub mod key;
 pub mod order;
+pub mod payment;
 pub mod problem;
 pub mod record;
 pub mod request;
@@ -81,12 +85,15 @@ pub mod token;
 pub use attempt::{
     Attempt, EdgeResponse, Exchange, IgnoreReason, Next, Phase, RetryPolicy, RetryReason,
 };
-pub use backend::{BackendKind, BackendOutcome, BackendRequest, LookupOutcome, TransportFailure};
+pub use backend::{
+    BackendKind, BackendOutcome, BackendRequest, BackendResponse, LookupOutcome, TransportFailure,
+};
 pub use config::{ConfigError, EdgeConfig};
 pub use fingerprint::Fingerprint;
 pub use flow::Step;
 pub use key::{IdempotencyKey, KeyError, ScopedKey};
 pub use order::{Order, OrderDraft, OrderError};
+pub use payment::{IntentStatus, PaymentOutcome};
 pub use problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 pub use record::{
     ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyPolicy, KeyRecord, KeyStatus,

@@ -9,7 +9,7 @@
 //!                      claim: Forward
 //!   ┌──────────────▶ Claimed ─────────── complete ──────────────┐
 //!   │                 │  │  │                                    ▼
-//! Vacant ◀─ release ──┘  │  └─ lookup found the charge, or ─▶ Completed
+//! Vacant ◀─ release ──┘  │  └─ lookup found the answer, or ─▶ Completed
 //!   ▲   (plain claim)    │     nothing after the settle         │  ▲
 //!   │                    │     window ("not charged")           │  │
 //!   │      abandon, or the lease ran out; a reconciling         │  │
@@ -28,7 +28,9 @@
 //!
 //! (The reconciling `Claimed` is the same state as the plain one, with the
 //! doubt it is resolving; releasing it or an inconclusive lookup returns it to
-//! `Unknown`, never to `Vacant`.)
+//! `Unknown`, never to `Vacant`. A `Completed` intent that could still change,
+//! one awaiting the customer's authentication, is replaced by a refresh with
+//! the same intent as it is now, and stays `Completed`.)
 //!
 //! `Unknown` is what keeps a lost response from becoming a second charge: a
 //! key whose forward may have charged is never forwarded again blind, at any
@@ -201,9 +203,11 @@ pub enum Decision {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "found", rename_all = "snake_case")]
 pub enum Found {
-    /// The backend charged under the key: this is the key's answer.
-    Charge {
-        /// The charge, as the key's final answer.
+    /// The backend holds the key's answer: a charge, or an intent that
+    /// awaits the customer's authentication
+    /// ([`crate::payment::PaymentOutcome::ActionRequired`]).
+    Answer {
+        /// The intent, as the key's final answer.
         response: StoredResponse,
     },
     /// The backend showed no charge under the key (yet) to a lookup sent at
@@ -222,8 +226,8 @@ pub enum Found {
 #[serde(tag = "settlement", rename_all = "snake_case")]
 #[must_use]
 pub enum Settlement {
-    /// The charge found is now the key's final answer.
-    Charged {
+    /// What the lookup found is now the key's final answer.
+    Answered {
         /// The stored answer.
         response: StoredResponse,
     },
@@ -429,8 +433,14 @@ impl Claim {
     }
 
     /// What is in doubt once this claim ends without an answer at `ended_at`.
-    fn doubt_after(&self, ended_at: UnixMs, policy: &KeyPolicy) -> Doubt {
-        match (self.forwarded_at, self.doubt) {
+    /// `ran` is whether its forward may have run at the backend: not when
+    /// the backend replayed an answer saved for an earlier one, which leaves
+    /// the doubt about that earlier one as it was.
+    fn doubt_after(&self, ended_at: UnixMs, ran: bool, policy: &KeyPolicy) -> Doubt {
+        // A replay to a plain claim still counts as a forward: the earlier
+        // request it answers for is one the record no longer knows of.
+        let ran = self.forwarded_at.filter(|_| ran || self.doubt.is_none());
+        match (ran, self.doubt) {
             // It forwarded: the doubt is now about this forward too.
             (Some(forwarded_at), doubt) => Doubt::new(
                 doubt.map_or(forwarded_at, |d| d.first_forward_at),
@@ -582,9 +592,9 @@ impl KeyRecord {
         };
         let settles_at = doubt.settles_at(policy);
         let settlement = match found {
-            Found::Charge { response } => {
+            Found::Answer { response } => {
                 self.complete_with_fingerprint(held, response.clone(), now, policy);
-                return Settlement::Charged { response };
+                return Settlement::Answered { response };
             }
             Found::Nothing { looked_at } if looked_at >= settles_at => {
                 let response = StoredResponse::not_charged();
@@ -658,6 +668,35 @@ impl KeyRecord {
         CompleteOutcome::Stored
     }
 
+    /// Replaces the key's answer `previous`, an intent that could still
+    /// change ([`crate::backend::unsettled_intent`]), with the same intent as
+    /// it is `now` (`response`), kept for at least the TTL from now. Only if
+    /// the key still holds `previous` for `fingerprint`: a refresh that lost
+    /// a race gets the answer stored since.
+    pub fn refresh(
+        &mut self,
+        fingerprint: &Fingerprint,
+        previous: &StoredResponse,
+        response: StoredResponse,
+        now: UnixMs,
+        policy: &KeyPolicy,
+    ) -> CompleteOutcome {
+        let _ = self.handle_timeout(now, policy);
+        match &mut self.state {
+            State::Completed(done) if &done.fingerprint == fingerprint => {
+                if &done.response != previous {
+                    return CompleteOutcome::AlreadyCompleted {
+                        response: done.response.clone(),
+                    };
+                }
+                done.response = response;
+                done.expires_at = done.expires_at.max(now.plus(policy.answer_ttl));
+                CompleteOutcome::Stored
+            }
+            _ => CompleteOutcome::NotStored,
+        }
+    }
+
     /// Gives the key back after a failure that certainly charged nothing
     /// (the backend said it did not process the request), so the client's
     /// retry can claim it at once. A reconciling claim leaves the key
@@ -682,15 +721,26 @@ impl KeyRecord {
 
     /// Marks the claim `token` as ended at `now` without knowing whether it
     /// charged (the response was lost, or the backend failed mid-request), so
-    /// the key is reconciled before anything is forwarded again. Returns
-    /// whether `token` still held the claim.
-    pub fn abandon(&mut self, token: ClaimToken, now: UnixMs, policy: &KeyPolicy) -> bool {
+    /// the key is reconciled before anything is forwarded again. `ran` is
+    /// false when the backend answered with a failure it saved for an
+    /// earlier request with the key
+    /// ([`crate::BackendOutcome::SavedUnknown`]): this forward ran nothing,
+    /// so it does not restart the settle window, and a customer who keeps
+    /// retrying cannot keep the key from settling. Returns whether `token`
+    /// still held the claim.
+    pub fn abandon(
+        &mut self,
+        token: ClaimToken,
+        ran: bool,
+        now: UnixMs,
+        policy: &KeyPolicy,
+    ) -> bool {
         let _ = self.handle_timeout(now, policy);
         match &self.state {
             State::Claimed(claim) if claim.token == token => {
                 self.state = State::Unknown {
                     fingerprint: claim.fingerprint.clone(),
-                    doubt: claim.doubt_after(now, policy),
+                    doubt: claim.doubt_after(now, ran, policy),
                 };
                 true
             }
@@ -755,7 +805,7 @@ impl KeyRecord {
                 State::Claimed(claim) if now >= claim.lease_expires_at => (
                     State::Unknown {
                         fingerprint: claim.fingerprint.clone(),
-                        doubt: claim.doubt_after(claim.lease_expires_at, policy),
+                        doubt: claim.doubt_after(claim.lease_expires_at, true, policy),
                     },
                     Timeout::LeaseRanOut,
                 ),
@@ -997,7 +1047,7 @@ mod tests {
         }
 
         fn abandon(&mut self, token: ClaimToken, now: UnixMs) -> bool {
-            self.record.abandon(token, now, &self.policy)
+            self.record.abandon(token, true, now, &self.policy)
         }
 
         fn release(&mut self, token: ClaimToken, now: UnixMs) -> bool {
@@ -1036,6 +1086,89 @@ mod tests {
             assert!(key.record.is_unknown());
             key
         }
+    }
+
+    #[test]
+    fn a_replayed_failure_does_not_restart_the_settle_window_and_a_new_run_does() {
+        // Lost at 0; a retry at 10 finds nothing yet and forwards again under
+        // the same backend key, which answers at 11 with the 500 it saved.
+        let settle_after = |ran| {
+            let mut key = Key::lost(stripe(), at(0));
+            let token = key.reconciling(at(10));
+            assert_eq!(
+                key.lookup(token, Found::Nothing { looked_at: at(10) }, at(10)),
+                Settlement::Forward
+            );
+            assert!(key.record.abandon(token, ran, at(11), &key.policy));
+            let token = key.reconciling(at(121));
+            key.lookup(token, Found::Nothing { looked_at: at(121) }, at(121))
+        };
+        // Nothing ran at 10: the window still counts from 0.
+        assert!(matches!(settle_after(false), Settlement::NotCharged { .. }));
+        // A forward that may have run restarts it: conclusive only from 131,
+        // so the key is forwarded again under the backend key meanwhile.
+        assert_eq!(settle_after(true), Settlement::Forward);
+    }
+
+    #[test]
+    fn a_refresh_replaces_the_answer_it_read_and_no_other() {
+        let action = |status: &str| StoredResponse {
+            status: 200,
+            content_type: "application/json".into(),
+            body: format!(r#"{{"id":"pi_1","status":"{status}"}}"#),
+        };
+        let mut key = Key::new(naive());
+        let token = key.claimed(at(0));
+        let _ = key.complete(token, action("requires_action"), at(1));
+        let policy = key.policy;
+        assert_eq!(
+            key.record.refresh(
+                &fp(2),
+                &action("requires_action"),
+                action("succeeded"),
+                at(5),
+                &policy
+            ),
+            CompleteOutcome::NotStored
+        );
+        assert_eq!(
+            key.record.refresh(
+                &fp(1),
+                &action("requires_action"),
+                action("succeeded"),
+                at(5),
+                &policy
+            ),
+            CompleteOutcome::Stored
+        );
+        let done = key.record.completed().unwrap();
+        assert_eq!(done.response, action("succeeded"));
+        assert_eq!(done.expires_at, at(5).plus(TTL));
+        // A second refresh read the old answer: it gets the new one.
+        assert_eq!(
+            key.record.refresh(
+                &fp(1),
+                &action("requires_action"),
+                action("canceled"),
+                at(6),
+                &policy
+            ),
+            CompleteOutcome::AlreadyCompleted {
+                response: action("succeeded")
+            }
+        );
+        let mut vacant = KeyRecord::default();
+        assert_eq!(
+            vacant.refresh(
+                &fp(1),
+                &action("requires_action"),
+                action("succeeded"),
+                at(6),
+                &policy
+            ),
+            CompleteOutcome::NotStored
+        );
+        assert!(vacant.is_vacant());
     }
 
     #[test]
@@ -1150,8 +1283,8 @@ mod tests {
         let mut key = Key::lost(naive(), at(0));
         let retry = key.reconciling(at(1));
         assert_eq!(
-            key.lookup(retry, Found::Charge { response: charge() }, at(2)),
-            Settlement::Charged { response: charge() }
+            key.lookup(retry, Found::Answer { response: charge() }, at(2)),
+            Settlement::Answered { response: charge() }
         );
         assert_eq!(
             key.claim(&fp(1), at(3)),
@@ -1340,12 +1473,12 @@ mod tests {
         let slow = key.reconciling(at(1));
         let other = key.reconciling(at(31));
         assert_eq!(
-            key.lookup(slow, Found::Charge { response: charge() }, at(32)),
+            key.lookup(slow, Found::Answer { response: charge() }, at(32)),
             Settlement::NotHeld
         );
         assert_eq!(
-            key.lookup(other, Found::Charge { response: charge() }, at(32)),
-            Settlement::Charged { response: charge() }
+            key.lookup(other, Found::Answer { response: charge() }, at(32)),
+            Settlement::Answered { response: charge() }
         );
         // Whoever asks next hears the stored answer.
         assert_eq!(
@@ -1369,10 +1502,10 @@ mod tests {
         assert_eq!(
             key.lookup(
                 retry,
-                Found::Charge { response: charge() },
+                Found::Answer { response: charge() },
                 at(10 + 1_000 * ttl)
             ),
-            Settlement::Charged { response: charge() }
+            Settlement::Answered { response: charge() }
         );
     }
 
@@ -1429,8 +1562,8 @@ mod tests {
         assert_eq!(key.record.poll_timeout(), Some(at(30)));
         let token = key.check(at(30)).expect("the lease ran out: check at once");
         assert_eq!(
-            key.lookup(token, Found::Charge { response: charge() }, at(30)),
-            Settlement::Charged { response: charge() }
+            key.lookup(token, Found::Answer { response: charge() }, at(30)),
+            Settlement::Answered { response: charge() }
         );
     }
 
@@ -1538,7 +1671,7 @@ mod tests {
         ));
         assert_eq!(key.record.poll_timeout(), Some(later), "the alarm is back");
         let token = key.check(later).unwrap();
-        let _ = key.lookup(token, Found::Charge { response: charge() }, later);
+        let _ = key.lookup(token, Found::Answer { response: charge() }, later);
         assert_eq!(
             key.record.status(later, &policy),
             KeyStatus::Answered { response: charge() }
@@ -1573,7 +1706,7 @@ mod tests {
         );
         // An earlier one (an unknown outcome to check at once) before it.
         let mut lost = record.clone();
-        assert!(lost.abandon(ClaimToken(9), at(1), &policy));
+        assert!(lost.abandon(ClaimToken(9), true, at(1), &policy));
         assert_eq!(
             lost.writes(true, armed),
             [Write::SetAlarm(at(1)), Write::PutRecord]

@@ -27,7 +27,9 @@
 //! the client keeps retrying) and checks that the key reaches a final answer.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use chargeonce_protocol::backend::{classify_failure, classify_lookup, classify_response};
+use chargeonce_protocol::backend::{
+    classify_failure, classify_lookup, classify_response, BackendResponse,
+};
 use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StoreFailure};
 use chargeonce_protocol::{
     ClaimToken, Completed, EdgeConfig, KeyPolicy, KeyRecord, OrderClaims, RequestHead, Step,
@@ -375,12 +377,17 @@ impl World {
             }
             Step::Abandon(s) => {
                 let token = s.token();
-                let abandoned = self.object(store, |r, now, _, p| r.abandon(token, now, p));
+                let ran = s.ran();
+                let abandoned = self.object(store, |r, now, _, p| r.abandon(token, ran, now, p));
                 s.handle_abandon(abandoned)
             }
             Step::QueryStatus(s) => {
                 let status = self.object(store, |r, now, _, p| r.status(now, p));
                 s.handle_status(status)
+            }
+            // Its answers are all settled intents, so nothing is refreshed.
+            step @ (Step::Refresh(_) | Step::SaveRefresh(_)) => {
+                unreachable!("a refresh of a settled answer: {step:?}")
             }
             done @ Step::Done(_) => done,
         };
@@ -420,9 +427,7 @@ impl World {
         let i = waiting[pick % waiting.len()];
         self.workers[i].waiting = None;
         let heard = match self.backend.run(outcome, self.now, self.lag) {
-            Ok((status, body)) => {
-                classify_response(status, Some("application/json"), body.into_bytes(), None)
-            }
+            Ok((status, body)) => classify_response(BackendResponse::new(status, body)),
             Err(()) => classify_failure(&TransportFailure::Unreachable("reset".into())),
         };
         let Step::Forward(s) = std::mem::replace(&mut self.workers[i].step, placeholder()) else {

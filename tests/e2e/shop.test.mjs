@@ -240,3 +240,47 @@ shopTest("an order token that expires while the order is retried is renewed by t
   assert.equal(charges.length, 1);
   assert.equal(charges[0].idempotency_key, backendKey("cus_demo", keys[0]));
 });
+
+shopTest("a 3-D Secure card is placed only after the customer confirms with their bank, once", async (s) => {
+  await recordKeys(s.page);
+  await s.page.locator("#payment-method").selectOption("pm_card_threeDSecure2Required");
+  await s.placeOrder();
+  await s.waitForStatus("Confirm the payment with your bank");
+  await s.page.locator("#bank").waitFor();
+  const orderRef = await s.orderRef();
+  assert.equal((await chargesFor(orderRef)).length, 0, "nothing is charged before the customer confirms");
+  await s.page.locator("#bank-confirm").click();
+  await s.waitForStatus("Order placed");
+  const keys = await s.sentKeys();
+  assert.equal(keys.length, 2, "the order, and the same order again after authentication");
+  assert.equal(new Set(keys).size, 1, "one key before and after authentication");
+  const charges = await chargesFor(orderRef);
+  assert.equal(charges.length, 1);
+  assert.equal(charges[0].idempotency_key, backendKey("cus_demo", keys[0]));
+});
+
+shopTest("a failed 3-D Secure challenge charges nothing, says so, and the next click takes a new key", async (s) => {
+  await recordKeys(s.page);
+  await s.page.locator("#payment-method").selectOption("pm_card_threeDSecure2Required");
+  await s.placeOrder();
+  await s.page.locator("#bank-fail").click();
+  await s.waitForStatus("did not go through");
+  assert.match(await s.statusText(), /You were not charged/);
+  const orderRef = await s.orderRef();
+  assert.equal((await chargesFor(orderRef)).length, 0);
+  await s.page.locator("#payment-method").selectOption("pm_card_visa");
+  await s.placeOrder();
+  await s.waitForStatus("Order placed");
+  const keys = await s.sentKeys();
+  assert.equal(keys.length, 3, "the order, its resend after the challenge, the new attempt");
+  assert.equal(keys[0], keys[1]);
+  assert.notEqual(keys[1], keys[2], "a new attempt, a new key");
+  assert.equal((await chargesFor(orderRef)).length, 1);
+});
+
+shopTest("a declined card says so and charges nothing", async (s) => {
+  await s.page.locator("#payment-method").selectOption("pm_card_visa_chargeDeclinedInsufficientFunds");
+  await s.placeOrder();
+  await s.waitForStatus("Card declined");
+  assert.equal((await chargesFor(await s.orderRef())).length, 0);
+});

@@ -2,14 +2,16 @@
 //! runs the protocol's [`Attempt`] (the same state machine and retry
 //! schedule the widget runs) and performs each request it asks for, the
 //! order (`POST`) and the status lookup (`GET`), asking the storefront for a
-//! fresh order token when the edge says the old one expired.
+//! fresh order token when the edge says the old one expired, and answering
+//! the bank's 3-D Secure challenge through paysim's hook ([`Bank`]) when the
+//! payment needs it.
 //!
 //! The soak runs thousands of these at once; the edge tests run one at a
 //! time with the jitter fixed, so their timing is what the widget's defaults
 //! would do.
 
 use crate::shop::order_token;
-use chargeonce_protocol::{Attempt, EdgeResponse, Next, ProblemType, RetryPolicy};
+use chargeonce_protocol::{Attempt, EdgeResponse, Next, Phase, ProblemType, RetryPolicy};
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,6 +27,8 @@ pub struct Counters {
     pub status_lookups: AtomicU64,
     /// Fresh order tokens asked for after one expired.
     pub token_refreshes: AtomicU64,
+    /// 3-D Secure challenges answered (each through paysim's hook).
+    pub authentications: AtomicU64,
 }
 
 /// A response from the edge, read whole.
@@ -43,13 +47,22 @@ pub struct Received {
 }
 
 impl Received {
-    /// The problem+json `detail` (or Stripe's `error.message`), if any.
+    /// The problem+json `detail` (or Stripe's `error.message`, or a
+    /// refused intent's `last_payment_error.message`), if any: what the
+    /// widget's shell reads.
     pub fn message(&self) -> Option<String> {
         let value: Value = serde_json::from_str(&self.body).ok()?;
         value["detail"]
             .as_str()
             .or_else(|| value["error"]["message"].as_str())
+            .or_else(|| value["last_payment_error"]["message"].as_str())
             .map(str::to_owned)
+    }
+
+    /// The body's `status` member when it is text: a PaymentIntent's status.
+    pub fn payment_status(&self) -> Option<String> {
+        let value: Value = serde_json::from_str(&self.body).ok()?;
+        value["status"].as_str().map(str::to_owned)
     }
 
     /// The problem+json `type`, read back.
@@ -118,6 +131,36 @@ impl PageOrder {
     }
 }
 
+/// The customer's bank, as paysim plays it: the page's `handleAction`
+/// shows the 3-D Secure challenge, and the customer passes or fails it
+/// (`POST /__sim/payment_intents/{id}/authenticate`).
+pub struct Bank {
+    /// paysim's base URL.
+    pub url: String,
+    /// Whether the customer fails the challenge for this order reference.
+    pub fails: fn(&str) -> bool,
+}
+
+impl Bank {
+    /// Answers the challenge of intent `id` for the order `order_ref`;
+    /// whether paysim took the answer.
+    pub async fn authenticate(&self, http: &reqwest::Client, id: &str, order_ref: &str) -> bool {
+        let outcome = if (self.fails)(order_ref) {
+            "fail"
+        } else {
+            "succeed"
+        };
+        http.post(format!(
+            "{}/__sim/payment_intents/{id}/authenticate",
+            self.url
+        ))
+        .json(&serde_json::json!({ "outcome": outcome }))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    }
+}
+
 /// Sends orders and status lookups to one edge.
 pub struct CheckoutClient {
     http: reqwest::Client,
@@ -126,6 +169,9 @@ pub struct CheckoutClient {
     pub policy: RetryPolicy,
     /// What was sent.
     pub counters: Counters,
+    /// The page's `handleAction`: without one, a payment that needs the
+    /// customer to authenticate is refused, as the widget refuses it.
+    pub bank: Option<Bank>,
 }
 
 /// Unix milliseconds now.
@@ -143,6 +189,15 @@ impl CheckoutClient {
             url,
             policy,
             counters: Counters::default(),
+            bank: None,
+        }
+    }
+
+    /// This client, with a page that shows the bank's challenge.
+    pub fn with_bank(self, bank: Bank) -> Self {
+        Self {
+            bank: Some(bank),
+            ..self
         }
     }
 
@@ -211,7 +266,7 @@ impl CheckoutClient {
                     let received = self.post(&key, &order.body()).await;
                     match received {
                         Some(r) => attempt.handle_response(
-                            &edge_response(&r, &r.message()),
+                            &edge_response(&r, &r.message(), &r.payment_status()),
                             now_ms(),
                             jitter(),
                             &self.policy,
@@ -225,7 +280,7 @@ impl CheckoutClient {
                     Some(r) => {
                         let same_payload = attempt.fingerprint() == order.order_ref();
                         attempt.handle_status(
-                            &edge_response(&r, &r.message()),
+                            &edge_response(&r, &r.message(), &r.payment_status()),
                             now_ms(),
                             jitter(),
                             &self.policy,
@@ -249,13 +304,37 @@ impl CheckoutClient {
                     attempt.handle_timeout(now_ms(), true)
                 }
                 Next::WaitForOnline => unreachable!("these customers are always online"),
+                Next::HandleAction => {
+                    let intent = match attempt.phase() {
+                        Phase::ActionRequired { body } => serde_json::from_str::<Value>(body)
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_owned)),
+                        _ => None,
+                    };
+                    match (&self.bank, intent) {
+                        (Some(bank), Some(id)) => {
+                            self.counters
+                                .authentications
+                                .fetch_add(1, Ordering::Relaxed);
+                            // Whatever the bank made of it, the order is sent
+                            // again and the edge says how the payment stands.
+                            let _ = bank.authenticate(&self.http, &id, order.order_ref()).await;
+                            attempt.handle_action_done(now_ms(), true)
+                        }
+                        _ => attempt.handle_no_action_handler(),
+                    }
+                }
                 Next::Stop | Next::Ignore(_) => return,
             }
         }
     }
 }
 
-fn edge_response<'a>(received: &'a Received, message: &'a Option<String>) -> EdgeResponse<'a> {
+fn edge_response<'a>(
+    received: &'a Received,
+    message: &'a Option<String>,
+    payment_status: &'a Option<String>,
+) -> EdgeResponse<'a> {
     EdgeResponse {
         status: received.status,
         body: &received.body,
@@ -263,5 +342,6 @@ fn edge_response<'a>(received: &'a Received, message: &'a Option<String>) -> Edg
         problem: received.problem(),
         replayed: received.replayed,
         retry_after_secs: received.retry_after_secs,
+        payment_status: payment_status.as_deref(),
     }
 }

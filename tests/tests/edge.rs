@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chargeonce_protocol::{Attempt, IdempotencyKey, Phase, RetryPolicy, ScopedKey};
-use chargeonce_tests::client::{now_ms, CheckoutClient, PageOrder};
+use chargeonce_tests::client::{now_ms, Bank, CheckoutClient, PageOrder};
 use chargeonce_tests::shop::{self, now_secs, order_token, signed_order, signed_order_for};
 use chargeonce_tests::sim::{Charge, Faults, Ledger, LookupLog, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
@@ -606,10 +606,12 @@ fn an_unknown_outcome_outlives_its_ttl_and_a_late_retry_still_reconciles(s: &Sui
 /// reconciling forward gets the same 500 again. The key must not stay
 /// unknown: once a lookup made a settle window after the last forward finds
 /// nothing, the key's object settles it as "not charged" by itself, and a
-/// new click, under a new key, charges once. (Each forward that gets the
-/// saved 500 starts the settle window again, so this needs a settle window
-/// without retries; see "Where they stop" in the README.)
-fn a_saved_500_settles_as_not_charged_and_a_new_key_charges_once(s: &Suite) {
+/// new click, under a new key, charges once. A forward answered with the
+/// saved 500 ran nothing at the backend, so the customer's retries do not
+/// start the settle window again.
+fn a_saved_500_settles_as_not_charged_while_the_customer_retries_and_a_new_key_charges_once(
+    s: &Suite,
+) {
     s.block_on(async {
         s.reset(json!({"fail_saved_next": 1})).await;
         let body = order("saved-500", 2900);
@@ -620,13 +622,36 @@ fn a_saved_500_settles_as_not_charged_and_a_new_key_charges_once(s: &Suite) {
         // object's own check holds the key just then).
         let retry = s.retry_past_409s(key, &body).await;
         let replayed_500 = retry.problem(502);
-        assert!(replayed_500["detail"]
-            .as_str()
-            .unwrap()
-            .contains("answered 500"));
+        assert!(
+            replayed_500["detail"]
+                .as_str()
+                .unwrap()
+                .contains("replayed the 500 it saved"),
+            "{replayed_500}"
+        );
         assert!(s.charges("saved-500").await.is_empty());
-        // Nobody retries for the settle window; the object checks on its own.
-        tokio::time::sleep(Duration::from_secs(SETTLE_SECS + 8)).await;
+        // The customer keeps retrying. Each retry gets the saved 500 again,
+        // which ran nothing: it does not restart the settle window, so the
+        // key settles once the window after the first forward has passed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(SETTLE_SECS + 8);
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let retry = s.post(key, &body).await;
+            if retry.status == 410 {
+                break;
+            }
+            assert!(
+                matches!(retry.status, 409 | 502),
+                "{} {}",
+                retry.status,
+                String::from_utf8_lossy(&retry.body)
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {} after the settle window: retries keep the key from settling",
+                retry.status
+            );
+        }
         let token = order_token("saved-500-status", 1, shop::CUSTOMER, now_secs() + 600);
         let status = s.status(key, &token).await;
         assert_eq!((status.status, status.replayed()), (410, true));
@@ -1514,6 +1539,261 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
     });
 }
 
+/// An order for [`shop::CUSTOMER`] paid with `payment_method` (which the
+/// order token does not sign).
+fn paid_with(order_ref: &str, amount: u64, payment_method: &str) -> Value {
+    let mut body = order(order_ref, amount);
+    body["payment_method"] = json!(payment_method);
+    body
+}
+
+impl Suite {
+    /// One checkout the widget's way (its default retries, no jitter):
+    /// `client` places `order_ref` for 45.00, paid with `payment_method`,
+    /// under `key`, with an order token good for an hour.
+    async fn check_out(
+        &self,
+        client: &CheckoutClient,
+        order_ref: &str,
+        payment_method: &str,
+        key: &str,
+    ) -> Attempt {
+        let life = Duration::from_secs(3_600);
+        let mut page = PageOrder::new(
+            order_ref,
+            4500,
+            shop::CUSTOMER,
+            payment_method,
+            now_secs() + life.as_secs(),
+        );
+        let (mut attempt, first) = Attempt::submit(None, order_ref, now_ms(), true, || key.into());
+        client
+            .drive(&mut attempt, first, &mut page, || 0.0, life)
+            .await;
+        attempt
+    }
+
+    /// Plays the customer's answer to the bank's challenge for `intent`.
+    async fn authenticate(&self, intent: &Value, outcome: &str) {
+        let id = intent["id"].as_str().expect("an intent id");
+        self.sim(
+            &format!("/__sim/payment_intents/{id}/authenticate"),
+            json!({ "outcome": outcome }),
+        )
+        .await;
+    }
+}
+
+/// Stripe answers a card that needs 3-D Secure with 200 `requires_action`,
+/// having charged nothing. The edge stores that answer; a replay of it asks
+/// the backend how the intent stands now (`GET /v1/payment_intents/{id}`),
+/// so the retry after authentication reports the charge under the same key.
+fn three_d_secure_is_placed_only_after_authentication_under_the_same_key(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let body = paid_with("3ds-ok", 4100, "pm_card_threeDSecure2Required");
+        let key = "3ds-ok-key-000001";
+        let first = s.post(key, &body).await;
+        assert_eq!((first.status, first.replayed()), (200, false));
+        let intent = first.json();
+        assert_eq!(intent["status"], "requires_action");
+        assert_eq!(intent["next_action"]["type"], "use_stripe_sdk");
+        assert!(intent["client_secret"].as_str().unwrap().starts_with("pi_"));
+        assert!(s.charges("3ds-ok").await.is_empty(), "nothing charged yet");
+        // A retry before the customer authenticated: still awaiting them.
+        let early = s.post(key, &body).await;
+        assert_eq!((early.status, early.replayed()), (200, true));
+        assert_eq!(early.json()["status"], "requires_action");
+        s.authenticate(&intent, "succeed").await;
+        let after = s.post(key, &body).await;
+        assert_eq!((after.status, after.replayed()), (200, true));
+        let placed = after.json();
+        assert_eq!(placed["status"], "succeeded");
+        assert_eq!(placed["id"], intent["id"]);
+        let charges = s.charges("3ds-ok").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(charges[0].id, placed["id"].as_str().unwrap());
+        // The refreshed answer is the key's answer now, byte for byte, on
+        // every path.
+        let again = s.post(key, &body).await;
+        assert_eq!((again.replayed(), &again.body), (true, &after.body));
+        let token = order_token("3ds-ok-status", 1, shop::CUSTOMER, now_secs() + 600);
+        let status = s.status(key, &token).await;
+        assert_eq!((status.status, &status.body), (200, &after.body));
+        assert_eq!(s.charges("3ds-ok").await.len(), 1);
+    });
+}
+
+/// A failed challenge leaves the intent `requires_payment_method`: a final
+/// refusal under the key, nothing charged, and the customer's next attempt
+/// (another card, a new key) charges once.
+fn a_failed_three_d_secure_challenge_is_refused_and_a_new_key_charges_once(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let body = paid_with("3ds-fail", 4200, "pm_card_authenticationRequired");
+        let key = "3ds-fail-key-00001";
+        let first = s.post(key, &body).await;
+        assert_eq!(first.status, 200);
+        let intent = first.json();
+        assert_eq!(intent["status"], "requires_action");
+        s.authenticate(&intent, "fail").await;
+        let after = s.post(key, &body).await;
+        assert_eq!((after.status, after.replayed()), (200, true));
+        let refused = after.json();
+        assert_eq!(refused["status"], "requires_payment_method");
+        assert_eq!(
+            refused["last_payment_error"]["code"],
+            "payment_intent_authentication_failure"
+        );
+        let again = s.post(key, &body).await;
+        assert_eq!(again.body, after.body);
+        assert!(s.charges("3ds-fail").await.is_empty());
+        let visa = paid_with("3ds-fail", 4200, "pm_card_visa");
+        let placed = s.post("3ds-fail-key-00002", &visa).await;
+        assert_eq!(
+            (placed.status, placed.json()["status"].clone()),
+            (200, json!("succeeded"))
+        );
+        assert_eq!(s.charges("3ds-fail").await.len(), 1);
+    });
+}
+
+/// The widget's side of 3-D Secure, over real HTTP: the attempt asks the
+/// page to authenticate, sends the order again with the same key, and is
+/// placed once; a failed challenge is refused, and without a handler the
+/// attempt says what is missing.
+fn the_widget_completes_three_d_secure_with_the_pages_handler(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let bank = |fails: fn(&str) -> bool| Bank {
+            url: s.stack.sim_url.clone(),
+            fails,
+        };
+        let card = "pm_card_threeDSecure2Required";
+        let client = s.widget().with_bank(bank(|_| false));
+        let key = "3ds-widget-ok-key-01";
+        let placed = s.check_out(&client, "3ds-widget-ok", card, key).await;
+        assert!(
+            matches!(placed.phase(), Phase::Placed { .. }),
+            "{:?}",
+            placed.phase()
+        );
+        assert_eq!(placed.key(), key);
+        let authenticated = &client.counters.authentications;
+        assert_eq!(authenticated.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(s.charges("3ds-widget-ok").await.len(), 1);
+
+        let client = s.widget().with_bank(bank(|_| true));
+        let failed = s
+            .check_out(&client, "3ds-widget-no", card, "3ds-widget-no-key-01")
+            .await;
+        let Phase::Refused { status, message } = failed.phase() else {
+            panic!("{:?}", failed.phase())
+        };
+        assert_eq!(*status, 200);
+        assert!(message.contains("failed authentication"), "{message}");
+        assert!(s.charges("3ds-widget-no").await.is_empty());
+
+        let unhandled = s
+            .check_out(
+                &s.widget(),
+                "3ds-widget-none",
+                card,
+                "3ds-widget-none-key-01",
+            )
+            .await;
+        assert_eq!(
+            unhandled.phase(),
+            &Phase::Refused {
+                status: 200,
+                message: chargeonce_protocol::attempt::NO_ACTION_HANDLER.into()
+            }
+        );
+        assert!(s.charges("3ds-widget-none").await.is_empty());
+    });
+}
+
+/// Stripe's Search lags the charges ("under normal operating conditions
+/// ... in under 1 minute"). A retry after a lost response finds nothing yet
+/// and forwards again under the same backend key, which Stripe answers with
+/// the saved charge: one charge, reported under the key.
+fn search_lag_during_reconciliation_charges_once(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({
+            "drop_after_commit_next": 1,
+            "search_lag_ms": (SETTLE_SECS - 2) * 1000
+        }))
+        .await;
+        let body = order("lag-1", 4400);
+        let key = "lag-key-000000001";
+        s.post(key, &body).await.problem(502);
+        let retry = s.retry_past_409s(key, &body).await;
+        assert_eq!(
+            retry.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&retry.body)
+        );
+        let charges = s.charges("lag-1").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(retry.json()["id"], charges[0].id);
+        // The retry did look, and the lookup could not see the charge yet.
+        let looked = s.lookups_for(shop::CUSTOMER, key).await;
+        assert!(!looked.is_empty(), "no lookup was made");
+    });
+}
+
+/// Stripe answers 409 `idempotency_key_in_use` while another request with
+/// the key executes. Nothing ran for this one, and the other may still
+/// charge: the edge keeps the claim as for its own timeout, its retries wait
+/// the lease out, and the order is placed once.
+fn a_key_in_use_at_the_backend_waits_like_a_lease_and_charges_once(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"in_use_next": 1})).await;
+        let body = order("in-use-1", 4500);
+        let key = "in-use-key-000001";
+        let first = s.post(key, &body).await;
+        let problem = first.problem(409);
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(":request-in-flight"));
+        assert!(first.header("Retry-After").is_some());
+        let attempt = s
+            .check_out(&s.widget(), "in-use-1", "pm_card_visa", key)
+            .await;
+        assert!(
+            matches!(attempt.phase(), Phase::Placed { .. }),
+            "{:?}",
+            attempt.phase()
+        );
+        assert_eq!(s.charges("in-use-1").await.len(), 1);
+    });
+}
+
+/// A 429 (`rate_limit`) ran nothing: the edge gives the key back at once,
+/// and the client's retry, after the backend's `Retry-After`, charges once.
+fn a_rate_limited_forward_is_released_and_retried_into_one_charge(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"rate_limit_next": 2})).await;
+        let body = order("limited-1", 4600);
+        let key = "limited-key-00001";
+        let first = s.post(key, &body).await;
+        let problem = first.problem(503);
+        assert!(
+            problem["detail"].as_str().unwrap().contains("429"),
+            "{problem}"
+        );
+        assert!(first.header("Retry-After").is_some());
+        // Released, not held: the very next request forwards (and meets
+        // the second 429), and the one after that charges.
+        s.post(key, &body).await.problem(503);
+        let placed = s.post(key, &body).await;
+        assert_eq!((placed.status, placed.replayed()), (200, false));
+        assert_eq!(s.charges("limited-1").await.len(), 1);
+    });
+}
+
 /// Pairs each test function with its name.
 macro_rules! named {
     ($($test:ident),* $(,)?) => {
@@ -1554,6 +1834,19 @@ fn the_passthrough_backend_gets_the_json_body_and_the_key(_: &Suite) {
         );
         assert_eq!(charges[0].customer.as_deref(), Some("cus_pass"));
         assert_eq!(charges[0].amount, 2500);
+        // 3-D Secure through the passthrough contract: the refresh after
+        // authentication is the lookup, which lists the intent as it is now.
+        let mut card = signed_order_for("pass-3ds", 2600, "cus_pass");
+        card["payment_method"] = json!("pm_card_threeDSecure2Required");
+        let action = s.post("pass-key-000000002", &card).await;
+        let intent = action.json();
+        assert_eq!(intent["status"], "requires_action");
+        s.authenticate(&intent, "succeed").await;
+        let placed = s.post("pass-key-000000002", &card).await;
+        assert_eq!((placed.status, placed.replayed()), (200, true));
+        assert_eq!(placed.json()["status"], "succeeded");
+        assert_eq!(placed.json()["id"], intent["id"]);
+        assert_eq!(s.charges("pass-3ds").await.len(), 1);
         let hidden = s
             .send(s.http.get(format!("{}/__sim/ledger", s.stack.edge_url)))
             .await;
@@ -1858,7 +2151,13 @@ fn main() {
         an_expired_token_mid_reconciliation_keeps_the_key_and_charges_once,
         the_status_lookup_tells_what_became_of_a_key_and_forwards_nothing,
         an_unknown_outcome_outlives_its_ttl_and_a_late_retry_still_reconciles,
-        a_saved_500_settles_as_not_charged_and_a_new_key_charges_once,
+        a_saved_500_settles_as_not_charged_while_the_customer_retries_and_a_new_key_charges_once,
+        three_d_secure_is_placed_only_after_authentication_under_the_same_key,
+        a_failed_three_d_secure_challenge_is_refused_and_a_new_key_charges_once,
+        the_widget_completes_three_d_secure_with_the_pages_handler,
+        search_lag_during_reconciliation_charges_once,
+        a_key_in_use_at_the_backend_waits_like_a_lease_and_charges_once,
+        a_rate_limited_forward_is_released_and_retried_into_one_charge,
         a_reconciling_forward_keeps_the_key_for_a_whole_lease,
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chargeonce_tests::sim::{
     Faults, Ledger, LookupEntry, LookupLog, RunningSim, SimConfig, DEFAULT_SECRET,
+    STRIPE_KEY_RETENTION_MS,
 };
+use chargeonce_tests::stack::Paysim;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -397,7 +399,8 @@ async fn concurrent_same_key_during_latency_gets_one_success_and_409s() {
     for attempt in attempts {
         let (status, body) = attempt.await.unwrap();
         if status == StatusCode::CONFLICT {
-            assert_eq!(body["error"]["type"], "idempotency_error");
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+            assert_eq!(body["error"]["code"], "idempotency_key_in_use");
             let message = body["error"]["message"].as_str().unwrap();
             assert!(message.contains("another in-progress request"), "{message}");
         }
@@ -585,6 +588,10 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
             lookups_down: false,
             lookup_slow_next: 0,
             lookup_slow_ms: 0,
+            search_enabled: true,
+            key_retention_ms: STRIPE_KEY_RETENTION_MS,
+            in_use_next: 0,
+            rate_limit_next: 0,
         }
     );
     for bad in [
@@ -1285,4 +1292,275 @@ async fn paysim_binary_announces_its_port_serves_and_exits_on_sigterm() {
         .expect("paysim exits after SIGTERM")
         .unwrap();
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `VISA` paid with another test payment method.
+fn visa_with(method: &str) -> String {
+    VISA.replace("pm_card_visa", method)
+}
+
+/// `POST /__sim/payment_intents/{id}/authenticate` with `body`, as is.
+async fn authenticate(http: &Client, base: &str, id: &str, body: &str) -> Response {
+    http.post(format!("{base}/__sim/payment_intents/{id}/authenticate"))
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /v1/payment_intents/{id}` with `secret`, if any.
+async fn retrieve(http: &Client, base: &str, id: &str, secret: Option<&str>) -> Response {
+    let mut request = http.get(format!("{base}/v1/payment_intents/{id}"));
+    if let Some(secret) = secret {
+        request = request.bearer_auth(secret);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn retrieve_and_the_three_d_secure_hook_work_through_the_paysim_process() {
+    let paysim = Paysim::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_paysim")),
+        DEFAULT_SECRET,
+    )
+    .unwrap();
+    let (base, http) = (paysim.url.as_str(), Client::new());
+    let ledger = || async {
+        let ledger: Ledger = http
+            .get(format!("{base}/__sim/ledger"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ledger
+    };
+    let form = format!(
+        "{}&metadata[chargeonce_key]=ck_3ds",
+        visa_with("pm_card_threeDSecure2Required")
+    );
+    let created = payment_intent_with(&http, base, &form, Some("key-3ds"))
+        .await
+        .unwrap();
+    let created = ok_text(created).await;
+    let intent: Value = serde_json::from_str(&created).unwrap();
+    let id = intent["id"].as_str().unwrap();
+    assert_eq!(intent["status"], "requires_action");
+    assert_eq!(intent["next_action"]["type"], "use_stripe_sdk");
+    let secret = intent["client_secret"].as_str().unwrap();
+    assert!(secret.starts_with(&format!("{id}_secret_")), "{secret}");
+    assert!(ledger().await.charges.is_empty());
+
+    // Retrieval: the current state, authenticated like every /v1 endpoint.
+    let retrieved = retrieve(&http, base, id, Some(DEFAULT_SECRET)).await;
+    assert_eq!(ok_text(retrieved).await, created);
+    for secret in [None, Some("sk_test_wrong")] {
+        let response = retrieve(&http, base, id, secret).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{secret:?}");
+    }
+    let missing = retrieve(&http, base, "pi_missing", Some(DEFAULT_SECRET)).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let error = error_of(missing).await;
+    assert_eq!(
+        (error["type"].as_str(), error["code"].as_str()),
+        (Some("invalid_request_error"), Some("resource_missing"))
+    );
+
+    // The challenge refuses what is not an outcome, and touches nothing.
+    for (body, expected) in [
+        ("{", "Invalid authentication: "),
+        (r#"{"outcome":"perhaps"}"#, "unknown variant `perhaps`"),
+    ] {
+        let response = authenticate(&http, base, id, body).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let message = error_of(response).await["message"].to_string();
+        assert!(message.contains(expected), "{body}: {message}");
+    }
+    let response = authenticate(&http, base, "pi_missing", r#"{"outcome":"succeed"}"#).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+
+    // Passing it charges once, and every reader sees succeeded.
+    let passed = authenticate(&http, base, id, r#"{"outcome":"succeed"}"#).await;
+    let passed = ok_text(passed).await;
+    let intent: Value = serde_json::from_str(&passed).unwrap();
+    assert_eq!(intent["status"], "succeeded");
+    assert_eq!(intent["next_action"], Value::Null);
+    let charges = ledger().await.charges;
+    assert_eq!(charges.len(), 1);
+    assert_eq!(charges[0].id, id);
+    assert_eq!(charges[0].idempotency_key.as_deref(), Some("key-3ds"));
+    let retrieved = retrieve(&http, base, id, Some(DEFAULT_SECRET)).await;
+    assert_eq!(ok_text(retrieved).await, passed);
+    let found = http
+        .get(format!("{base}/v1/payment_intents/search"))
+        .bearer_auth(DEFAULT_SECRET)
+        .query(&[("query", "metadata['chargeonce_key']:'ck_3ds'")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_text(found).await, search_result(&[&passed]));
+
+    // The key replays what was saved: requires_action, as Stripe replays saved responses.
+    let replay = payment_intent_with(&http, base, &form, Some("key-3ds"))
+        .await
+        .unwrap();
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+    assert_eq!(ok_text(replay).await, created);
+
+    // No second challenge.
+    let again = authenticate(&http, base, id, r#"{"outcome":"fail"}"#).await;
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        error_of(again).await["code"],
+        "payment_intent_unexpected_state"
+    );
+
+    // Failing the challenge of an order: nothing charged, and the orders lookup says so.
+    let order = json!({"order_ref": "ord_3ds", "amount": 700, "currency": "usd",
+        "payment_method": "pm_card_authenticationRequired"});
+    let created = http
+        .post(format!("{base}/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Idempotency-Key", "order-3ds")
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    let created: Value = serde_json::from_str(&ok_text(created).await).unwrap();
+    let order_id = created["id"].as_str().unwrap();
+    let failed = authenticate(&http, base, order_id, r#"{"outcome":"fail"}"#).await;
+    let failed = ok_text(failed).await;
+    let intent: Value = serde_json::from_str(&failed).unwrap();
+    assert_eq!(intent["status"], "requires_payment_method");
+    assert_eq!(
+        intent["last_payment_error"]["code"],
+        "payment_intent_authentication_failure"
+    );
+    let listed = http
+        .get(format!("{base}/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .query(&[("idempotency_key", "order-3ds")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_text(listed).await, orders_list(&[&failed]));
+    assert_eq!(ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn declines_of_stripes_test_cards_answer_402_with_their_codes() {
+    let h = Harness::start().await;
+    for (method, code, decline_code) in [
+        (
+            "pm_card_visa_chargeDeclinedInsufficientFunds",
+            "card_declined",
+            Some("insufficient_funds"),
+        ),
+        ("pm_card_chargeDeclinedExpiredCard", "expired_card", None),
+        (
+            "pm_card_chargeDeclinedProcessingError",
+            "processing_error",
+            None,
+        ),
+    ] {
+        let key = format!("key-{method}");
+        let response = h.payment_intent(&visa_with(method), Some(&key)).await;
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED, "{method}");
+        let body = response.text().await.unwrap();
+        let error: Value = serde_json::from_str::<Value>(&body).unwrap()["error"].clone();
+        assert_eq!(error["type"], "card_error", "{method}");
+        assert_eq!(error["code"], code, "{method}");
+        assert_eq!(error["decline_code"].as_str(), decline_code, "{method}");
+        assert_eq!(
+            error["payment_intent"]["last_payment_error"]["code"], code,
+            "{method}"
+        );
+        let replay = h.payment_intent(&visa_with(method), Some(&key)).await;
+        assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+        assert_eq!(replay.text().await.unwrap(), body);
+    }
+    assert!(h.ledger().await.charges.is_empty());
+}
+
+#[tokio::test]
+async fn the_new_paths_route_and_answer_405_to_other_methods() {
+    let h = Harness::start().await;
+    let response = h
+        .http
+        .get(h.url("/__sim/payment_intents/pi_x/authenticate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("POST"));
+    let response = h
+        .http
+        .post(h.url("/v1/payment_intents/pi_x"))
+        .bearer_auth(DEFAULT_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("GET"));
+    for path in [
+        "/v1/payment_intents/",
+        "/v1/payment_intents/pi_x/capture",
+        "/__sim/payment_intents//authenticate",
+    ] {
+        let response = h.get_raw(path).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let message = error_of(response).await["message"].to_string();
+        assert!(
+            message.contains("Unrecognized request URL"),
+            "{path}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_in_use_search_disabled_and_key_retention_over_http() {
+    let h = Harness::start().await;
+    let paid = ok_text(h.payment_intent(&tagged_visa(), Some("k1")).await).await;
+    let id = serde_json::from_str::<Value>(&paid).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    h.faults(json!({"rate_limit_next": 2})).await;
+    let limited = h.payment_intent(VISA, Some("k1")).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&limited, "idempotent-replayed"), None);
+    assert_eq!(error_of(limited).await["code"], "rate_limit");
+    let limited = retrieve(&h.http, &h.sim.url(), &id, Some(DEFAULT_SECRET)).await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retrieved = retrieve(&h.http, &h.sim.url(), &id, Some(DEFAULT_SECRET)).await;
+    assert_eq!(ok_text(retrieved).await, paid);
+
+    h.faults(json!({"in_use_next": 1})).await;
+    let busy = h.payment_intent(VISA, Some("k2")).await;
+    assert_eq!(busy.status(), StatusCode::CONFLICT);
+    assert_eq!(error_of(busy).await["code"], "idempotency_key_in_use");
+    let executed = h.payment_intent(VISA, Some("k2")).await;
+    assert_eq!(executed.status(), StatusCode::OK);
+    assert_eq!(header(&executed, "idempotent-replayed"), None);
+
+    h.faults(json!({"search_enabled": false})).await;
+    let refused = h.search("metadata['chargeonce_key']:'ck_1'").await;
+    assert_eq!(refused.status(), StatusCode::NOT_FOUND);
+    let message = error_of(refused).await["message"].to_string();
+    assert!(message.contains("Search is not available"), "{message}");
+    assert_eq!(
+        h.orders_by_key("k1").await.status(),
+        StatusCode::OK,
+        "the orders lookup is not Search"
+    );
+
+    // With no retention, a finished key is pruned by its next use, which executes anew.
+    h.faults(json!({"key_retention_ms": 0})).await;
+    let anew = h.payment_intent(VISA, Some("k2")).await;
+    assert_eq!(anew.status(), StatusCode::OK);
+    assert_eq!(header(&anew, "idempotent-replayed"), None);
+    assert_eq!(h.ledger().await.charges.len(), 3);
 }

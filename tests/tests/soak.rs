@@ -10,18 +10,22 @@
 //! click) and some send parallel duplicates outside the state machine, as a
 //! second tab or a buggy integration would. The simulator's lookups lag
 //! behind its charges for the whole run (`SEARCH_LAG_MS`, within the edge's
-//! settle window), as Stripe's Search does. Faults are injected at random: a
-//! response dropped after the charge, a backend 503, the backend running
-//! past the edge's timeout, and an order token that expires a second into
-//! the attempt; and the Worker process itself is killed and restarted mid-run
+//! settle window), as Stripe's Search does. One card in ten is declined and
+//! one in ten needs 3-D Secure, which a third of those customers fail at
+//! their bank (played through paysim's hook). Faults are injected at random:
+//! a response dropped after the charge, a backend 503, a backend 500 (which
+//! Stripe would save under the key; the naive simulator saves nothing), the
+//! backend running past the edge's timeout, a 429 `rate_limit`, and an order
+//! token that expires a second into the attempt; and the Worker process
+//! itself is killed and restarted mid-run
 //! with its local Durable Object and KV state kept, each time while the
 //! simulator holds lookups open, so kills land during reconciliations.
 //!
 //! After the run and a settle wait, every attempt left unconfirmed is picked
 //! up as a reload would: a status lookup first, which shows whether the edge
 //! settled the key on its own. Then the simulator's ledger is checked: one
-//! charge per attempt that was told it succeeded, none for a decline, none
-//! charged twice, none left unknown. It prints a Markdown table and exits
+//! charge per attempt that was told it succeeded, none for a decline or a
+//! failed authentication, none charged twice, none left unknown. It prints a Markdown table and exits
 //! non-zero on any double charge, loss or unresolved attempt.
 //!
 //! `cargo test -p chargeonce-tests --test soak` runs a small soak (part of
@@ -33,7 +37,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chargeonce_protocol::{Attempt, IgnoreReason, Next, Phase, RetryPolicy};
-use chargeonce_tests::client::{now_ms, CheckoutClient, PageOrder};
+use chargeonce_tests::client::{now_ms, Bank, CheckoutClient, PageOrder};
 use chargeonce_tests::shop::{now_secs, TOKEN_LIFETIME_SECS};
 use chargeonce_tests::sim::{Faults, Ledger, LookupLog, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
@@ -108,12 +112,19 @@ enum Fault {
     DroppedAfterCharge,
     Backend503,
     SlowPastTimeout,
+    Saved500,
+    RateLimited,
 }
 
-const FAULTS: [Fault; 3] = [
+/// A 409 `idempotency_key_in_use` is not among them: a naive backend holds
+/// no keys, so it never answers one (the edge tests cover it against a
+/// backend that does).
+const FAULTS: [Fault; 5] = [
     Fault::DroppedAfterCharge,
     Fault::Backend503,
     Fault::SlowPastTimeout,
+    Fault::Saved500,
+    Fault::RateLimited,
 ];
 
 impl Fault {
@@ -122,6 +133,8 @@ impl Fault {
             Self::DroppedAfterCharge => faults.drop_after_commit_next,
             Self::Backend503 => faults.fail_next,
             Self::SlowPastTimeout => faults.slow_next,
+            Self::Saved500 => faults.fail_saved_next,
+            Self::RateLimited => faults.rate_limit_next,
         }
     }
 
@@ -130,9 +143,36 @@ impl Fault {
             Self::DroppedAfterCharge => json!({"drop_after_commit_next": 1}),
             Self::Backend503 => json!({"fail_next": 1}),
             Self::SlowPastTimeout => json!({"slow_next": 1, "slow_ms": SLOW_MS}),
+            Self::Saved500 => json!({"fail_saved_next": 1}),
+            Self::RateLimited => json!({"rate_limit_next": 1}),
         }
     }
 }
+
+/// The card a customer pays with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Card {
+    Visa,
+    Declined,
+    /// Needs 3-D Secure; whether the customer fails the bank's challenge.
+    ThreeDSecure {
+        fails: bool,
+    },
+}
+
+impl Card {
+    fn payment_method(self) -> &'static str {
+        match self {
+            Self::Visa => "pm_card_visa",
+            Self::Declined => "pm_card_chargeDeclined",
+            Self::ThreeDSecure { .. } => "pm_card_threeDSecure2Required",
+        }
+    }
+}
+
+/// The order references of customers who fail their bank's challenge end
+/// in this, which is how the client's [`Bank`] knows.
+const FAILS_3DS: &str = "-fails-3ds";
 
 /// Arms one fault at a time in the simulator, and counts them. The faults
 /// are the simulator's global "next request" counters, so a fault is armed
@@ -142,7 +182,7 @@ struct Injector {
     http: reqwest::Client,
     sim_url: String,
     gate: tokio::sync::Mutex<()>,
-    armed: [AtomicU64; 3],
+    armed: [AtomicU64; FAULTS.len()],
 }
 
 impl Injector {
@@ -171,11 +211,17 @@ impl Injector {
     }
 
     /// Disarms what is left and returns how many of each fault fired.
-    async fn finish(&self) -> [u64; 3] {
+    async fn finish(&self) -> [u64; FAULTS.len()] {
         let _gate = self.gate.lock().await;
         let left = self.faults().await;
-        self.set(json!({"fail_next": 0, "drop_after_commit_next": 0, "slow_next": 0}))
-            .await;
+        self.set(json!({
+            "fail_next": 0,
+            "drop_after_commit_next": 0,
+            "slow_next": 0,
+            "fail_saved_next": 0,
+            "rate_limit_next": 0
+        }))
+        .await;
         std::array::from_fn(|i| {
             self.armed[i]
                 .load(Ordering::Relaxed)
@@ -218,7 +264,7 @@ impl Outcome {
 
 struct Checkout {
     order: PageOrder,
-    declined_card: bool,
+    card: Card,
     attempt: Attempt,
     outcome: Outcome,
     /// 200 bodies the parallel duplicates got; each must equal the answer.
@@ -246,14 +292,18 @@ async fn checkout(
     fault_rate: f64,
 ) -> Checkout {
     let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    let order_ref = format!("soak-{index}");
     let customer = format!("cus_{}", index % 97);
     let amount = rng.random_range(100..=50_000);
-    let declined_card = rng.random_bool(0.1);
-    let card = if declined_card {
-        "pm_card_chargeDeclined"
-    } else {
-        "pm_card_visa"
+    let card = match rng.random_range(0..10) {
+        0 => Card::Declined,
+        1 => Card::ThreeDSecure {
+            fails: rng.random_bool(1.0 / 3.0),
+        },
+        _ => Card::Visa,
+    };
+    let order_ref = match card {
+        Card::ThreeDSecure { fails: true } => format!("soak-{index}{FAILS_3DS}"),
+        _ => format!("soak-{index}"),
     };
     let mut first_token = Duration::from_secs(TOKEN_LIFETIME_SECS);
     if rng.random_bool(fault_rate) {
@@ -277,7 +327,7 @@ async fn checkout(
         &order_ref,
         amount,
         &customer,
-        card,
+        card.payment_method(),
         now_secs() + first_token.as_secs(),
     );
 
@@ -348,7 +398,7 @@ async fn checkout(
     }
     Checkout {
         order,
-        declined_card,
+        card,
         attempt,
         outcome,
         duplicate_bodies,
@@ -480,11 +530,17 @@ fn main() -> ExitCode {
         injector
             .set(json!({"honor_idempotency": false, "search_lag_ms": settings.search_lag_ms}))
             .await;
-        let client = Arc::new(CheckoutClient::new(
-            http.clone(),
-            format!("{edge_url}/v1/orders"),
-            RetryPolicy::default(),
-        ));
+        let client = Arc::new(
+            CheckoutClient::new(
+                http.clone(),
+                format!("{edge_url}/v1/orders"),
+                RetryPolicy::default(),
+            )
+            .with_bank(Bank {
+                url: sim_url.clone(),
+                fails: |order_ref| order_ref.ends_with(FAILS_3DS),
+            }),
+        );
         let tally = Arc::new(Tally::default());
 
         // The Worker is killed and restarted at evenly spaced points of the
@@ -602,14 +658,20 @@ fn main() -> ExitCode {
         line(
             "Faults",
             format!(
-                "{} responses dropped after the charge, {} backend 503s, {} backend answers past the edge's timeout, {} order tokens expiring mid-attempt ({} refreshed with the same key), lookups {} ms behind the charges throughout",
+                "{} responses dropped after the charge, {} backend 503s, {} backend answers past the edge's timeout, {} backend 500s, {} 429 rate_limit, {} order tokens expiring mid-attempt ({} refreshed with the same key), lookups {} ms behind the charges throughout",
                 fired[0],
                 fired[1],
                 fired[2],
+                fired[3],
+                fired[4],
                 count(&tally.short_tokens),
                 count(&counters.token_refreshes),
                 settings.search_lag_ms,
             ),
+        );
+        line(
+            "3-D Secure challenges answered",
+            count(&counters.authentications).to_string(),
         );
         line(
             "Attempts the edge settled as \"not charged\"",
@@ -641,8 +703,9 @@ fn main() -> ExitCode {
             .or_default()
             .push(&charge.id);
     }
-    let (mut placed, mut declined, mut double, mut lost, mut unresolved, mut wrong) =
-        (0, 0, 0, 0, 0, Vec::new());
+    let (mut placed, mut declined, mut failed_3ds, mut double, mut lost, mut unresolved) =
+        (0, 0, 0, 0, 0, 0);
+    let mut wrong = Vec::new();
     let mut times: Vec<Duration> = Vec::new();
     for c in &checkouts {
         let order_ref = c.order.order_ref();
@@ -661,20 +724,50 @@ fn main() -> ExitCode {
                     lost += 1;
                     wrong.push(format!("{order_ref}: told {id:?}, ledger {made:?}"));
                 }
-                if c.declined_card {
-                    wrong.push(format!("{order_ref}: a declining card was charged"));
+                if matches!(c.card, Card::Declined | Card::ThreeDSecure { fails: true }) {
+                    wrong.push(format!("{order_ref}: placed with {:?}", c.card));
                 }
-                if let Some(other) = c.duplicate_bodies.iter().find(|d| *d != body) {
+                // A duplicate gets the key's answer, or, for an intent that
+                // awaited authentication, that same intent in an earlier
+                // state (the refresh after authentication replaced it).
+                let intent = |body: &str| {
+                    serde_json::from_str::<Value>(body)
+                        .ok()
+                        .map(|v| (v["id"].clone(), v["status"].clone()))
+                };
+                let earlier_state = |dup: &str| match (intent(dup), intent(body)) {
+                    (Some((dup_id, dup_status)), Some((id, _))) => {
+                        dup_id == id && dup_status == "requires_action"
+                    }
+                    _ => false,
+                };
+                if let Some(other) = c
+                    .duplicate_bodies
+                    .iter()
+                    .find(|d| *d != body && !earlier_state(d))
+                {
                     wrong.push(format!(
                         "{order_ref}: a duplicate got another answer: {other}"
                     ));
                 }
             }
-            Outcome::Refused { status: 402, .. } if c.declined_card => {
+            Outcome::Refused { status: 402, .. } if c.card == Card::Declined => {
                 declined += 1;
                 if !made.is_empty() {
                     lost += 1;
                     wrong.push(format!("{order_ref}: declined but charged {made:?}"));
+                }
+            }
+            // A failed challenge: the intent's 2xx answer, refused.
+            Outcome::Refused { status: 200, .. }
+                if c.card == (Card::ThreeDSecure { fails: true }) =>
+            {
+                failed_3ds += 1;
+                if !made.is_empty() {
+                    lost += 1;
+                    wrong.push(format!(
+                        "{order_ref}: failed 3-D Secure but charged {made:?}"
+                    ));
                 }
             }
             Outcome::Refused { status, message } => {
@@ -690,7 +783,7 @@ fn main() -> ExitCode {
     let line = |name: &str, value: String| println!("| {name} | {value} |");
     line(
         "Final answers",
-        format!("{placed} charged, {declined} declined, {unresolved} unresolved"),
+        format!("{placed} charged, {declined} declined, {failed_3ds} failed 3-D Secure, {unresolved} unresolved"),
     );
     line(
         "Ledger",

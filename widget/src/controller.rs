@@ -1,7 +1,8 @@
 //! One mounted widget: it turns clicks, reloads and answers into the
 //! protocol's [`Attempt`] inputs and carries out what the attempt asks for
-//! (send, look up, wait, wait for the network, ask the page for a token),
-//! keeping the attempt saved and the view and events up to date.
+//! (send, look up, wait, wait for the network, ask the page for a token,
+//! ask the page to show the bank's challenge), keeping the attempt saved and
+//! the view and events up to date.
 //!
 //! One driver task runs per attempt run; a click while it runs is refused by
 //! the attempt itself, which is what makes a double click send one request.
@@ -29,12 +30,21 @@ use web_sys::{HtmlElement, MutationObserver, MutationObserverInit};
 /// then left unconfirmed, with its key kept for the next click.
 pub const TOKEN_WAIT_MS: u32 = 10_000;
 
+/// The functions a page gives `mount()`.
+#[derive(Default)]
+pub struct Hooks {
+    /// `getOrderToken`: a fresh order token when the edge found one expired.
+    pub get_order_token: Option<js_sys::Function>,
+    /// `handleAction`: shows the bank's 3-D Secure challenge.
+    pub handle_action: Option<js_sys::Function>,
+}
+
 /// A mounted widget's state and ports.
 pub struct Widget {
     host: HtmlElement,
     ports: Ports,
-    /// The page's `getOrderToken` option, if it gave one.
-    get_order_token: Option<js_sys::Function>,
+    /// The page's functions, if it gave any.
+    hooks: Hooks,
     attempt: RefCell<Option<Attempt>>,
     /// Why the last retry was needed, for the status line of the next send.
     last_reason: RefCell<Option<RetryReason>>,
@@ -57,18 +67,14 @@ fn now_ms() -> u64 {
 }
 
 impl Widget {
-    /// A widget for `host`, with the attempt saved for its order (if any).
-    /// `get_order_token` is the page's `getOrderToken` option.
-    pub fn new(
-        host: HtmlElement,
-        ports: Ports,
-        get_order_token: Option<js_sys::Function>,
-    ) -> Rc<Self> {
+    /// A widget for `host`, with the attempt saved for its order (if any)
+    /// and the page's `hooks`.
+    pub fn new(host: HtmlElement, ports: Ports, hooks: Hooks) -> Rc<Self> {
         let attempt = options::order_ref(&host).and_then(|r| storage::load_attempt(&r));
         let widget = Rc::new(Self {
             host,
             ports,
-            get_order_token,
+            hooks,
             attempt: RefCell::new(attempt),
             last_reason: RefCell::new(None),
             last_status: Cell::new(None),
@@ -176,6 +182,7 @@ impl Widget {
                     self.exchange(key, &mut checkout, &policy).await
                 }
                 Next::NeedToken => self.refresh_token(&mut checkout).await,
+                Next::HandleAction => self.handle_action().await,
                 Next::Wait => self.wait(&policy).await,
                 Next::WaitForOnline => {
                     self.ports.network.wait_online().await;
@@ -243,14 +250,15 @@ impl Widget {
         let Ok(http) = result else {
             return self.step(|a| a.handle_transport_failure(now, online, jitter, policy));
         };
-        let (message, problem) = read_body(&http);
+        let read = read_body(&http);
         let response = EdgeResponse {
             status: http.status,
             body: &http.body,
-            message: message.as_deref(),
-            problem,
+            message: read.message.as_deref(),
+            problem: read.problem,
             replayed: http.replayed,
             retry_after_secs: http.retry_after_secs,
+            payment_status: read.payment_status.as_deref(),
         };
         if exchange == Exchange::Order {
             return self.step(|a| a.handle_response(&response, now, jitter, policy));
@@ -288,7 +296,7 @@ impl Widget {
             }) => options::order_token(&self.host),
             _ => checkout.order.order_token.clone(),
         };
-        let asked = match &self.get_order_token {
+        let asked = match &self.hooks.get_order_token {
             Some(get) => get
                 .call1(&JsValue::UNDEFINED, &detail)
                 .map(|token| js_sys::Promise::resolve(&token)),
@@ -334,6 +342,50 @@ impl Widget {
         *checkout = checkout.with_order_token(token);
         let online = self.ports.network.is_online();
         self.step(|a| a.handle_token(online))
+    }
+
+    /// Tells the page the payment needs the customer's authentication (the
+    /// action event) and awaits its `handleAction`, then sends the order
+    /// again with the same key: however the handler ended, the edge says how
+    /// the payment stands. Without a handler, the attempt is refused and
+    /// says what is missing.
+    async fn handle_action(&self) -> Next {
+        let Some((key, body)) = self
+            .attempt
+            .borrow()
+            .as_ref()
+            .and_then(|a| match a.phase() {
+                Phase::ActionRequired { body } => Some((a.key().to_owned(), body.clone())),
+                _ => None,
+            })
+        else {
+            return Next::Stop;
+        };
+        let intent = events::parsed(&body);
+        let member = |name: &str| {
+            js_sys::Reflect::get(&intent, &JsValue::from_str(name)).unwrap_or(JsValue::NULL)
+        };
+        let client_secret = member("client_secret");
+        events::dispatch(
+            &self.host,
+            events::ACTION,
+            &events::detail(&[
+                ("key", key.into()),
+                ("payment_intent", member("id")),
+                ("client_secret", client_secret.clone()),
+                ("next_action", member("next_action")),
+            ]),
+        );
+        let Some(handler) = &self.hooks.handle_action else {
+            return self.step(Attempt::handle_no_action_handler);
+        };
+        if let Ok(settles) = handler.call1(&JsValue::UNDEFINED, &client_secret) {
+            // A rejection is an answer too: the customer gave up, or the
+            // challenge failed; the edge knows which.
+            let _ = JsFuture::from(js_sys::Promise::resolve(&settles)).await;
+        }
+        let online = self.ports.network.is_online();
+        self.step(|a| a.handle_action_done(now_ms(), online))
     }
 
     /// Hands a new `data-order-token` to a refresh waiting for one.
@@ -500,19 +552,31 @@ impl Widget {
     }
 }
 
-/// What the shell reads from an answer's body: the server's words for the
-/// customer (a problem+json `detail`, or the `error.message` of a
-/// Stripe-style body) and, for problem+json, its `type`. Read with the
-/// browser's JSON parser, which costs the bundle nothing.
-fn read_body(http: &HttpAnswer) -> (Option<String>, Option<ProblemType>) {
+/// What the shell reads from an answer's body.
+#[derive(Default)]
+struct Read {
+    /// The server's words for the customer: a problem+json `detail`, the
+    /// `error.message` of a Stripe-style error, or a refused intent's
+    /// `last_payment_error.message`.
+    message: Option<String>,
+    /// For problem+json, its `type`.
+    problem: Option<ProblemType>,
+    /// A PaymentIntent's `status`.
+    payment_status: Option<String>,
+}
+
+/// Reads an answer's body with the browser's JSON parser, which costs the
+/// bundle nothing.
+fn read_body(http: &HttpAnswer) -> Read {
     let Ok(value) = js_sys::JSON::parse(&http.body) else {
-        return (None, None);
+        return Read::default();
     };
     let get =
         |target: &JsValue, name: &str| js_sys::Reflect::get(target, &JsValue::from_str(name)).ok();
     let message = get(&value, "detail")
         .and_then(|d| d.as_string())
-        .or_else(|| get(&get(&value, "error")?, "message")?.as_string());
+        .or_else(|| get(&get(&value, "error")?, "message")?.as_string())
+        .or_else(|| get(&get(&value, "last_payment_error")?, "message")?.as_string());
     // A backend's own body may have a `type` of its own; only problem+json's
     // names one of ours.
     let is_problem = http
@@ -523,5 +587,10 @@ fn read_body(http: &HttpAnswer) -> (Option<String>, Option<ProblemType>) {
         .then(|| get(&value, "type")?.as_string())
         .flatten()
         .and_then(|uri| ProblemType::from_uri(&uri));
-    (message, problem)
+    Read {
+        message,
+        problem,
+        // A problem's `status` is a number, so this is an intent's or none.
+        payment_status: get(&value, "status").and_then(|s| s.as_string()),
+    }
 }

@@ -19,6 +19,10 @@ pub const SUCCESS: &str = "chargeonce:success";
 /// `getOrderToken` option the widget waits (for a bounded time) for the page
 /// to set a fresh `data-order-token`, then sends again with the same key.
 pub const TOKEN_NEEDED: &str = "chargeonce:token-needed";
+/// The payment needs the customer to authenticate with their bank (3-D
+/// Secure): `{key, payment_intent, client_secret, next_action}`. The widget
+/// then calls the `handleAction` option, if given.
+pub const ACTION: &str = "chargeonce:action";
 /// The attempt ended without a placed order: `{key, final, status, message}`;
 /// `final: false` means the outcome is unknown and a new click retries with
 /// the same key.

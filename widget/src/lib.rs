@@ -22,7 +22,7 @@ pub mod storage;
 pub mod transport;
 pub mod view;
 
-use controller::Widget;
+use controller::{Hooks, Widget};
 use leptos::prelude::*;
 use std::rc::Rc;
 use transport::Ports;
@@ -59,9 +59,12 @@ pub fn mount_all() -> Result<(), JsValue> {
 /// of `endpoint`, `orderRef`, `amount`, `currency`, `paymentMethod`,
 /// `customer`, `orderToken`, `label`, `retryBaseMs`, `retryCapMs`,
 /// `maxRetries` and `timeoutMs`, which are written to the element's `data-*`
-/// attributes (the widget reads them at each click), and `getOrderToken`, an
+/// attributes (the widget reads them at each click); `getOrderToken`, an
 /// async function the widget calls with `{key, orderRef}` when the edge finds
-/// the order token expired, for a Promise of a fresh one.
+/// the order token expired, for a Promise of a fresh one; and
+/// `handleAction`, an async function the widget calls with a PaymentIntent's
+/// `client_secret` when the payment needs the customer to authenticate with
+/// their bank (3-D Secure), before it sends the order again with the same key.
 ///
 /// # Errors
 ///
@@ -95,6 +98,11 @@ export interface MountOptions {
   timeoutMs?: number;
   /** Called when the order token expired: resolve to a fresh one. */
   getOrderToken?: (detail: { key: string; orderRef: string }) => Promise<string>;
+  /**
+   * Called when the payment needs 3-D Secure: show the bank's challenge
+   * (e.g. with Stripe.js's handleNextAction) and settle when it is done.
+   */
+  handleAction?: (clientSecret: string) => Promise<unknown>;
 }
 "#;
 
@@ -109,7 +117,7 @@ pub fn mount_with(
     options: Option<js_sys::Object>,
     ports: Ports,
 ) -> Result<(), JsValue> {
-    let mut get_order_token = None;
+    let mut hooks = Hooks::default();
     if let Some(options) = options {
         for (option, attribute) in options::ATTRIBUTES {
             let value = js_sys::Reflect::get(&options, &JsValue::from_str(option))?;
@@ -123,14 +131,18 @@ pub fn mount_with(
                 element.set_attribute(attribute, &text)?;
             }
         }
-        get_order_token =
-            js_sys::Reflect::get(&options, &JsValue::from_str(options::GET_ORDER_TOKEN))?
-                .dyn_into::<js_sys::Function>()
-                .ok();
+        let function = |name: &str| {
+            js_sys::Reflect::get(&options, &JsValue::from_str(name))
+                .map(|f| f.dyn_into::<js_sys::Function>().ok())
+        };
+        hooks = Hooks {
+            get_order_token: function(options::GET_ORDER_TOKEN)?,
+            handle_action: function(options::HANDLE_ACTION)?,
+        };
     }
     let label = options::label(&element);
     let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
-    let widget = Widget::new(element, ports, get_order_token);
+    let widget = Widget::new(element, ports, hooks);
     let view_widget = Rc::clone(&widget);
     // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it
     // (insertBefore, appendChild), which a ShadowRoot has: its own `<Portal

@@ -34,6 +34,13 @@ pub const ATTRIBUTES: &[(&str, &str)] = &[
 /// text, not functions.
 pub const GET_ORDER_TOKEN: &str = "getOrderToken";
 
+/// The `mount()` option that shows the customer their bank's 3-D Secure
+/// challenge: an async function given the PaymentIntent's `client_secret`
+/// (a storefront on Stripe passes `stripe.handleNextAction`-based code).
+/// When it settles, the widget sends the order again with the same key and
+/// shows the outcome.
+pub const HANDLE_ACTION: &str = "handleAction";
+
 /// One order, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {

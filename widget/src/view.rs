@@ -45,7 +45,10 @@ pub const REFRESHING: &str = "Refreshing your checkout session…";
 /// The status line when the edge settled the order on the page as not
 /// charged: a click places it again, under a new key.
 pub const NOT_CHARGED: &str =
-    "Your order was not placed and you were not charged. Please try again.";
+    "The payment did not go through; you were not charged. Please try again.";
+
+/// The status line while the customer authenticates with their bank.
+pub const CONFIRM_WITH_BANK: &str = "Confirm the payment with your bank…";
 
 /// The status line when an attempt for another payload than the page's
 /// (the cart changed since) turned out placed.
@@ -113,7 +116,17 @@ pub fn view_state(
         ),
         Phase::NeedsToken { .. } => (REFRESHING.to_owned(), false),
         Phase::Placed { .. } => (PLACED.to_owned(), false),
+        Phase::ActionRequired { .. } => (CONFIRM_WITH_BANK.to_owned(), false),
         Phase::Refused { status: 402, .. } => ("Card declined".to_owned(), true),
+        // A 2xx refusal: the intent's payment failed (a failed
+        // authentication, say), or could not be asked for.
+        Phase::Refused {
+            status: 200..=299,
+            message,
+        } => (
+            format!("The payment did not go through. {message} You were not charged."),
+            true,
+        ),
         Phase::Refused { status: 410, .. } => (NOT_CHARGED.to_owned(), true),
         Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
         Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
@@ -267,6 +280,35 @@ mod tests {
         assert_eq!(
             view_state(Some(&a), true, Some(RetryReason::ConnectionLost), &policy()).status,
             "Connection lost, retrying (1 of 5)…"
+        );
+    }
+
+    #[test]
+    fn authentication_asks_the_customer_to_confirm_and_a_failed_one_says_nothing_was_charged() {
+        let action = answered_with(EdgeResponse {
+            payment_status: Some("requires_action"),
+            ..EdgeResponse::new(200, r#"{"id":"pi_1","status":"requires_action"}"#)
+        });
+        assert_eq!(
+            shown(&action),
+            ViewState {
+                status: CONFIRM_WITH_BANK.into(),
+                busy: true,
+                placed: false,
+                alert: false
+            }
+        );
+        let failed = answered_with(EdgeResponse {
+            payment_status: Some("requires_payment_method"),
+            message: Some("We are unable to authenticate your payment method."),
+            ..EdgeResponse::new(200, "{}")
+        });
+        assert_eq!(
+            (status(&failed).as_str(), shown(&failed).alert),
+            (
+                "The payment did not go through. We are unable to authenticate your payment method. You were not charged.",
+                true
+            )
         );
     }
 

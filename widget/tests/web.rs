@@ -210,6 +210,7 @@ impl Page {
             "chargeonce:success",
             "chargeonce:failure",
             "chargeonce:token-needed",
+            "chargeonce:action",
         ]
         .into_iter()
         .map(|name| {
@@ -892,7 +893,7 @@ async fn a_reload_of_an_attempt_settled_as_not_charged_asks_for_a_new_click() {
     };
     let (reloaded, key) = reload_after_an_unconfirmed_order(not_charged, vec![]).await;
     reloaded
-        .until_status("Your order was not placed and you were not charged. Please try again.")
+        .until_status("The payment did not go through; you were not charged. Please try again.")
         .await;
     assert_a_click_places_the_order_under_a_new_key(&reloaded, &key).await;
     reloaded.unmount();
@@ -919,4 +920,128 @@ async fn conflicts_do_not_use_up_the_retries() {
     assert_eq!(keys.len(), 4, "three 409s waited out, then placed");
     assert!(keys.iter().all(|k| *k == keys[0]), "one key");
     page.unmount();
+}
+
+/// A PaymentIntent that awaits the customer's authentication.
+const ACTION: &str = r#"{"id":"pi_3ds","object":"payment_intent","status":"requires_action","client_secret":"pi_3ds_secret_abc","next_action":{"type":"use_stripe_sdk","use_stripe_sdk":{}}}"#;
+
+/// A page whose `handleAction` records the client secrets it was given and
+/// settles at once (the customer authenticated, as far as it knows).
+fn page_with_handler(order_ref: &str, posts: Vec<Script>) -> (Page, Rc<RefCell<Vec<String>>>) {
+    let asked = Rc::new(RefCell::new(Vec::new()));
+    let handle_action = {
+        let asked = Rc::clone(&asked);
+        Closure::<dyn FnMut(JsValue) -> js_sys::Promise>::new(move |secret: JsValue| {
+            asked
+                .borrow_mut()
+                .push(secret.as_string().unwrap_or_default());
+            js_sys::Promise::resolve(&JsValue::UNDEFINED)
+        })
+    };
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &"handleAction".into(), handle_action.as_ref()).unwrap();
+    // The page keeps its handler for as long as the widget lives.
+    handle_action.forget();
+    let page = Page::mount_with(
+        order_ref,
+        Setup {
+            posts,
+            options: Some(options),
+            ..Setup::default()
+        },
+    );
+    (page, asked)
+}
+
+#[wasm_bindgen_test]
+async fn three_d_secure_calls_handle_action_then_resends_with_the_same_key() {
+    let (page, asked) = page_with_handler(
+        &unique_ref(),
+        vec![
+            Script::Answer(200, ACTION),
+            Script::AnswerWith(replayed(200, OK)),
+        ],
+    );
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    assert_eq!(*asked.borrow(), ["pi_3ds_secret_abc"]);
+    let keys = page.keys_sent();
+    assert_eq!(
+        keys.len(),
+        2,
+        "the order, then the same order after authentication"
+    );
+    assert_eq!(keys[0], keys[1]);
+    let action = page.events_named("chargeonce:action");
+    assert_eq!(action.len(), 1);
+    assert_eq!(action[0]["key"], keys[0].as_str());
+    assert_eq!(action[0]["payment_intent"], "pi_3ds");
+    assert_eq!(action[0]["client_secret"], "pi_3ds_secret_abc");
+    assert_eq!(action[0]["next_action"]["type"], "use_stripe_sdk");
+    assert_eq!(page.events_named("chargeonce:success").len(), 1);
+    page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_failed_authentication_says_nothing_was_charged_and_takes_a_new_key_next() {
+    let failed = r#"{"id":"pi_3ds","status":"requires_payment_method","last_payment_error":{"code":"payment_intent_authentication_failure","message":"We are unable to authenticate your payment method."}}"#;
+    let (page, _) = page_with_handler(
+        &unique_ref(),
+        vec![
+            Script::Answer(200, ACTION),
+            Script::AnswerWith(replayed(200, failed)),
+        ],
+    );
+    page.click_place_order();
+    page.until_status(
+        "The payment did not go through. We are unable to authenticate your payment method. You were not charged.",
+    )
+    .await;
+    assert!(
+        page.events_named("chargeonce:success").is_empty(),
+        "never placed"
+    );
+    let failure = page.events_named("chargeonce:failure");
+    assert_eq!(failure.len(), 1);
+    assert_eq!(failure[0]["final"], true);
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), 3);
+    assert_ne!(keys[2], keys[0], "a new attempt, a new key");
+    page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn without_handle_action_the_widget_says_what_is_missing_instead_of_success() {
+    let page = Page::mount(&unique_ref(), vec![Script::Answer(200, ACTION)]);
+    page.click_place_order();
+    page.until_status(&format!(
+        "The payment did not go through. {} You were not charged.",
+        chargeonce_protocol::attempt::NO_ACTION_HANDLER
+    ))
+    .await;
+    assert!(page.events_named("chargeonce:success").is_empty());
+    assert_eq!(
+        page.events_named("chargeonce:action").len(),
+        1,
+        "the page still hears of it"
+    );
+    assert_eq!(page.keys_sent().len(), 1);
+    page.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_reload_during_authentication_sends_the_order_again_before_asking_the_page() {
+    // The stored intent still awaits authentication as far as the status
+    // lookup knows; the order sent again with the key learns it succeeded.
+    let (reloaded, key) = reload_after_an_unconfirmed_order(replayed(200, ACTION), vec![]).await;
+    reloaded.until_status("Order placed").await;
+    assert_eq!(reloaded.keys_looked_up(), [key.as_str()]);
+    assert_eq!(reloaded.keys_sent(), [key.as_str()], "one POST, same key");
+    assert!(
+        reloaded.events_named("chargeonce:action").is_empty(),
+        "the page was not asked to authenticate again"
+    );
+    reloaded.unmount();
 }

@@ -1,4 +1,4 @@
-//! Identifier minting for PaymentIntents and `Request-Id` headers.
+//! Identifier minting for PaymentIntents, their client secrets and `Request-Id` headers.
 //!
 //! Ids must be unique across every simulator in the process (the tests run many side by side) and
 //! across processes started one after the other (a demo restarts paysim), but they need not be
@@ -21,6 +21,12 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A new PaymentIntent id: `pi_` and 24 alphanumerics.
 pub(crate) fn payment_intent_id() -> String {
     format!("pi_{}", unique_suffix())
+}
+
+/// A new client secret for the PaymentIntent `id`: `{id}_secret_` and 24 alphanumerics, the
+/// shape of Stripe's (`pi_..._secret_...`).
+pub(crate) fn client_secret(id: &str) -> String {
+    format!("{id}_secret_{}", unique_suffix())
 }
 
 /// A new request id: `req_` and 24 alphanumerics.
@@ -71,6 +77,16 @@ mod tests {
             assert_eq!(suffix.len(), 24, "{id}");
             assert!(suffix.bytes().all(|c| c.is_ascii_alphanumeric()), "{id}");
         }
+    }
+
+    #[test]
+    fn client_secrets_belong_to_their_intent_and_never_repeat() {
+        let id = payment_intent_id();
+        let (a, b) = (client_secret(&id), client_secret(&id));
+        assert_ne!(a, b);
+        let suffix = a.strip_prefix(&format!("{id}_secret_")).expect("id prefix");
+        assert_eq!(suffix.len(), 24, "{a}");
+        assert!(suffix.bytes().all(|c| c.is_ascii_alphanumeric()), "{a}");
     }
 
     #[test]

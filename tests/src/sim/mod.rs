@@ -2,34 +2,41 @@
 //! test pay through.
 //!
 //! It owns a ledger of executed charges, Stripe-style idempotency (`Idempotency-Key`, scoped per
-//! endpoint) that can be switched off to play a naive backend, a record of every PaymentIntent it
-//! created that two lookups search, a log of those lookups, and injectable faults (latency, slow
-//! requests, 503s, responses lost after commit; lookups that lag, fail or are slow), all
-//! inspectable and resettable under `/__sim/*`. It must not depend on the edge or the protocol
-//! crate: it stands in for the real payment provider, and tests prove the edge's behaviour by
-//! reading this ledger.
+//! endpoint, kept for `key_retention_ms`) that can be switched off to play a naive backend, a
+//! record of every PaymentIntent it created that two lookups search, a log of those lookups, and
+//! injectable faults (latency, slow requests, 503s and saved 500s, responses lost after commit,
+//! keys in use, rate limiting; lookups that lag, fail or are slow, an account without Search),
+//! all inspectable and resettable under `/__sim/*`. It must not depend on the edge or the
+//! protocol crate: it stands in for the real payment provider, and tests prove the edge's
+//! behaviour by reading this ledger.
 //!
 //! Endpoints, all answering JSON:
 //!
 //! - `POST /v1/payment_intents`: Stripe's form-encoded create-and-confirm; `metadata[...]` is kept.
+//!   The test payment method decides the outcome, as in Stripe's test mode (see `cards`): a
+//!   charge, a decline (402), or `requires_action` for a 3-D Secure card.
 //! - `POST /v1/orders`: the JSON twin for the edge's passthrough backend.
+//! - `GET /v1/payment_intents/{id}`: the intent's current state, strongly consistent.
 //! - `GET /v1/payment_intents/search?query=metadata['KEY']:'VALUE'`: Stripe's Search API, limited
 //!   to metadata equality; a `search_result` of the intents created through
 //!   `/v1/payment_intents`, newest first.
 //! - `GET /v1/orders?idempotency_key=KEY`: a `list` of the intents created through `/v1/orders`
 //!   with that `Idempotency-Key`, newest first.
+//! - `POST /__sim/payment_intents/{id}/authenticate` with `{"outcome": "succeed" | "fail"}`: the
+//!   bank's 3-D Secure challenge that Stripe.js would show, for an intent in `requires_action`.
 //! - `GET /__sim/ledger`, `GET /__sim/lookups`, `GET`/`POST /__sim/faults`, `POST /__sim/reset`:
 //!   inspection and control, without authentication. `/__sim/lookups` lists every lookup answered
 //!   since the last reset, `{"lookups":[{"path","query","status","at_ms"}]}`, oldest first.
 //!
-//! The four `/v1` endpoints need `Authorization: Bearer <secret>`. The lookups exist so that an
+//! The five `/v1` endpoints need `Authorization: Bearer <secret>`. The lookups exist so that an
 //! edge that lost a payment's outcome can ask whether it was charged before forwarding it again;
-//! they see a payment as soon as it executed unless `search_lag_ms` is set, whether or not its
-//! response reached anyone.
+//! they see a payment as soon as it executed, and each later change of it, unless
+//! `search_lag_ms` is set, whether or not its response reached anyone.
 //!
-//! `params` parses requests, `state` holds the rules and no I/O, `wire` renders the JSON, and
-//! `server` is the HTTP shell over them.
+//! `params` parses requests, `cards` names what each test payment method does, `state` holds the
+//! rules and no I/O, `wire` renders the JSON, and `server` is the HTTP shell over them.
 
+mod cards;
 mod ids;
 mod params;
 mod server;
@@ -40,6 +47,7 @@ pub use server::{serve, RunningSim, MAX_BODY_BYTES};
 pub use state::{
     Begin, Charge, Endpoint, Executed, Faults, FaultsPatch, Ledger, Lookup, LookupCall,
     LookupEntry, LookupLog, LookupTicket, PaymentCall, Reply, Simulator, Ticket,
+    STRIPE_KEY_RETENTION_MS,
 };
 
 /// The bearer secret paysim accepts unless told otherwise.

@@ -21,19 +21,9 @@ pub(crate) struct PaymentParams {
     pub currency: String,
     pub payment_method: String,
     pub confirm: bool,
+    /// Where a redirect-based authentication sends the customer back to; only the form takes one.
+    pub return_url: Option<String>,
     pub metadata: BTreeMap<String, String>,
-}
-
-impl PaymentParams {
-    /// The `metadata[order_ref]` the ledger reports.
-    pub fn order_ref(&self) -> Option<&str> {
-        self.metadata.get("order_ref").map(String::as_str)
-    }
-
-    /// The `metadata[customer]` the ledger reports.
-    pub fn customer(&self) -> Option<&str> {
-        self.metadata.get("customer").map(String::as_str)
-    }
 }
 
 /// The parameter set an idempotency key is bound to; equal sets replay, different ones conflict.
@@ -104,6 +94,7 @@ pub(crate) fn parse_form(
         currency,
         payment_method,
         confirm,
+        return_url: return_url.cloned(),
         metadata,
     };
     Ok((params, Fingerprint(form)))
@@ -163,6 +154,7 @@ pub(crate) fn parse_order_json(
         currency,
         payment_method,
         confirm: true,
+        return_url: None,
         metadata,
     };
     Ok((params, Fingerprint(fingerprint)))
@@ -455,7 +447,7 @@ mod tests {
         let (pb, fb) = parse_form(FORM, b.as_bytes()).unwrap();
         assert_eq!(pa, pb);
         assert_eq!(fa, fb);
-        assert_eq!(pa.order_ref(), Some("o1"));
+        assert_eq!(pa.metadata["order_ref"], "o1");
         assert!(!pa.confirm);
     }
 
@@ -508,7 +500,12 @@ mod tests {
         );
 
         let with_url = format!("{base}&return_url=https%3A%2F%2Fshop.example%2Fdone");
-        assert!(parse_form(FORM, with_url.as_bytes()).unwrap().0.confirm);
+        let params = parse_form(FORM, with_url.as_bytes()).unwrap().0;
+        assert!(params.confirm);
+        assert_eq!(
+            params.return_url.as_deref(),
+            Some("https://shop.example/done")
+        );
         let no_redirects = format!(
             "{base}&automatic_payment_methods[enabled]=true&automatic_payment_methods[allow_redirects]=never"
         );
@@ -535,7 +532,7 @@ mod tests {
         let (_, fb) = parse_order_json(JSON, b).unwrap();
         assert_eq!(fa, fb);
         assert!(pa.confirm);
-        assert_eq!(pa.customer(), None);
+        assert_eq!(pa.metadata.get("customer"), None);
     }
 
     #[test]

@@ -159,6 +159,19 @@ async fn route(
     if let (&Method::GET, Some(lookup)) = (&method, Lookup::from_path(&path)) {
         return lookup_request(sim, lookup, &request).await;
     }
+    if let (&Method::GET, Some(id)) = (&method, intent_id(&path)) {
+        let authorization = header_str(request.headers(), AUTHORIZATION);
+        return Ok(reply_response(lock(sim).retrieve(authorization, id)));
+    }
+    if let (&Method::POST, Some(id)) = (&method, authenticate_id(&path)) {
+        let (parts, body) = request.into_parts();
+        let body = match read_body(&parts.headers, body).await? {
+            Ok(body) => body,
+            Err(too_large) => return Ok(too_large),
+        };
+        let reply = lock(sim).authenticate(id, &body, unix_now_ms());
+        return Ok(reply_response(reply));
+    }
     Ok(match (&method, path.as_str()) {
         (&Method::GET, "/__sim/ledger") => {
             json_response(StatusCode::OK, json_bytes(&lock(sim).ledger()))
@@ -184,9 +197,10 @@ async fn route(
                     status::BAD_REQUEST,
                     &ApiError::invalid_request(format!(
                         "Invalid faults: {e}. Send a JSON object with any of honor_idempotency, \
-                         lookups_down (bools), fail_next, fail_saved_next, drop_after_commit_next, \
-                         latency_ms, slow_next, slow_ms, search_lag_ms, lookup_slow_next, lookup_slow_ms \
-                         (non-negative integers)."
+                         lookups_down, search_enabled (bools), fail_next, fail_saved_next, \
+                         drop_after_commit_next, latency_ms, slow_next, slow_ms, search_lag_ms, \
+                         lookup_slow_next, lookup_slow_ms, key_retention_ms, in_use_next, \
+                         rate_limit_next (non-negative integers)."
                     )),
                 ),
             }
@@ -223,8 +237,25 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/payment_intents" | "/__sim/reset" => Some("POST"),
         "/v1/payment_intents/search" | "/__sim/ledger" | "/__sim/lookups" => Some("GET"),
         "/v1/orders" | "/__sim/faults" => Some("GET, POST"),
+        // Stripe also updates an intent with POST here; paysim does not.
+        path if intent_id(path).is_some() => Some("GET"),
+        path if authenticate_id(path).is_some() => Some("POST"),
         _ => None,
     }
+}
+
+/// The id in `/v1/payment_intents/{id}`, if `path` is one (`search` is the Search API's path).
+fn intent_id(path: &str) -> Option<&str> {
+    let id = path.strip_prefix("/v1/payment_intents/")?;
+    (!id.is_empty() && !id.contains('/') && id != "search").then_some(id)
+}
+
+/// The id in `/__sim/payment_intents/{id}/authenticate`, if `path` is one.
+fn authenticate_id(path: &str) -> Option<&str> {
+    let id = path
+        .strip_prefix("/__sim/payment_intents/")?
+        .strip_suffix("/authenticate")?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
 }
 
 async fn payment(
@@ -250,7 +281,7 @@ async fn payment(
         content_type: header(CONTENT_TYPE),
         body: &body,
     };
-    let begin = lock(sim).begin(call);
+    let begin = lock(sim).begin(call, unix_now_ms());
     let ticket = match begin {
         Begin::Respond(reply) => return Ok(reply_response(reply)),
         Begin::Execute(ticket) => ticket,

@@ -1,25 +1,31 @@
 //! The simulator's state and rules, with no I/O: the ledger, the idempotency store, the record of
-//! created PaymentIntents that the lookups search, and the faults.
+//! created PaymentIntents that the lookups search (and that [`Simulator::retrieve`] reads and
+//! [`Simulator::authenticate`] completes), and the faults.
 //!
 //! A payment request is handled in two steps so that the HTTP shell can sleep in between without
-//! holding a lock: [`Simulator::begin`] authenticates, validates and claims the idempotency key,
-//! and either answers at once or hands back a [`Ticket`]; after waiting [`Ticket::latency`], the
-//! shell passes the ticket and the current time to [`Simulator::execute`], which applies the
-//! faults, charges and stores the result. A lookup has two steps for the same reason:
-//! [`Simulator::begin_lookup`] authenticates, parses and decides the `lookup_slow_next` delay, and
-//! after [`LookupTicket::delay`] [`Simulator::lookup`] answers from the state at that moment. This
+//! holding a lock: [`Simulator::begin`] authenticates, rate-limits, validates and claims the
+//! idempotency key, and either answers at once or hands back a [`Ticket`]; after waiting
+//! [`Ticket::latency`], the shell passes the ticket and the current time to
+//! [`Simulator::execute`], which applies the faults, charges and stores the result. A lookup has
+//! two steps for the same reason: [`Simulator::begin_lookup`] authenticates, parses and decides
+//! the `lookup_slow_next` delay, and after [`LookupTicket::delay`] [`Simulator::lookup`] answers
+//! from the state at that moment. Retrieval and the 3-D Secure hook are one step each. This
 //! module reads no clock and sleeps nowhere: the shell passes the time in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::cards::{self, CardOutcome};
 use super::ids;
 use super::params::{self, Fingerprint, PaymentParams};
-use super::wire::{json_bytes, raw_json, status, ApiError, List, PaymentIntent, SearchResult};
+use super::wire::{
+    json_bytes, raw_json, status, ApiError, List, NextAction, PaymentError, PaymentIntent,
+    SearchResult,
+};
 use super::SimConfig;
 
 /// One of the two payment endpoints; idempotency keys are scoped per endpoint, like Stripe's.
@@ -279,7 +285,38 @@ pub struct Faults {
     pub lookup_slow_next: u32,
     /// The extra delay of a lookup picked by `lookup_slow_next`.
     pub lookup_slow_ms: u64,
+    /// Whether this account has Stripe's Search. When `false`, every authenticated
+    /// `GET /v1/payment_intents/search` answers 404, an `invalid_request_error` saying search is
+    /// not available for this account, as for an account without Search:
+    /// <https://docs.stripe.com/api/payment_intents/search>, "Search functionality is not
+    /// available to merchants in India." Payments, `GET /v1/payment_intents/{id}` and the
+    /// `/v1/orders` lookup are unaffected.
+    pub search_enabled: bool,
+    /// How long an idempotency key and its saved result are kept, in milliseconds from the key's
+    /// first use; a request that reuses a key older than this executes anew, as a new request.
+    /// <https://docs.stripe.com/idempotency>: "You can remove keys from the system automatically
+    /// after they’re at least 24 hours old. We generate a new request if a key is reused after
+    /// the original is pruned." Hence the default, 86,400,000 (24 h). A key whose first request
+    /// is still executing is never pruned.
+    pub key_retention_ms: u64,
+    /// How many of the next requests with an honoured `Idempotency-Key` answer 409
+    /// `idempotency_key_in_use` as if another request held the key: nothing executed, nothing
+    /// saved, so a retry with the key executes. <https://docs.stripe.com/error-codes>: "The
+    /// idempotency key provided is currently being used in another request. This occurs if your
+    /// integration is making duplicate requests simultaneously", and
+    /// <https://docs.stripe.com/idempotency>: "If incoming parameters fail validation, or the
+    /// request conflicts with another request that’s executing concurrently, we don’t save the
+    /// idempotent result". Authentication, rate limiting and validation refuse first.
+    pub in_use_next: u32,
+    /// How many of the next authenticated `/v1` requests (payments, lookups, retrievals) answer
+    /// 429 `rate_limit` before anything else is looked at: nothing validated, executed, saved or
+    /// replayed. <https://docs.stripe.com/rate-limits>: "If you send many requests in quick
+    /// succession, you might receive 429 error responses."
+    pub rate_limit_next: u32,
 }
+
+/// Stripe's idempotency key retention, 24 hours, the default of [`Faults::key_retention_ms`].
+pub const STRIPE_KEY_RETENTION_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl Default for Faults {
     fn default() -> Self {
@@ -295,6 +332,10 @@ impl Default for Faults {
             lookups_down: false,
             lookup_slow_next: 0,
             lookup_slow_ms: 0,
+            search_enabled: true,
+            key_retention_ms: STRIPE_KEY_RETENTION_MS,
+            in_use_next: 0,
+            rate_limit_next: 0,
         }
     }
 }
@@ -336,6 +377,18 @@ pub struct FaultsPatch {
     /// New value of [`Faults::lookup_slow_ms`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lookup_slow_ms: Option<u64>,
+    /// New value of [`Faults::search_enabled`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_enabled: Option<bool>,
+    /// New value of [`Faults::key_retention_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_retention_ms: Option<u64>,
+    /// New value of [`Faults::in_use_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use_next: Option<u32>,
+    /// New value of [`Faults::rate_limit_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_next: Option<u32>,
 }
 
 /// One executed charge: a PaymentIntent that succeeded.
@@ -364,23 +417,74 @@ pub struct Ledger {
     pub charges: Vec<Charge>,
 }
 
-/// A PaymentIntent the simulator created, kept for the lookups.
+/// A PaymentIntent the simulator created, kept for the lookups, retrieval and authentication.
 #[derive(Debug)]
 struct CreatedIntent {
     endpoint: Endpoint,
     /// The `Idempotency-Key` the creating request carried, honoured or not.
     idempotency_key: Option<String>,
-    metadata: BTreeMap<String, String>,
-    /// Unix milliseconds at execution, from which `search_lag_ms` counts.
-    created_at_ms: u64,
-    /// The intent's JSON exactly as in the response to the creating request (for a decline,
-    /// inside the error body), so that a lookup shows a client what it missed, byte for byte.
+    /// The intent as it is now.
+    intent: PaymentIntent,
+    /// Every state the intent was answered in, oldest first: the creating request's, then one
+    /// per change (an authentication). Never empty.
+    versions: Vec<IntentVersion>,
+}
+
+/// One state of a [`CreatedIntent`], as the lookups show it.
+#[derive(Debug)]
+struct IntentVersion {
+    /// Unix milliseconds when the intent took this state, from which `search_lag_ms` counts.
+    at_ms: u64,
+    /// The intent's JSON exactly as answered then (for a decline, inside the error body), so
+    /// that a lookup shows a client what it missed, byte for byte.
     json: Box<RawValue>,
+}
+
+impl CreatedIntent {
+    fn new(endpoint: Endpoint, idempotency_key: Option<String>, intent: PaymentIntent) -> Self {
+        Self {
+            endpoint,
+            idempotency_key,
+            intent,
+            versions: Vec::new(),
+        }
+    }
+
+    /// Records the intent's current state as of `at_ms` and returns its JSON.
+    fn snapshot(&mut self, at_ms: u64) -> Bytes {
+        let json = raw_json(&self.intent);
+        let bytes = Bytes::copy_from_slice(json.get().as_bytes());
+        self.versions.push(IntentVersion { at_ms, json });
+        bytes
+    }
+
+    /// The intent's JSON as it is now, what `GET /v1/payment_intents/{id}` answers.
+    fn current(&self) -> &RawValue {
+        // Every CreatedIntent is snapshotted once as it is recorded, before anyone can read it.
+        &self
+            .versions
+            .last()
+            .expect("a recorded intent has its first version")
+            .json
+    }
+
+    /// The newest state the lookups show at `now_ms` under a `lag_ms` search lag: the intent is
+    /// invisible until its creation is `lag_ms` old, and each later change shows once it is.
+    fn visible(&self, now_ms: u64, lag_ms: u64) -> Option<&RawValue> {
+        // Saturating: with no lag, a wall clock stepped back must not hide what just executed.
+        self.versions
+            .iter()
+            .rev()
+            .find(|version| now_ms.saturating_sub(version.at_ms) >= lag_ms)
+            .map(|version| &*version.json)
+    }
 }
 
 #[derive(Debug)]
 struct StoredKey {
     fingerprint: Fingerprint,
+    /// Unix milliseconds of the key's first use, from which `key_retention_ms` counts.
+    claimed_at_ms: u64,
     /// `None` while the first request with this key is still executing.
     result: Option<(u16, Bytes)>,
 }
@@ -393,6 +497,8 @@ pub struct Simulator {
     ledger: Vec<Charge>,
     /// Every PaymentIntent created since the last reset, oldest first, whatever its status.
     created: Vec<CreatedIntent>,
+    /// The index in `created` of each intent id.
+    by_id: HashMap<String, usize>,
     /// Every lookup answered since the last reset, oldest first.
     lookups: Vec<LookupEntry>,
     keys: HashMap<(Endpoint, String), StoredKey>,
@@ -409,6 +515,7 @@ impl Simulator {
             faults: Faults::default(),
             ledger: Vec::new(),
             created: Vec::new(),
+            by_id: HashMap::new(),
             lookups: Vec::new(),
             keys: HashMap::new(),
             epoch: 0,
@@ -436,6 +543,10 @@ impl Simulator {
         faults.lookups_down = patch.lookups_down.unwrap_or(faults.lookups_down);
         faults.lookup_slow_next = patch.lookup_slow_next.unwrap_or(faults.lookup_slow_next);
         faults.lookup_slow_ms = patch.lookup_slow_ms.unwrap_or(faults.lookup_slow_ms);
+        faults.search_enabled = patch.search_enabled.unwrap_or(faults.search_enabled);
+        faults.key_retention_ms = patch.key_retention_ms.unwrap_or(faults.key_retention_ms);
+        faults.in_use_next = patch.in_use_next.unwrap_or(faults.in_use_next);
+        faults.rate_limit_next = patch.rate_limit_next.unwrap_or(faults.rate_limit_next);
         *faults
     }
 
@@ -462,15 +573,20 @@ impl Simulator {
         self.faults = Faults::default();
         self.ledger.clear();
         self.created.clear();
+        self.by_id.clear();
         self.lookups.clear();
         self.keys.clear();
         self.epoch += 1;
     }
 
-    /// First step of a payment request: authentication, validation and the idempotency decision.
-    pub fn begin(&mut self, call: PaymentCall<'_>) -> Begin {
-        if let Err(error) = self.authenticate(call.authorization) {
-            return Begin::Respond(Reply::error(status::UNAUTHORIZED, &error));
+    /// First step of a payment request: authentication, the `rate_limit_next` fault, validation
+    /// and the idempotency decision.
+    ///
+    /// `now_ms` is the arrival time in Unix milliseconds: a key is first used then, and
+    /// `key_retention_ms` decides from it whether the key was pruned.
+    pub fn begin(&mut self, call: PaymentCall<'_>, now_ms: u64) -> Begin {
+        if let Err(refused) = self.admit(call.authorization) {
+            return Begin::Respond(refused);
         }
         let parsed = match call.endpoint {
             Endpoint::PaymentIntents => params::parse_form(call.content_type, call.body),
@@ -483,10 +599,25 @@ impl Simulator {
 
         let mut claimed = false;
         if let (true, Some(key)) = (self.faults.honor_idempotency, call.idempotency_key) {
+            if self.faults.in_use_next > 0 {
+                self.faults.in_use_next -= 1;
+                let error = ApiError::idempotency_key_in_use(key);
+                return Begin::Respond(Reply::error(status::CONFLICT, &error));
+            }
             let scope = (call.endpoint, key.to_owned());
+            let retention = self.faults.key_retention_ms;
+            // Pruned lazily, when the key is next used, which no client can tell from pruning on
+            // time: the key answers as unknown either way.
+            let pruned = self.keys.get(&scope).is_some_and(|stored| {
+                stored.result.is_some() && now_ms.saturating_sub(stored.claimed_at_ms) >= retention
+            });
+            if pruned {
+                self.keys.remove(&scope);
+            }
             match self.keys.get(&scope) {
                 Some(StoredKey { result: None, .. }) => {
-                    return Begin::Respond(Reply::error(status::CONFLICT, &in_progress(key)));
+                    let error = ApiError::idempotency_key_in_use(key);
+                    return Begin::Respond(Reply::error(status::CONFLICT, &error));
                 }
                 Some(stored) if stored.fingerprint != fingerprint => {
                     return Begin::Respond(Reply::error(status::BAD_REQUEST, &mismatch(key)));
@@ -506,6 +637,7 @@ impl Simulator {
                         scope,
                         StoredKey {
                             fingerprint,
+                            claimed_at_ms: now_ms,
                             result: None,
                         },
                     );
@@ -593,14 +725,17 @@ impl Simulator {
         }
     }
 
-    /// First step of a lookup: authentication, the query, and the `lookup_slow_next` fault.
+    /// First step of a lookup: authentication, the `rate_limit_next` fault, whether the account
+    /// has Search (`search_enabled`), the query, and the `lookup_slow_next` fault.
     ///
     /// Nothing is searched yet: [`Simulator::lookup`] reads the intents when it answers, so a
     /// delayed lookup sees what was created while it waited, as a slow server would.
     pub fn begin_lookup(&mut self, call: LookupCall<'_>) -> LookupTicket {
-        let question = match self.authenticate(call.authorization) {
-            Err(error) => Err(Reply::error(status::UNAUTHORIZED, &error)),
-            Ok(()) => match call.lookup {
+        let question = self.admit(call.authorization).and_then(|()| {
+            match call.lookup {
+                Lookup::PaymentIntentSearch if !self.faults.search_enabled => {
+                    return Err(Reply::error(status::NOT_FOUND, &search_unavailable()));
+                }
                 Lookup::PaymentIntentSearch => {
                     params::parse_search(call.query).map(Question::Metadata)
                 }
@@ -608,8 +743,8 @@ impl Simulator {
                     params::parse_orders_lookup(call.query).map(Question::IdempotencyKey)
                 }
             }
-            .map_err(|error| Reply::error(status::BAD_REQUEST, &error)),
-        };
+            .map_err(|error| Reply::error(status::BAD_REQUEST, &error))
+        });
         let mut delay = Duration::ZERO;
         // Like slow_next, refused requests are not picked, so a test knows which lookup is slow.
         if question.is_ok() && self.faults.lookup_slow_next > 0 {
@@ -660,20 +795,18 @@ impl Simulator {
     }
 
     fn search(&self, lookup: Lookup, question: &Question, now_ms: u64) -> Reply {
-        let lag = self.faults.search_lag_ms;
-        // Saturating: with no lag, a wall clock stepped back must not hide what just executed.
-        let visible = |intent: &CreatedIntent| now_ms.saturating_sub(intent.created_at_ms) >= lag;
         let url = lookup.path();
         let body = match question {
             Question::Metadata(wanted) => {
-                let found = self.created_newest_first(Endpoint::PaymentIntents, |intent| {
-                    visible(intent) && intent.metadata.get(&wanted.key) == Some(&wanted.value)
-                });
+                let found =
+                    self.visible_newest_first(Endpoint::PaymentIntents, now_ms, |created| {
+                        created.intent.metadata.get(&wanted.key) == Some(&wanted.value)
+                    });
                 json_bytes(&SearchResult::complete(url, found))
             }
             Question::IdempotencyKey(key) => {
-                let found = self.created_newest_first(Endpoint::Orders, |intent| {
-                    visible(intent) && intent.idempotency_key.as_deref() == Some(key.as_str())
+                let found = self.visible_newest_first(Endpoint::Orders, now_ms, |created| {
+                    created.idempotency_key.as_deref() == Some(key.as_str())
                 });
                 json_bytes(&List::complete(url, found))
             }
@@ -681,20 +814,122 @@ impl Simulator {
         Reply::fresh(status::OK, body)
     }
 
-    fn created_newest_first(
+    /// The intents created through `endpoint` that match, newest first, each in the newest state
+    /// `search_lag_ms` lets the lookups see at `now_ms`; those not visible yet are left out.
+    fn visible_newest_first(
         &self,
         endpoint: Endpoint,
+        now_ms: u64,
         matches: impl Fn(&CreatedIntent) -> bool,
     ) -> Vec<&RawValue> {
+        let lag = self.faults.search_lag_ms;
         self.created
             .iter()
             .rev()
-            .filter(|intent| intent.endpoint == endpoint && matches(intent))
-            .map(|intent| &*intent.json)
+            .filter(|created| created.endpoint == endpoint && matches(created))
+            .filter_map(|created| created.visible(now_ms, lag))
             .collect()
     }
 
-    fn authenticate(&self, authorization: Option<&str>) -> Result<(), ApiError> {
+    /// `GET /v1/payment_intents/{id}`: the intent's current state, whichever endpoint created it.
+    ///
+    /// Strongly consistent, unlike the lookups: `search_lag_ms` does not apply, as Stripe's
+    /// retrieval reads the object itself (<https://docs.stripe.com/api/payment_intents/retrieve>:
+    /// "Retrieves the details of a PaymentIntent that has previously been created."). An unknown
+    /// id answers 404 `resource_missing`. Authentication and `rate_limit_next` apply first.
+    #[must_use]
+    pub fn retrieve(&mut self, authorization: Option<&str>, id: &str) -> Reply {
+        if let Err(refused) = self.admit(authorization) {
+            return refused;
+        }
+        match self.by_id.get(id) {
+            Some(&index) => {
+                let json = self.created[index].current();
+                Reply::fresh(status::OK, Bytes::copy_from_slice(json.get().as_bytes()))
+            }
+            None => Reply::error(status::NOT_FOUND, &ApiError::no_such_payment_intent(id)),
+        }
+    }
+
+    /// `POST /__sim/payment_intents/{id}/authenticate`: plays the bank's 3-D Secure challenge
+    /// that Stripe.js would show the customer, with `body` `{"outcome": "succeed" | "fail"}`.
+    ///
+    /// Only an intent in `requires_action` has a challenge.
+    /// <https://docs.stripe.com/payments/3d-secure/authentication-flow>: "Authenticated: Stripe
+    /// attempts the charge" (the ledger gets the charge, the intent `succeeded`); "Failure: The
+    /// PaymentIntent transitions to a status of `requires_payment_method`", with
+    /// `last_payment_error` `payment_intent_authentication_failure`
+    /// (<https://docs.stripe.com/error-codes>: "The provided payment method has failed
+    /// authentication. Provide a new payment method to attempt to fulfill this PaymentIntent
+    /// again."). Either way `next_action` is cleared, the lookups see the new state (after
+    /// `search_lag_ms`, counted from now) and the answer is the intent. What is saved under the
+    /// creating request's idempotency key does not change: a replay answers the saved
+    /// `requires_action` response, as Stripe replays saved responses.
+    #[must_use]
+    pub fn authenticate(&mut self, id: &str, body: &[u8], now_ms: u64) -> Reply {
+        let outcome = match serde_json::from_slice::<Authentication>(body) {
+            Ok(authentication) => authentication.outcome,
+            Err(e) => {
+                let error = ApiError::invalid_request(format!(
+                    "Invalid authentication: {e}. Send {{\"outcome\": \"succeed\"}} to pass the \
+                     3-D Secure challenge or {{\"outcome\": \"fail\"}} to fail it."
+                ));
+                return Reply::error(status::BAD_REQUEST, &error);
+            }
+        };
+        let Some(&index) = self.by_id.get(id) else {
+            return Reply::error(status::NOT_FOUND, &ApiError::no_such_payment_intent(id));
+        };
+        let created = &mut self.created[index];
+        let intent = &mut created.intent;
+        if intent.status != "requires_action" {
+            let error = ApiError::payment_intent_unexpected_state(format!(
+                "This PaymentIntent's status is {}: only a PaymentIntent in requires_action has a \
+                 3-D Secure challenge to authenticate.",
+                intent.status
+            ));
+            return Reply::error(status::BAD_REQUEST, &error);
+        }
+        intent.next_action = None;
+        match outcome {
+            AuthenticationOutcome::Succeed => {
+                intent.status = "succeeded";
+                self.ledger
+                    .push(charge_of(intent, created.idempotency_key.clone(), now_ms));
+            }
+            AuthenticationOutcome::Fail => {
+                // Like a decline, the failed method is detached and a new one is asked for.
+                intent.status = "requires_payment_method";
+                intent.payment_method = None;
+                intent.last_payment_error = Some(PaymentError {
+                    kind: "invalid_request_error",
+                    code: "payment_intent_authentication_failure",
+                    decline_code: None,
+                    message: "The provided payment method has failed authentication. Provide a \
+                              new payment method to attempt to fulfill this PaymentIntent again."
+                        .to_owned(),
+                });
+            }
+        }
+        Reply::fresh(status::OK, created.snapshot(now_ms))
+    }
+
+    /// Authentication, then the `rate_limit_next` fault: what every `/v1` request goes through
+    /// before anything else. The refusal is the complete answer.
+    fn admit(&mut self, authorization: Option<&str>) -> Result<(), Reply> {
+        self.authenticate_key(authorization)
+            .map_err(|error| Reply::error(status::UNAUTHORIZED, &error))?;
+        if self.faults.rate_limit_next > 0 {
+            self.faults.rate_limit_next -= 1;
+            return Err(Reply::error(
+                status::TOO_MANY_REQUESTS,
+                &ApiError::rate_limited(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn authenticate_key(&self, authorization: Option<&str>) -> Result<(), ApiError> {
         let presented = authorization.and_then(|value| {
             let (scheme, key) = value.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
@@ -711,67 +946,109 @@ impl Simulator {
         }
     }
 
-    /// The payment itself: the outcome is decided by the test payment method, as on Stripe.
+    /// The payment itself: the outcome is decided by the test payment method, as on Stripe
+    /// (see `cards`).
     fn pay(&mut self, ticket: &Ticket, now_ms: u64) -> (u16, Bytes) {
-        let now_unix = now_ms / 1000;
         let params = &ticket.params;
-        let intent = |status, payment_method: Option<&str>| PaymentIntent {
-            id: ids::payment_intent_id(),
+        let method = params.payment_method.as_str();
+        let Some(outcome) = cards::outcome(method) else {
+            return (
+                status::BAD_REQUEST,
+                ApiError::no_such_payment_method(method).to_body(),
+            );
+        };
+        let id = ids::payment_intent_id();
+        let mut intent = PaymentIntent {
+            client_secret: ids::client_secret(&id),
+            id,
             object: "payment_intent",
             amount: params.amount,
             currency: params.currency.clone(),
-            status,
-            payment_method: payment_method.map(str::to_owned),
+            status: "requires_confirmation",
+            payment_method: Some(method.to_owned()),
             metadata: params.metadata.clone(),
-            created: now_unix,
+            created: now_ms / 1000,
+            last_payment_error: None,
+            next_action: None,
         };
-        let method = params.payment_method.as_str();
-        match method {
-            "pm_card_visa" | "pm_card_mastercard" | "pm_card_chargeDeclined" if !params.confirm => {
-                let intent = intent("requires_confirmation", Some(method));
-                (status::OK, self.record(ticket, &intent, now_ms))
+        if !params.confirm {
+            return (status::OK, self.record(ticket, intent, now_ms));
+        }
+        match outcome {
+            CardOutcome::Succeeds => {
+                intent.status = "succeeded";
+                self.ledger
+                    .push(charge_of(&intent, ticket.idempotency_key.clone(), now_ms));
+                (status::OK, self.record(ticket, intent, now_ms))
             }
-            "pm_card_visa" | "pm_card_mastercard" => {
-                let intent = intent("succeeded", Some(method));
-                self.ledger.push(Charge {
-                    id: intent.id.clone(),
-                    amount: intent.amount,
-                    currency: intent.currency.clone(),
-                    idempotency_key: ticket.idempotency_key.clone(),
-                    order_ref: params.order_ref().map(str::to_owned),
-                    customer: params.customer().map(str::to_owned),
-                    created: now_unix,
-                });
-                (status::OK, self.record(ticket, &intent, now_ms))
+            CardOutcome::RequiresAuthentication => {
+                // Nothing is charged until the challenge is passed (`authenticate`).
+                intent.status = "requires_action";
+                intent.next_action = Some(NextAction::three_d_secure(
+                    &intent.id,
+                    params.return_url.as_deref(),
+                ));
+                (status::OK, self.record(ticket, intent, now_ms))
             }
-            "pm_card_chargeDeclined" => {
+            CardOutcome::Declines(decline) => {
                 // Stripe detaches the failed method, so the intent asks for a new one.
-                let intent = intent("requires_payment_method", None);
-                self.record(ticket, &intent, now_ms);
+                intent.status = "requires_payment_method";
+                intent.payment_method = None;
+                intent.last_payment_error = Some(PaymentError {
+                    kind: "card_error",
+                    code: decline.code,
+                    decline_code: decline.decline_code,
+                    message: decline.message.to_owned(),
+                });
+                self.record(ticket, intent.clone(), now_ms);
                 // Serialized again inside the error, by the same serializer: the same bytes.
-                let error = ApiError::card_declined(intent);
+                let error = ApiError::payment_failed(intent);
                 (status::PAYMENT_REQUIRED, error.to_body())
             }
-            unknown => (
-                status::BAD_REQUEST,
-                ApiError::no_such_payment_method(unknown).to_body(),
-            ),
         }
     }
 
-    /// Keeps `intent` for the lookups and returns its JSON, the very bytes they will answer.
-    fn record(&mut self, ticket: &Ticket, intent: &PaymentIntent, now_ms: u64) -> Bytes {
-        let json = raw_json(intent);
-        let bytes = Bytes::copy_from_slice(json.get().as_bytes());
-        self.created.push(CreatedIntent {
-            endpoint: ticket.endpoint,
-            idempotency_key: ticket.idempotency_key.clone(),
-            metadata: intent.metadata.clone(),
-            created_at_ms: now_ms,
-            json,
-        });
+    /// Keeps `intent` for the lookups, retrieval and authentication, and returns its JSON, the
+    /// very bytes they will answer until it changes.
+    fn record(&mut self, ticket: &Ticket, intent: PaymentIntent, now_ms: u64) -> Bytes {
+        self.by_id.insert(intent.id.clone(), self.created.len());
+        let mut created =
+            CreatedIntent::new(ticket.endpoint, ticket.idempotency_key.clone(), intent);
+        let bytes = created.snapshot(now_ms);
+        self.created.push(created);
         bytes
     }
+}
+
+/// The ledger's record of charging `intent` at `now_ms`, for the request that carried
+/// `idempotency_key`.
+fn charge_of(intent: &PaymentIntent, idempotency_key: Option<String>, now_ms: u64) -> Charge {
+    Charge {
+        id: intent.id.clone(),
+        amount: intent.amount,
+        currency: intent.currency.clone(),
+        idempotency_key,
+        order_ref: intent.metadata.get("order_ref").cloned(),
+        customer: intent.metadata.get("customer").cloned(),
+        created: now_ms / 1000,
+    }
+}
+
+/// The body of `POST /__sim/payment_intents/{id}/authenticate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Authentication {
+    outcome: AuthenticationOutcome,
+}
+
+/// How the customer answers the bank's 3-D Secure challenge.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuthenticationOutcome {
+    /// The customer authenticates: the payment goes on and is charged.
+    Succeed,
+    /// The customer fails (or cancels) the challenge: nothing is charged.
+    Fail,
 }
 
 fn redact(key: &str) -> String {
@@ -793,12 +1070,12 @@ fn lookups_down() -> ApiError {
     )
 }
 
-fn in_progress(key: &str) -> ApiError {
-    ApiError::idempotency(format!(
-        "There is currently another in-progress request using this Idempotency Key (that \
-         probably means you submitted twice, and the other request is still going through): \
-         {key}. Please try again later."
-    ))
+fn search_unavailable() -> ApiError {
+    ApiError::invalid_request(
+        "Search is not available for this account (injected search_enabled: false fault; Stripe: \
+         \"Search functionality is not available to merchants in India\"). Retrieve the \
+         PaymentIntent by id (GET /v1/payment_intents/{id}) instead.",
+    )
 }
 
 fn mismatch(key: &str) -> ApiError {
@@ -848,7 +1125,7 @@ mod tests {
 
     /// Runs both steps back to back, as the shell does with zero latency.
     fn run(sim: &mut Simulator, call: PaymentCall<'_>) -> (Reply, bool) {
-        match sim.begin(call) {
+        match sim.begin(call, NOW_MS) {
             Begin::Respond(reply) => (reply, false),
             Begin::Execute(ticket) => {
                 let executed = sim.execute(ticket, NOW_MS);
@@ -987,13 +1264,16 @@ mod tests {
             latency_ms: Some(250),
             ..FaultsPatch::default()
         });
-        let first = ticket(sim.begin(call(VISA, Some("k"))));
+        let first = ticket(sim.begin(call(VISA, Some("k")), NOW_MS));
         assert_eq!(first.latency(), Duration::from_millis(250));
-        let Begin::Respond(busy) = sim.begin(call(VISA, Some("k"))) else {
+        let Begin::Respond(busy) = sim.begin(call(VISA, Some("k")), NOW_MS) else {
             panic!("second request with an in-progress key must not execute");
         };
         assert_eq!(busy.status, 409);
-        assert_eq!(json(&busy)["error"]["type"], "idempotency_error");
+        // https://docs.stripe.com/error-codes: `idempotency_key_in_use`.
+        let error = &json(&busy)["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        assert_eq!(error["code"], "idempotency_key_in_use");
         assert_eq!(sim.execute(first, NOW_MS).reply.status, 200);
         assert!(run(&mut sim, call(VISA, Some("k"))).0.replayed);
         assert_eq!(sim.ledger().charges.len(), 1);
@@ -1078,7 +1358,7 @@ mod tests {
     #[test]
     fn request_in_flight_across_a_reset_charges_nothing() {
         let mut sim = sim();
-        let in_flight = ticket(sim.begin(call(VISA, Some("k"))));
+        let in_flight = ticket(sim.begin(call(VISA, Some("k")), NOW_MS));
         sim.reset();
         assert_eq!(sim.execute(in_flight, NOW_MS).reply.status, 503);
         assert!(sim.ledger().charges.is_empty());
@@ -1101,6 +1381,10 @@ mod tests {
             lookups_down: Some(true),
             lookup_slow_next: Some(5),
             lookup_slow_ms: Some(700),
+            search_enabled: Some(false),
+            key_retention_ms: Some(1),
+            in_use_next: Some(6),
+            rate_limit_next: Some(7),
         });
         sim.reset();
         assert_eq!(sim.faults(), Faults::default());
@@ -1146,7 +1430,7 @@ mod tests {
             ..FaultsPatch::default()
         });
         let slow = Duration::from_millis(310);
-        let first = ticket(sim.begin(call(VISA, Some("k1"))));
+        let first = ticket(sim.begin(call(VISA, Some("k1")), NOW_MS));
         assert_eq!(first.latency(), slow);
         assert_eq!(sim.faults().slow_next, 1);
         let _ = sim.execute(first, NOW_MS);
@@ -1161,9 +1445,12 @@ mod tests {
         assert!(run(&mut sim, call(VISA, Some("k1"))).0.replayed);
         assert_eq!(sim.faults().slow_next, 1);
 
-        assert_eq!(ticket(sim.begin(call(VISA, Some("k2")))).latency(), slow);
+        assert_eq!(
+            ticket(sim.begin(call(VISA, Some("k2")), NOW_MS)).latency(),
+            slow
+        );
         assert_eq!(sim.faults().slow_next, 0);
-        let third = ticket(sim.begin(call(VISA, Some("k3"))));
+        let third = ticket(sim.begin(call(VISA, Some("k3")), NOW_MS));
         assert_eq!(third.latency(), Duration::from_millis(10));
         assert_eq!(sim.faults().slow_ms, 300);
     }
@@ -1279,16 +1566,20 @@ mod tests {
             .map(|intent| intent.idempotency_key.as_deref())
             .collect();
         assert_eq!(keys, [Some("k1"), None, Some("k3"), Some("k4")]);
-        assert_eq!(created[0].metadata["customer"], "cus_1");
-        assert_eq!(created[1].metadata["chargeonce_key"], "ck");
-        assert!(created[2].metadata.is_empty());
-        assert_eq!(created[3].metadata["order_ref"], "ord_1");
+        assert_eq!(created[0].intent.metadata["customer"], "cus_1");
+        assert_eq!(created[1].intent.metadata["chargeonce_key"], "ck");
+        assert!(created[2].intent.metadata.is_empty());
+        assert_eq!(created[3].intent.metadata["order_ref"], "ord_1");
 
         for (intent, reply) in [(0, &succeeded), (1, &unconfirmed), (3, &order)] {
-            assert_eq!(created[intent].json.get(), text(reply), "intent {intent}");
+            assert_eq!(
+                created[intent].current().get(),
+                text(reply),
+                "intent {intent}"
+            );
         }
         // A decline answers an error; the intent inside it is what was stored, byte for byte.
-        let stored = created[2].json.get();
+        let stored = created[2].current().get();
         assert!(text(&declined).contains(&format!(r#""payment_intent":{stored}}}"#)));
         let stored: Value = serde_json::from_str(stored).unwrap();
         assert_eq!(stored, json(&declined)["error"]["payment_intent"]);
@@ -1384,7 +1675,7 @@ mod tests {
     #[test]
     fn lookups_see_a_payment_once_it_executes_and_not_before() {
         let mut sim = sim();
-        let pending = ticket(sim.begin(order_call(ORDER, Some("k"))));
+        let pending = ticket(sim.begin(order_call(ORDER, Some("k")), NOW_MS));
         assert!(found(&orders_by_key(&mut sim, "k")).is_empty());
         let executed = sim.execute(pending, NOW_MS);
         assert_eq!(
@@ -1457,8 +1748,8 @@ mod tests {
         let form = format!("{VISA}&metadata[chargeonce_key]=ck");
         run(&mut sim, call(&form, Some("k1")));
         run(&mut sim, order_call(ORDER, Some("k1")));
-        let in_flight = ticket(sim.begin(call(&form, Some("k2"))));
-        let order_in_flight = ticket(sim.begin(order_call(ORDER, Some("k2"))));
+        let in_flight = ticket(sim.begin(call(&form, Some("k2")), NOW_MS));
+        let order_in_flight = ticket(sim.begin(order_call(ORDER, Some("k2")), NOW_MS));
         sim.reset();
         assert!(found(&search(&mut sim, "chargeonce_key", "ck")).is_empty());
         assert!(found(&orders_by_key(&mut sim, "k1")).is_empty());
@@ -1497,9 +1788,9 @@ mod tests {
         let form = format!("{VISA}&metadata[chargeonce_key]=ck");
         let paid = text(&run(&mut sim, call(&form, Some("ck"))).0);
         let order = text(&run(&mut sim, order_call(ORDER, Some("ck"))).0);
-        let later = ticket(sim.begin(call(&form, Some("ck_later"))));
+        let later = ticket(sim.begin(call(&form, Some("ck_later")), NOW_MS));
         let later = text(&sim.execute(later, NOW_MS + 500).reply);
-        assert_eq!(sim.created[0].created_at_ms, NOW_MS);
+        assert_eq!(sim.created[0].versions[0].at_ms, NOW_MS);
         // The charge itself is not lagged: only what the lookups see is.
         assert_eq!(sim.ledger().charges.len(), 3);
 
@@ -1598,7 +1889,7 @@ mod tests {
         let bad = lookup_call(Lookup::OrdersByKey, "key=k");
         assert!(sim.begin_lookup(bad).delay().is_zero());
         let form = format!("{VISA}&metadata[chargeonce_key]=ck");
-        let payment = ticket(sim.begin(call(&form, Some("ck"))));
+        let payment = ticket(sim.begin(call(&form, Some("ck")), NOW_MS));
         assert_eq!(payment.latency(), Duration::from_millis(10));
         assert_eq!(sim.faults().lookup_slow_next, 1);
 
@@ -1708,7 +1999,9 @@ mod tests {
             serde_json::json!({
                 "honor_idempotency": true, "fail_next": 0, "fail_saved_next": 0,
                 "drop_after_commit_next": 0, "latency_ms": 0, "slow_next": 0, "slow_ms": 0, "search_lag_ms": 1500,
-                "lookups_down": true, "lookup_slow_next": 2, "lookup_slow_ms": 300
+                "lookups_down": true, "lookup_slow_next": 2, "lookup_slow_ms": 300,
+                "search_enabled": true, "key_retention_ms": 86_400_000, "in_use_next": 0,
+                "rate_limit_next": 0
             })
         );
         let patch = FaultsPatch {
@@ -1719,5 +2012,525 @@ mod tests {
             serde_json::to_string(&patch).unwrap(),
             r#"{"lookups_down":false}"#
         );
+    }
+
+    /// `VISA` paid with another test payment method.
+    fn form_with(method: &str) -> String {
+        VISA.replace("pm_card_visa", method)
+    }
+
+    /// Plays the 3-D Secure challenge of the intent `id` at [`NOW_MS`] + `after_ms`.
+    fn authenticate_at(sim: &mut Simulator, id: &str, outcome: &str, after_ms: u64) -> Reply {
+        let body = format!(r#"{{"outcome":"{outcome}"}}"#);
+        sim.authenticate(id, body.as_bytes(), NOW_MS + after_ms)
+    }
+
+    fn retrieve(sim: &mut Simulator, id: &str) -> Reply {
+        sim.retrieve(Some(AUTH), id)
+    }
+
+    fn id_of(reply: &Reply) -> String {
+        json(reply)["id"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn three_d_secure_cards_require_action_with_a_client_secret_and_charge_nothing() {
+        for method in [
+            "pm_card_authenticationRequired",
+            "pm_card_threeDSecure2Required",
+        ] {
+            let mut sim = sim();
+            let (reply, _) = run(&mut sim, call(&form_with(method), Some("k")));
+            assert_eq!((reply.status, reply.replayed), (200, false), "{method}");
+            let intent = json(&reply);
+            let id = intent["id"].as_str().unwrap();
+            assert_eq!(intent["status"], "requires_action", "{method}");
+            assert_eq!(intent["payment_method"], method);
+            assert_eq!(intent["last_payment_error"], Value::Null);
+            let secret = intent["client_secret"].as_str().unwrap();
+            assert!(secret.starts_with(&format!("{id}_secret_")), "{secret}");
+            let next_action = &intent["next_action"];
+            assert_eq!(next_action["type"], "use_stripe_sdk");
+            assert_eq!(
+                next_action["use_stripe_sdk"]["authenticate_url"],
+                format!("/__sim/payment_intents/{id}/authenticate")
+            );
+            assert!(sim.ledger().charges.is_empty(), "{method}");
+            let again = run(&mut sim, call(&form_with(method), Some("k"))).0;
+            assert_eq!((again.body, again.replayed), (reply.body, true));
+        }
+    }
+
+    #[test]
+    fn a_return_url_makes_the_challenge_a_redirect_and_unconfirmed_intents_wait() {
+        let mut sim = sim();
+        let form = "amount=500&currency=eur&payment_method=pm_card_threeDSecure2Required\
+            &confirm=true&return_url=https%3A%2F%2Fshop.example%2Fdone";
+        let intent = json(&run(&mut sim, call(form, None)).0);
+        let id = intent["id"].as_str().unwrap();
+        assert_eq!(
+            intent["next_action"],
+            serde_json::json!({"type": "redirect_to_url", "redirect_to_url": {
+                "url": format!("/__sim/payment_intents/{id}/authenticate"),
+                "return_url": "https://shop.example/done"
+            }})
+        );
+        for method in [
+            "pm_card_threeDSecure2Required",
+            "pm_card_visa_chargeDeclinedInsufficientFunds",
+        ] {
+            let unconfirmed = format!("amount=500&currency=eur&payment_method={method}");
+            let intent = json(&run(&mut sim, call(&unconfirmed, None)).0);
+            assert_eq!(intent["status"], "requires_confirmation", "{method}");
+            assert_eq!(intent["next_action"], Value::Null);
+        }
+        assert!(sim.ledger().charges.is_empty());
+    }
+
+    #[test]
+    fn declines_answer_the_codes_of_stripes_test_cards_and_record_last_payment_error() {
+        for (method, code, decline_code) in [
+            (
+                "pm_card_visa_chargeDeclinedInsufficientFunds",
+                "card_declined",
+                Some("insufficient_funds"),
+            ),
+            ("pm_card_chargeDeclinedExpiredCard", "expired_card", None),
+            (
+                "pm_card_chargeDeclinedProcessingError",
+                "processing_error",
+                None,
+            ),
+            (
+                "pm_card_chargeDeclined",
+                "card_declined",
+                Some("generic_decline"),
+            ),
+        ] {
+            let mut sim = sim();
+            let form = format!("{}&metadata[chargeonce_key]=ck", form_with(method));
+            let (first, _) = run(&mut sim, call(&form, Some("k")));
+            assert_eq!(first.status, 402, "{method}");
+            let error = &json(&first)["error"];
+            assert_eq!(error["type"], "card_error", "{method}");
+            assert_eq!(error["code"], code, "{method}");
+            assert_eq!(error["decline_code"].as_str(), decline_code, "{method}");
+            let intent = &error["payment_intent"];
+            assert_eq!(intent["status"], "requires_payment_method", "{method}");
+            assert_eq!(intent["payment_method"], Value::Null);
+            let last = &intent["last_payment_error"];
+            assert_eq!(
+                (&last["type"], &last["code"], &last["message"]),
+                (&error["type"], &error["code"], &error["message"]),
+                "{method}"
+            );
+            assert_eq!(last["decline_code"].as_str(), decline_code, "{method}");
+
+            let again = run(&mut sim, call(&form, Some("k"))).0;
+            assert_eq!((again.status, again.replayed), (402, true));
+            assert_eq!(again.body, first.body);
+            let found = found(&search(&mut sim, "chargeonce_key", "ck"));
+            assert_eq!(serde_json::from_str::<Value>(&found[0]).unwrap(), *intent);
+            assert!(sim.ledger().charges.is_empty(), "{method}");
+        }
+    }
+
+    #[test]
+    fn passing_the_challenge_charges_once_and_every_reader_but_the_replay_sees_succeeded() {
+        let mut sim = sim();
+        let form = format!(
+            "{}&metadata[chargeonce_key]=ck",
+            form_with("pm_card_threeDSecure2Required")
+        );
+        let created = run(&mut sim, call(&form, Some("k"))).0;
+        let id = id_of(&created);
+
+        let passed = authenticate_at(&mut sim, &id, "succeed", 5_000);
+        assert_eq!(passed.status, 200);
+        let intent = json(&passed);
+        assert_eq!(intent["status"], "succeeded");
+        assert_eq!(intent["next_action"], Value::Null);
+        assert_eq!(intent["client_secret"], json(&created)["client_secret"]);
+        assert_eq!(intent["created"], NOW);
+
+        let charges = sim.ledger().charges;
+        assert_eq!(charges.len(), 1);
+        let charge = &charges[0];
+        assert_eq!(charge.id, id);
+        assert_eq!((charge.amount, charge.currency.as_str()), (1999, "usd"));
+        assert_eq!(charge.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(charge.order_ref.as_deref(), Some("ord_1"));
+        assert_eq!(charge.customer.as_deref(), Some("cus_1"));
+        assert_eq!(charge.created, (NOW_MS + 5_000) / 1000);
+
+        assert_eq!(retrieve(&mut sim, &id).body, passed.body);
+        assert_eq!(
+            found(&search(&mut sim, "chargeonce_key", "ck")),
+            [text(&passed)]
+        );
+        // The key still answers what was saved when the request executed.
+        let replay = run(&mut sim, call(&form, Some("k"))).0;
+        assert_eq!((replay.body, replay.replayed), (created.body, true));
+
+        // There is no second challenge to pass.
+        let again = authenticate_at(&mut sim, &id, "succeed", 6_000);
+        assert_eq!(again.status, 400);
+        let error = &json(&again)["error"];
+        assert_eq!(error["code"], "payment_intent_unexpected_state");
+        assert!(error["message"].as_str().unwrap().contains("succeeded"));
+        assert_eq!(sim.ledger().charges.len(), 1);
+    }
+
+    #[test]
+    fn failing_the_challenge_asks_for_a_new_payment_method_and_charges_nothing() {
+        let mut sim = sim();
+        let created = run(
+            &mut sim,
+            order_call(
+                &ORDER.replace("pm_card_visa", "pm_card_authenticationRequired"),
+                Some("k"),
+            ),
+        )
+        .0;
+        assert_eq!(json(&created)["status"], "requires_action");
+        let id = id_of(&created);
+
+        let failed = authenticate_at(&mut sim, &id, "fail", 0);
+        assert_eq!(failed.status, 200);
+        let intent = json(&failed);
+        assert_eq!(intent["status"], "requires_payment_method");
+        assert_eq!(intent["payment_method"], Value::Null);
+        assert_eq!(intent["next_action"], Value::Null);
+        let last = &intent["last_payment_error"];
+        assert_eq!(last["code"], "payment_intent_authentication_failure");
+        assert_eq!(last["type"], "invalid_request_error");
+        assert!(sim.ledger().charges.is_empty());
+        // The orders lookup reports the new state.
+        assert_eq!(found(&orders_by_key(&mut sim, "k")), [text(&failed)]);
+        assert_eq!(authenticate_at(&mut sim, &id, "succeed", 0).status, 400);
+        assert!(sim.ledger().charges.is_empty());
+    }
+
+    #[test]
+    fn the_challenge_hook_refuses_bad_bodies_unknown_ids_and_intents_not_awaiting_action() {
+        let mut sim = sim();
+        let waiting = id_of(
+            &run(
+                &mut sim,
+                call(&form_with("pm_card_threeDSecure2Required"), None),
+            )
+            .0,
+        );
+        for body in [
+            "",
+            "{",
+            "[]",
+            r#"{}"#,
+            r#"{"outcome":"maybe"}"#,
+            r#"{"outcome":"Succeed"}"#,
+            r#"{"outcome":true}"#,
+            r#"{"outcome":"succeed","extra":1}"#,
+        ] {
+            let reply = sim.authenticate(&waiting, body.as_bytes(), NOW_MS);
+            assert_eq!(reply.status, 400, "{body}");
+            let message = json(&reply)["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.starts_with("Invalid authentication: "), "{message}");
+            assert!(message.contains(r#"{"outcome": "succeed"}"#), "{message}");
+        }
+        let unknown = authenticate_at(&mut sim, "pi_nope", "succeed", 0);
+        assert_eq!(unknown.status, 404);
+        assert_eq!(json(&unknown)["error"]["code"], "resource_missing");
+        let paid = id_of(&run(&mut sim, call(VISA, None)).0);
+        let not_waiting = authenticate_at(&mut sim, &paid, "fail", 0);
+        assert_eq!(not_waiting.status, 400);
+        assert_eq!(json(&retrieve(&mut sim, &paid))["status"], "succeeded");
+        // None of the refusals touched the waiting intent.
+        assert_eq!(
+            json(&retrieve(&mut sim, &waiting))["status"],
+            "requires_action"
+        );
+        assert_eq!(sim.ledger().charges.len(), 1);
+    }
+
+    #[test]
+    fn retrieve_answers_the_current_state_at_once_and_404_for_unknown_ids() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(60_000),
+            ..FaultsPatch::default()
+        });
+        let paid = run(&mut sim, call(VISA, Some("k"))).0;
+        let id = id_of(&paid);
+        // Search lags; retrieval does not.
+        assert!(found(&search(&mut sim, "customer", "cus_1")).is_empty());
+        let retrieved = retrieve(&mut sim, &id);
+        assert_eq!((retrieved.status, &retrieved.body), (200, &paid.body));
+        let declined = run(&mut sim, call(DECLINED, None)).0;
+        let declined_id = json(&declined)["error"]["payment_intent"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            json(&retrieve(&mut sim, &declined_id))["status"],
+            "requires_payment_method"
+        );
+        let order = run(&mut sim, order_call(ORDER, None)).0;
+        assert_eq!(retrieve(&mut sim, &id_of(&order)).body, order.body);
+
+        let unknown = retrieve(&mut sim, "pi_unknown");
+        assert_eq!(unknown.status, 404);
+        let error = &json(&unknown)["error"];
+        assert_eq!(
+            (&error["type"], &error["code"], &error["param"]),
+            (
+                &Value::from("invalid_request_error"),
+                &Value::from("resource_missing"),
+                &Value::from("intent")
+            )
+        );
+        assert_eq!(error["message"], "No such payment_intent: 'pi_unknown'");
+        for authorization in [None, Some("Bearer sk_test_wrong")] {
+            assert_eq!(sim.retrieve(authorization, &id).status, 401);
+        }
+        sim.reset();
+        assert_eq!(retrieve(&mut sim, &id).status, 404);
+    }
+
+    #[test]
+    fn search_lag_shows_a_changed_intent_in_its_old_state_until_the_change_is_old_enough() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(1_000),
+            ..FaultsPatch::default()
+        });
+        let form = format!(
+            "{}&metadata[chargeonce_key]=ck",
+            form_with("pm_card_threeDSecure2Required")
+        );
+        let waiting = text(&run(&mut sim, call(&form, Some("k"))).0);
+        let id = json(&run(&mut sim, call(&form, Some("k"))).0)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let passed = text(&authenticate_at(&mut sim, &id, "succeed", 500));
+        // Retrieval reads the intent itself: the new state at once.
+        assert_eq!(text(&retrieve(&mut sim, &id)), passed);
+        assert!(search_at(&mut sim, "ck", NOW_MS + 999).is_empty());
+        assert_eq!(
+            search_at(&mut sim, "ck", NOW_MS + 1_000),
+            [waiting.as_str()]
+        );
+        assert_eq!(
+            search_at(&mut sim, "ck", NOW_MS + 1_499),
+            [waiting.as_str()]
+        );
+        assert_eq!(search_at(&mut sim, "ck", NOW_MS + 1_500), [passed.as_str()]);
+    }
+
+    #[test]
+    fn search_disabled_answers_404_to_search_alone_until_enabled() {
+        let mut sim = sim();
+        let form = format!("{VISA}&metadata[chargeonce_key]=ck");
+        let paid = text(&run(&mut sim, call(&form, Some("k"))).0);
+        run(&mut sim, order_call(ORDER, Some("k")));
+        sim.apply_faults(FaultsPatch {
+            search_enabled: Some(false),
+            ..FaultsPatch::default()
+        });
+        let refused = search(&mut sim, "chargeonce_key", "ck");
+        assert_eq!(refused.status, 404);
+        let error = &json(&refused)["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("Search is not available for this account"),
+            "{message}"
+        );
+        // Even a query paysim could not parse gets the 404: the endpoint is not there.
+        assert_eq!(
+            lookup(&mut sim, Lookup::PaymentIntentSearch, "q=1").status,
+            404
+        );
+        // Authentication still comes first.
+        let unauthorized = LookupCall {
+            authorization: None,
+            ..lookup_call(Lookup::PaymentIntentSearch, "q=1")
+        };
+        assert_eq!(answer(&mut sim, unauthorized, NOW_MS).status, 401);
+        // Payments, retrieval and the orders lookup go on.
+        assert_eq!(run(&mut sim, call(VISA, Some("k2"))).0.status, 200);
+        assert_eq!(retrieve(&mut sim, &json_id(&paid)).status, 200);
+        assert_eq!(found(&orders_by_key(&mut sim, "k")).len(), 1);
+        assert_eq!(sim.lookup_log().lookups[0].status, 404);
+
+        sim.apply_faults(FaultsPatch {
+            search_enabled: Some(true),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(found(&search(&mut sim, "chargeonce_key", "ck")), [paid]);
+    }
+
+    fn json_id(text: &str) -> String {
+        serde_json::from_str::<Value>(text).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn keys_older_than_key_retention_are_pruned_and_their_reuse_executes_anew() {
+        let mut sim = sim();
+        assert_eq!(sim.faults().key_retention_ms, 86_400_000);
+        let at = |sim: &mut Simulator, form: &str, now_ms: u64| match sim
+            .begin(call(form, Some("k")), now_ms)
+        {
+            Begin::Respond(reply) => reply,
+            Begin::Execute(ticket) => sim.execute(ticket, now_ms).reply,
+        };
+        let first = at(&mut sim, VISA, NOW_MS);
+        let day = STRIPE_KEY_RETENTION_MS;
+        let kept = at(&mut sim, VISA, NOW_MS + day - 1);
+        assert_eq!(
+            (kept.body.clone(), kept.replayed),
+            (first.body.clone(), true)
+        );
+        // Once pruned, the key is new: other parameters are no conflict, and it charges again.
+        let other = VISA.replace("amount=1999", "amount=2500");
+        let anew = at(&mut sim, &other, NOW_MS + day);
+        assert_eq!((anew.status, anew.replayed), (200, false));
+        assert_ne!(json(&anew)["id"], json(&first)["id"]);
+        assert_eq!(sim.ledger().charges.len(), 2);
+        // The new use starts a new retention period.
+        let replay = at(&mut sim, &other, NOW_MS + 2 * day - 1);
+        assert_eq!((replay.body, replay.replayed), (anew.body, true));
+
+        // A shorter retention, counted from the key's first use; a key whose request is still
+        // executing is never pruned, however old.
+        sim.apply_faults(FaultsPatch {
+            key_retention_ms: Some(2_000),
+            ..FaultsPatch::default()
+        });
+        let slow = ticket(sim.begin(call(VISA, Some("slow")), NOW_MS));
+        let Begin::Respond(busy) = sim.begin(call(VISA, Some("slow")), NOW_MS + 2_500) else {
+            panic!("a key in progress must not be pruned");
+        };
+        assert_eq!(busy.status, 409);
+        let done = sim.execute(slow, NOW_MS + 2_500).reply;
+        let reused = at_key(&mut sim, "slow", NOW_MS + 2_600);
+        assert_eq!((reused.status, reused.replayed), (200, false));
+        assert_ne!(reused.body, done.body);
+        let within = at_key(&mut sim, "slow", NOW_MS + 4_599);
+        assert_eq!((within.body, within.replayed), (reused.body, true));
+    }
+
+    fn at_key(sim: &mut Simulator, key: &str, now_ms: u64) -> Reply {
+        match sim.begin(call(VISA, Some(key)), now_ms) {
+            Begin::Respond(reply) => reply,
+            Begin::Execute(ticket) => sim.execute(ticket, now_ms).reply,
+        }
+    }
+
+    #[test]
+    fn in_use_next_answers_409_for_keyed_requests_without_executing_or_saving() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            in_use_next: Some(2),
+            ..FaultsPatch::default()
+        });
+        // Refused before the fault: not counted.
+        assert_eq!(run(&mut sim, call("amount=1", Some("k"))).0.status, 400);
+        // Without a key there is nothing in use.
+        assert_eq!(run(&mut sim, call(VISA, None)).0.status, 200);
+        for _ in 0..2 {
+            let busy = run(&mut sim, call(VISA, Some("k"))).0;
+            assert_eq!((busy.status, busy.replayed), (409, false));
+            let error = &json(&busy)["error"];
+            assert_eq!(error["type"], "invalid_request_error");
+            assert_eq!(error["code"], "idempotency_key_in_use");
+            assert!(error["message"].as_str().unwrap().contains(": k."));
+        }
+        assert_eq!(sim.faults().in_use_next, 0);
+        assert_eq!(sim.ledger().charges.len(), 1);
+        // Nothing was saved: the retry executes.
+        let retried = run(&mut sim, call(VISA, Some("k"))).0;
+        assert_eq!((retried.status, retried.replayed), (200, false));
+        assert_eq!(sim.ledger().charges.len(), 2);
+
+        // A naive backend holds no keys, so it is never in use.
+        sim.apply_faults(FaultsPatch {
+            honor_idempotency: Some(false),
+            in_use_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(run(&mut sim, call(VISA, Some("k"))).0.status, 200);
+        assert_eq!(sim.faults().in_use_next, 1);
+    }
+
+    #[test]
+    fn rate_limit_next_answers_429_before_validation_replay_or_search() {
+        let mut sim = sim();
+        let saved = run(&mut sim, call(VISA, Some("k"))).0;
+        sim.apply_faults(FaultsPatch {
+            rate_limit_next: Some(4),
+            ..FaultsPatch::default()
+        });
+        // Unauthenticated requests are refused first, and not counted.
+        let unauthorized = PaymentCall {
+            authorization: None,
+            ..call(VISA, Some("k"))
+        };
+        assert_eq!(run(&mut sim, unauthorized).0.status, 401);
+        let limited = [
+            run(&mut sim, call(VISA, Some("k"))).0,
+            run(&mut sim, call("amount=1", Some("k2"))).0,
+            search(&mut sim, "customer", "cus_1"),
+            retrieve(&mut sim, &id_of(&saved)),
+        ];
+        for reply in &limited {
+            assert_eq!((reply.status, reply.replayed), (429, false));
+            let error = &json(reply)["error"];
+            assert_eq!(error["type"], "invalid_request_error");
+            assert_eq!(error["code"], "rate_limit");
+        }
+        assert_eq!(sim.faults().rate_limit_next, 0);
+        assert_eq!(sim.ledger().charges.len(), 1);
+        // Nothing was saved under k2, and k still replays.
+        assert!(run(&mut sim, call(VISA, Some("k"))).0.replayed);
+        let fresh = run(&mut sim, call(VISA, Some("k2"))).0;
+        assert_eq!((fresh.status, fresh.replayed), (200, false));
+        assert_eq!(sim.lookup_log().lookups[0].status, 429);
+    }
+
+    #[test]
+    fn new_faults_parse_merge_and_reset() {
+        for bad in [
+            r#"{"search_enabled":"no"}"#,
+            r#"{"key_retention_ms":-1}"#,
+            r#"{"in_use_next":1.5}"#,
+            r#"{"rate_limit_next":"2"}"#,
+            r#"{"rate_limit":1}"#,
+        ] {
+            assert!(serde_json::from_str::<FaultsPatch>(bad).is_err(), "{bad}");
+        }
+        let mut sim = sim();
+        let patch =
+            r#"{"search_enabled":false,"key_retention_ms":5,"in_use_next":1,"rate_limit_next":2}"#;
+        let faults = sim.apply_faults(serde_json::from_str(patch).unwrap());
+        assert_eq!(
+            faults,
+            Faults {
+                search_enabled: false,
+                key_retention_ms: 5,
+                in_use_next: 1,
+                rate_limit_next: 2,
+                ..Faults::default()
+            }
+        );
+        sim.reset();
+        assert_eq!(sim.faults(), Faults::default());
+        assert!(sim.faults().search_enabled);
     }
 }

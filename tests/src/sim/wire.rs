@@ -19,11 +19,16 @@ pub(crate) mod status {
     pub const METHOD_NOT_ALLOWED: u16 = 405;
     pub const CONFLICT: u16 = 409;
     pub const PAYLOAD_TOO_LARGE: u16 = 413;
+    pub const TOO_MANY_REQUESTS: u16 = 429;
     pub const INTERNAL_SERVER_ERROR: u16 = 500;
     pub const SERVICE_UNAVAILABLE: u16 = 503;
 }
 
-/// A PaymentIntent as Stripe returns it, reduced to the fields ChargeOnce reads.
+/// A PaymentIntent as Stripe returns it, reduced to the fields ChargeOnce and a Stripe SDK read.
+///
+/// `client_secret`, `last_payment_error` and `next_action` are always present, `null` when
+/// empty, as in Stripe's PaymentIntent object
+/// (<https://docs.stripe.com/api/payment_intents/object>).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct PaymentIntent {
     pub id: String,
@@ -34,6 +39,82 @@ pub(crate) struct PaymentIntent {
     pub payment_method: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub created: u64,
+    pub client_secret: String,
+    pub last_payment_error: Option<PaymentError>,
+    pub next_action: Option<NextAction>,
+}
+
+/// Why the last payment attempt failed: an intent's `last_payment_error`, and the fields a
+/// decline's error body shares with it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PaymentError {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decline_code: Option<&'static str>,
+    pub message: String,
+}
+
+/// What the customer must do before the payment can go on: an intent's `next_action`.
+///
+/// <https://docs.stripe.com/payments/3d-secure/authentication-flow>: "After confirmation, if a
+/// PaymentIntent has a requires_action status, inspect the PaymentIntent’s next_action. If it
+/// contains redirect_to_url, that means 3DS is required." Without a `return_url` the action is
+/// `use_stripe_sdk`, of which <https://docs.stripe.com/api/payment_intents/object>
+/// (`next_action.use_stripe_sdk`) says "Stripe.js depends on the contents of this dictionary to
+/// invoke authentication flows. The shape of the contents is subject to change and is only
+/// intended to be used by Stripe.js"; paysim puts there where its stand-in for that challenge is.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct NextAction {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_stripe_sdk: Option<UseStripeSdk>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_to_url: Option<RedirectToUrl>,
+}
+
+/// The contents of a `use_stripe_sdk` action: paysim's challenge, not Stripe.js's.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct UseStripeSdk {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The path of the test hook that plays the bank's challenge.
+    pub authenticate_url: String,
+}
+
+/// A `redirect_to_url` action: where the customer authenticates, and where they come back to.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RedirectToUrl {
+    pub url: String,
+    pub return_url: String,
+}
+
+impl NextAction {
+    /// The 3-D Secure challenge of the intent `id`, played at paysim's authenticate hook:
+    /// `redirect_to_url` when the confirmation carried a `return_url`, `use_stripe_sdk` otherwise.
+    pub fn three_d_secure(id: &str, return_url: Option<&str>) -> Self {
+        let hook = format!("/__sim/payment_intents/{id}/authenticate");
+        match return_url {
+            Some(return_url) => Self {
+                kind: "redirect_to_url",
+                use_stripe_sdk: None,
+                redirect_to_url: Some(RedirectToUrl {
+                    url: hook,
+                    return_url: return_url.to_owned(),
+                }),
+            },
+            None => Self {
+                kind: "use_stripe_sdk",
+                use_stripe_sdk: Some(UseStripeSdk {
+                    kind: "paysim_three_d_secure",
+                    authenticate_url: hook,
+                }),
+                redirect_to_url: None,
+            },
+        }
+    }
 }
 
 /// Stripe's error object, the value under `"error"`.
@@ -93,13 +174,19 @@ impl ApiError {
         Self::new("api_error", message)
     }
 
-    /// The decline Stripe answers for `pm_card_chargeDeclined`, carrying the failed PaymentIntent.
-    pub fn card_declined(intent: PaymentIntent) -> Self {
+    /// A failed payment (a decline): the error the intent recorded as its `last_payment_error`,
+    /// carrying the failed PaymentIntent, as Stripe's 402 `card_error` does.
+    pub fn payment_failed(intent: PaymentIntent) -> Self {
+        // Only intents built from a failure reach here; a missing error would be a paysim bug.
+        let error = intent
+            .last_payment_error
+            .clone()
+            .expect("a failed payment's intent records its last_payment_error");
         Self {
-            code: Some("card_declined"),
-            decline_code: Some("generic_decline"),
+            code: Some(error.code),
+            decline_code: error.decline_code,
             payment_intent: Some(Box::new(intent)),
-            ..Self::new("card_error", "Your card was declined.")
+            ..Self::new(error.kind, error.message)
         }
     }
 
@@ -108,6 +195,64 @@ impl ApiError {
         Self {
             code: Some("resource_missing"),
             ..Self::invalid_param("payment_method", format!("No such PaymentMethod: '{id}'"))
+        }
+    }
+
+    /// Stripe's answer to a PaymentIntent id it does not know: 404 `resource_missing`, "The ID
+    /// provided is not valid. Either the resource does not exist, or an ID for a different
+    /// resource has been provided." (<https://docs.stripe.com/error-codes#resource-missing>).
+    pub fn no_such_payment_intent(id: &str) -> Self {
+        Self {
+            code: Some("resource_missing"),
+            ..Self::invalid_param("intent", format!("No such payment_intent: '{id}'"))
+        }
+    }
+
+    /// An operation the intent's status does not allow: `payment_intent_unexpected_state`, "The
+    /// PaymentIntent’s state was incompatible with the operation you were trying to perform."
+    /// (<https://docs.stripe.com/error-codes>).
+    pub fn payment_intent_unexpected_state(message: impl Into<String>) -> Self {
+        Self {
+            code: Some("payment_intent_unexpected_state"),
+            ..Self::invalid_request(message)
+        }
+    }
+
+    /// A second request with an idempotency key whose first request is still executing.
+    ///
+    /// <https://docs.stripe.com/error-codes#idempotency-key-in-use>: "`idempotency_key_in_use`:
+    /// The idempotency key provided is currently being used in another request. This occurs if
+    /// your integration is making duplicate requests simultaneously", answered with "409 |
+    /// Conflict | The request conflicts with another request (perhaps due to using the same
+    /// idempotent key)" (<https://docs.stripe.com/api/errors>). Its type is
+    /// `invalid_request_error`: the docs keep `idempotency_error` for "an Idempotency-Key ...
+    /// re-used on a request that does not match the first request's API endpoint and
+    /// parameters".
+    pub fn idempotency_key_in_use(key: &str) -> Self {
+        Self {
+            code: Some("idempotency_key_in_use"),
+            ..Self::invalid_request(format!(
+                "There is currently another in-progress request using this Idempotent Key (that \
+                 probably means you submitted twice, and the other request is still going \
+                 through): {key}. Please try again later."
+            ))
+        }
+    }
+
+    /// A request refused by the rate limiter before anything ran.
+    ///
+    /// <https://docs.stripe.com/rate-limits>: "If you send many requests in quick succession, you
+    /// might receive 429 error responses"; <https://docs.stripe.com/error-codes#rate-limit>:
+    /// "`rate_limit`: Too many requests hit the API too quickly. We recommend an exponential
+    /// backoff of your requests." An `invalid_request_error`, one of the four types
+    /// <https://docs.stripe.com/api/errors> lists.
+    pub fn rate_limited() -> Self {
+        Self {
+            code: Some("rate_limit"),
+            ..Self::invalid_request(
+                "Too many requests hit the API too quickly (injected rate_limit_next fault); \
+                 nothing was executed. We recommend an exponential backoff of your requests.",
+            )
         }
     }
 
