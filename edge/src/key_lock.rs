@@ -19,7 +19,7 @@ use crate::orders::now;
 use chargeonce_protocol::key::backend_key_of;
 use chargeonce_protocol::{
     flow::StoreFailure, ClaimToken, CompleteOutcome, Decision, EdgeConfig, Fingerprint, Found,
-    KeyRecord, KeyStatus, Settlement, StoredResponse, UnixMs, Write,
+    KeyRecord, KeyStatus, Refreshed, Settlement, StoredResponse, UnixMs, Write,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
@@ -80,8 +80,6 @@ pub enum Command {
     /// Replace a stored answer whose intent changed with the intent as it is
     /// now ([`KeyRecord::refresh`]).
     Refresh {
-        /// The fingerprint of the request that read the stored answer.
-        fingerprint: Fingerprint,
         /// The stored answer it read.
         previous: StoredResponse,
         /// The refreshed answer.
@@ -162,13 +160,9 @@ impl DurableObject for KeyLock {
                 let abandoned = record.abandon(token, ran, now, &policy);
                 (name, to_json(&abandoned)?)
             }
-            Command::Refresh {
-                fingerprint,
-                previous,
-                response,
-            } => {
-                let stored = record.refresh(&fingerprint, &previous, response, now, &policy);
-                (name, to_json(&stored)?)
+            Command::Refresh { previous, response } => {
+                let refreshed = record.refresh(&previous, response, now, &policy);
+                (name, to_json(&refreshed)?)
             }
             Command::Status => {
                 let status = record.status(now, &policy);
@@ -438,12 +432,10 @@ impl KeyLockClient {
     /// Replaces the stored answer `previous` with its refresh.
     pub async fn refresh(
         &self,
-        fingerprint: &Fingerprint,
         previous: &StoredResponse,
         response: &StoredResponse,
-    ) -> std::result::Result<CompleteOutcome, StoreError> {
+    ) -> std::result::Result<Refreshed, StoreError> {
         self.call(&Command::Refresh {
-            fingerprint: fingerprint.clone(),
             previous: previous.clone(),
             response: response.clone(),
         })

@@ -41,7 +41,7 @@ pub async fn handle(
             idempotency_key: key.as_deref(),
             authorization: authorization.as_deref(),
         };
-        flow::status(head, &secrets, now())
+        flow::status(head, config, &secrets, now())
     } else {
         let head = RequestHead {
             method: &method,
@@ -159,16 +159,16 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
                 s.handle_refresh(answer)
             }
             Step::SaveRefresh(s) => {
-                // A KV hit is refreshed without a claim: the object is named
-                // here if it was not yet.
+                // A KV hit (and a status lookup) is refreshed without a
+                // claim: the object is named here.
                 let saved = match KeyLockClient::for_key(env, s.name()) {
                     Ok(client) => client
-                        .refresh(s.fingerprint(), s.previous(), s.response())
+                        .refresh(s.previous(), s.response())
                         .await
                         .map_err(StoreFailure::from),
                     Err(e) => Err(e.into()),
                 };
-                s.handle_saved(saved, now())
+                s.handle_saved(saved)
             }
             Step::QueryStatus(s) => {
                 let status = match KeyLockClient::for_key(env, s.name()) {

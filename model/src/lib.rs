@@ -759,7 +759,7 @@ impl Checkout {
                     idempotency_key: Some(&name),
                     authorization: Some(&bearer),
                 };
-                flow::status(head, &self.secrets(), now)
+                flow::status(head, &self.config, &self.secrets(), now)
             }
         };
         let step = match step {

@@ -486,10 +486,10 @@ impl Attempt {
             then: Exchange::Status,
         };
         match response.status {
-            // An intent that awaited authentication, as stored: the order
-            // sent again with the key learns how it stands now (the status
-            // lookup does not ask the backend), before the page is asked to
-            // authenticate it a second time.
+            // An intent still awaiting authentication (the edge's refresh
+            // failed, or the customer has not authenticated yet): the order
+            // sent again with the key asks once more before the page is
+            // asked to authenticate it a second time.
             200..=299
                 if response.replayed
                     && same_payload

@@ -32,7 +32,8 @@ use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, ScopedKey};
 use crate::problem::{Problem, ProblemType};
 use crate::record::{
-    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Settlement, StoredResponse,
+    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Refreshed, Settlement,
+    StoredResponse,
 };
 use crate::request::{check_head, check_order_request, OrderRequest, RequestHead, MAX_BODY_BYTES};
 use crate::time::UnixMs;
@@ -252,8 +253,9 @@ pub struct StatusHead<'a> {
 
 /// Starts a status lookup: what became of the attempt under a key. Any
 /// valid, unexpired order token for the key's customer will do: it proves
-/// the customer, who scopes the key. It never forwards anything.
-pub fn status(head: StatusHead<'_>, secrets: &Secrets, now: UnixMs) -> Step {
+/// the customer, who scopes the key. It never forwards anything; a stored
+/// intent that may have changed is refreshed, as for an order.
+pub fn status(head: StatusHead<'_>, config: &EdgeConfig, secrets: &Secrets, now: UnixMs) -> Step {
     let key = match IdempotencyKey::parse(head.idempotency_key) {
         Ok(key) => key,
         Err(e) => {
@@ -290,9 +292,14 @@ pub fn status(head: StatusHead<'_>, secrets: &Secrets, now: UnixMs) -> Step {
     if let Err(e) = claims.check_fresh(now.as_secs()) {
         return problem(e.to_problem());
     }
-    let name = ScopedKey::new(Some(&claims.customer), key).storage_name();
+    let scoped = ScopedKey::new(Some(&claims.customer), key);
     Step::ReadCache(ReadCache {
-        purpose: CachePurpose::Status { name },
+        purpose: CachePurpose::Status(Box::new(RefreshTarget {
+            config: config.clone(),
+            authorization: secrets.backend.clone().filter(|s| !s.is_empty()),
+            name: scoped.storage_name(),
+            backend_key: scoped.backend_key(),
+        })),
     })
 }
 
@@ -372,10 +379,21 @@ struct Checked {
     name: String,
 }
 
+impl Checked {
+    fn refresh_target(&self) -> RefreshTarget {
+        RefreshTarget {
+            config: self.config.clone(),
+            authorization: self.authorization.clone(),
+            name: self.name.clone(),
+            backend_key: self.request.key.backend_key(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CachePurpose {
     Order(Box<Checked>),
-    Status { name: String },
+    Status(Box<RefreshTarget>),
 }
 
 /// Reading KV; then [`ReadCache::handle_cached`].
@@ -389,7 +407,7 @@ impl ReadCache {
     pub fn name(&self) -> &str {
         match &self.purpose {
             CachePurpose::Order(checked) => &checked.name,
-            CachePurpose::Status { name } => name,
+            CachePurpose::Status(target) => &target.name,
         }
     }
 
@@ -400,7 +418,9 @@ impl ReadCache {
         match self.purpose {
             CachePurpose::Order(checked) => {
                 match cached.and_then(|c| c.decide(&checked.request.fingerprint, now)) {
-                    Some(Decision::Replay { response }) => replay_or_refresh(checked, response),
+                    Some(Decision::Replay { response }) => {
+                        replay_or_refresh(checked.refresh_target(), response)
+                    }
                     Some(Decision::Mismatch) => mismatch(),
                     _ => Step::Claim(Claim {
                         checked,
@@ -408,9 +428,9 @@ impl ReadCache {
                     }),
                 }
             }
-            CachePurpose::Status { name } => match cached.filter(|c| now < c.expires_at) {
-                Some(completed) => replay(completed.response),
-                None => Step::QueryStatus(QueryStatus { name }),
+            CachePurpose::Status(target) => match cached.filter(|c| now < c.expires_at) {
+                Some(completed) => replay_or_refresh(*target, completed.response),
+                None => Step::QueryStatus(QueryStatus { target: *target }),
             },
         }
     }
@@ -458,7 +478,9 @@ impl Claim {
                 token,
             }
             .forward(self.asked_at, now),
-            Ok(Decision::Replay { response }) => replay_or_refresh(self.checked, response),
+            Ok(Decision::Replay { response }) => {
+                replay_or_refresh(self.checked.refresh_target(), response)
+            }
             Ok(Decision::Mismatch) => mismatch(),
             Ok(Decision::InFlight { retry_after_secs }) => in_flight(
                 "another request with this Idempotency-Key is being processed; retry with the same key",
@@ -802,14 +824,26 @@ impl Abandon {
     }
 }
 
+/// What a refresh needs: where the backend is, and which key's object holds
+/// the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RefreshTarget {
+    config: EdgeConfig,
+    authorization: Option<String>,
+    /// The key's object ([`ScopedKey::storage_name`]).
+    name: String,
+    /// The key the backend knows ([`ScopedKey::backend_key`]).
+    backend_key: String,
+}
+
 /// The key's stored answer, refreshed first when its intent may have
 /// changed since (it awaited the customer's authentication, or was
 /// processing): the retry after authentication then reports the outcome
-/// under the same key.
-fn replay_or_refresh(checked: Box<Checked>, stored: StoredResponse) -> Step {
+/// under the same key, and so does the status lookup.
+fn replay_or_refresh(target: RefreshTarget, stored: StoredResponse) -> Step {
     match unsettled_intent(&stored) {
         Some(intent_id) => Step::Refresh(Refresh {
-            checked,
+            target,
             stored,
             intent_id,
         }),
@@ -821,7 +855,7 @@ fn replay_or_refresh(checked: Box<Checked>, stored: StoredResponse) -> Step {
 /// [`Refresh::handle_refresh`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Refresh {
-    checked: Box<Checked>,
+    target: RefreshTarget,
     stored: StoredResponse,
     intent_id: String,
 }
@@ -829,22 +863,22 @@ pub struct Refresh {
 impl Refresh {
     /// The `GET` to send ([`crate::BackendKind::refresh_url`]).
     pub fn url(&self) -> String {
-        let config = &self.checked.config;
+        let config = &self.target.config;
         config.backend.refresh_url(
             &config.backend_url,
             &self.intent_id,
-            &self.checked.request.key.backend_key(),
+            &self.target.backend_key,
         )
     }
 
     /// The backend credential, sent as `Authorization: Bearer`.
     pub fn authorization(&self) -> Option<&str> {
-        self.checked.authorization.as_deref()
+        self.target.authorization.as_deref()
     }
 
     /// How long to wait for the answer.
     pub fn timeout(&self) -> Duration {
-        self.checked.config.backend_timeout
+        self.target.config.backend_timeout
     }
 
     /// Stores the intent as it is now if it changed; replays the stored
@@ -853,7 +887,7 @@ impl Refresh {
     pub fn handle_refresh(self, answer: Result<BackendResponse, TransportFailure>) -> Step {
         let refreshed = answer.ok().and_then(|answer| {
             classify_refresh(
-                self.checked.config.backend,
+                self.target.config.backend,
                 &self.stored,
                 &self.intent_id,
                 answer.status,
@@ -862,7 +896,7 @@ impl Refresh {
         });
         match refreshed {
             Some(response) => Step::SaveRefresh(SaveRefresh {
-                checked: self.checked,
+                target: self.target,
                 previous: self.stored,
                 response,
             }),
@@ -874,7 +908,7 @@ impl Refresh {
 /// Storing a refreshed answer; then [`SaveRefresh::handle_saved`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SaveRefresh {
-    checked: Box<Checked>,
+    target: RefreshTarget,
     previous: StoredResponse,
     response: StoredResponse,
 }
@@ -882,12 +916,7 @@ pub struct SaveRefresh {
 impl SaveRefresh {
     /// The name of the key's object.
     pub fn name(&self) -> &str {
-        &self.checked.name
-    }
-
-    /// The request's fingerprint.
-    pub fn fingerprint(&self) -> &Fingerprint {
-        &self.checked.request.fingerprint
+        &self.target.name
     }
 
     /// The stored answer that was refreshed.
@@ -903,28 +932,21 @@ impl SaveRefresh {
     /// Replies with the key's answer as the object now holds it, copied to
     /// KV when this refresh stored it. A failed save still tells the client
     /// what the backend said; the next replay refreshes again.
-    pub fn handle_saved(self, saved: Result<CompleteOutcome, StoreFailure>, now: UnixMs) -> Step {
+    pub fn handle_saved(self, saved: Result<Refreshed, StoreFailure>) -> Step {
         match saved {
-            Ok(CompleteOutcome::Stored) => {
-                let config = &self.checked.config;
-                Step::Done(Done {
-                    cache: Some(CacheWrite {
-                        name: self.checked.name.clone(),
-                        completed: Completed {
-                            fingerprint: self.checked.request.fingerprint.clone(),
-                            response: self.response.clone(),
-                            expires_at: now.plus(config.answer_ttl),
-                        },
-                        ttl: config.answer_ttl,
-                    }),
-                    reply: Reply::Stored {
-                        response: self.response,
-                        replayed: true,
-                    },
-                })
-            }
-            Ok(CompleteOutcome::AlreadyCompleted { response }) => replay(response),
-            Ok(CompleteOutcome::NotStored) | Err(_) => replay(self.response),
+            Ok(Refreshed::Stored(completed)) => Step::Done(Done {
+                cache: Some(CacheWrite {
+                    name: self.target.name,
+                    ttl: self.target.config.answer_ttl,
+                    completed,
+                }),
+                reply: Reply::Stored {
+                    response: self.response,
+                    replayed: true,
+                },
+            }),
+            Ok(Refreshed::Superseded { response }) => replay(response),
+            Ok(Refreshed::NotStored) | Err(_) => replay(self.response),
         }
     }
 }
@@ -933,20 +955,20 @@ impl SaveRefresh {
 /// [`QueryStatus::handle_status`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct QueryStatus {
-    name: String,
+    target: RefreshTarget,
 }
 
 impl QueryStatus {
     /// The name of the key's object.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.target.name
     }
 
     /// Replies with what the object knows.
     pub fn handle_status(self, status: Result<KeyStatus, StoreFailure>) -> Step {
         match status {
             Err(_) => store_unavailable(),
-            Ok(KeyStatus::Answered { response }) => replay(response),
+            Ok(KeyStatus::Answered { response }) => replay_or_refresh(self.target, response),
             Ok(KeyStatus::Pending { retry_after_secs }) => problem(
                 Problem::new(
                     ProblemType::OrderPending,

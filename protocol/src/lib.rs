@@ -56,7 +56,7 @@
 //!         Step::Release(s) => s.handle_release(object.ask("release")),
 //!         Step::Abandon(s) => s.handle_abandon(object.ask("abandon")),
 //!         Step::Refresh(s) => s.handle_refresh(Err(TransportFailure::Unreachable("offline".into()))),
-//!         Step::SaveRefresh(s) => s.handle_saved(object.ask("refresh"), now()),
+//!         Step::SaveRefresh(s) => s.handle_saved(object.ask("refresh")),
 //!         Step::QueryStatus(s) => s.handle_status(object.ask("status")),
 //!         Step::Done(done) => break done,
 //!     };
@@ -97,7 +97,7 @@ pub use payment::{IntentStatus, PaymentOutcome};
 pub use problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 pub use record::{
     ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyPolicy, KeyRecord, KeyStatus,
-    Settlement, StoredResponse, Write,
+    Refreshed, Settlement, StoredResponse, Write,
 };
 pub use request::{
     check_head, check_order_request, OrderRequest, RequestHead, MAX_BODY_BYTES, ORDERS_PATH,

@@ -275,6 +275,23 @@ pub enum CompleteOutcome {
     NotStored,
 }
 
+/// What became of a refreshed answer handed to [`KeyRecord::refresh`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "refreshed", rename_all = "snake_case")]
+#[must_use]
+pub enum Refreshed {
+    /// It replaced the answer it refreshed, and is the key's answer now (for
+    /// the KV copy).
+    Stored(Completed),
+    /// Another answer was stored since the one refreshed: this one.
+    Superseded {
+        /// The key's answer.
+        response: StoredResponse,
+    },
+    /// The key holds no answer any more (it expired).
+    NotStored,
+}
+
 /// What a status lookup (`GET /v1/orders`) learns of the key. It never
 /// forwards anything.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -671,29 +688,28 @@ impl KeyRecord {
     /// Replaces the key's answer `previous`, an intent that could still
     /// change ([`crate::backend::unsettled_intent`]), with the same intent as
     /// it is `now` (`response`), kept for at least the TTL from now. Only if
-    /// the key still holds `previous` for `fingerprint`: a refresh that lost
-    /// a race gets the answer stored since.
+    /// the key still holds `previous`: a refresh that lost a race gets the
+    /// answer stored since. (The answer names its intent, so holding it is
+    /// holding the payload it answered; no fingerprint is needed, and a
+    /// status lookup, which has none, refreshes too.)
     pub fn refresh(
         &mut self,
-        fingerprint: &Fingerprint,
         previous: &StoredResponse,
         response: StoredResponse,
         now: UnixMs,
         policy: &KeyPolicy,
-    ) -> CompleteOutcome {
+    ) -> Refreshed {
         let _ = self.handle_timeout(now, policy);
         match &mut self.state {
-            State::Completed(done) if &done.fingerprint == fingerprint => {
-                if &done.response != previous {
-                    return CompleteOutcome::AlreadyCompleted {
-                        response: done.response.clone(),
-                    };
-                }
+            State::Completed(done) if &done.response == previous => {
                 done.response = response;
                 done.expires_at = done.expires_at.max(now.plus(policy.answer_ttl));
-                CompleteOutcome::Stored
+                Refreshed::Stored(done.clone())
             }
-            _ => CompleteOutcome::NotStored,
+            State::Completed(done) => Refreshed::Superseded {
+                response: done.response.clone(),
+            },
+            _ => Refreshed::NotStored,
         }
     }
 
@@ -1121,52 +1137,39 @@ mod tests {
         let token = key.claimed(at(0));
         let _ = key.complete(token, action("requires_action"), at(1));
         let policy = key.policy;
-        assert_eq!(
-            key.record.refresh(
-                &fp(2),
-                &action("requires_action"),
-                action("succeeded"),
-                at(5),
-                &policy
-            ),
-            CompleteOutcome::NotStored
+        let stored = key.record.refresh(
+            &action("requires_action"),
+            action("succeeded"),
+            at(5),
+            &policy,
         );
+        let done = key.record.completed().unwrap().clone();
+        assert_eq!(stored, Refreshed::Stored(done.clone()));
         assert_eq!(
-            key.record.refresh(
-                &fp(1),
-                &action("requires_action"),
-                action("succeeded"),
-                at(5),
-                &policy
-            ),
-            CompleteOutcome::Stored
+            (done.fingerprint, done.response, done.expires_at),
+            (fp(1), action("succeeded"), at(5).plus(TTL))
         );
-        let done = key.record.completed().unwrap();
-        assert_eq!(done.response, action("succeeded"));
-        assert_eq!(done.expires_at, at(5).plus(TTL));
         // A second refresh read the old answer: it gets the new one.
         assert_eq!(
             key.record.refresh(
-                &fp(1),
                 &action("requires_action"),
                 action("canceled"),
                 at(6),
                 &policy
             ),
-            CompleteOutcome::AlreadyCompleted {
+            Refreshed::Superseded {
                 response: action("succeeded")
             }
         );
         let mut vacant = KeyRecord::default();
         assert_eq!(
             vacant.refresh(
-                &fp(1),
                 &action("requires_action"),
                 action("succeeded"),
                 at(6),
                 &policy
             ),
-            CompleteOutcome::NotStored
+            Refreshed::NotStored
         );
         assert!(vacant.is_vacant());
     }

@@ -1625,8 +1625,9 @@ fn three_d_secure_is_placed_only_after_authentication_under_the_same_key(s: &Sui
 }
 
 /// A failed challenge leaves the intent `requires_payment_method`: a final
-/// refusal under the key, nothing charged, and the customer's next attempt
-/// (another card, a new key) charges once.
+/// refusal under the key (learnt here through the status lookup's refresh,
+/// then replayed to the order), nothing charged, and the customer's next
+/// attempt (another card, a new key) charges once.
 fn a_failed_three_d_secure_challenge_is_refused_and_a_new_key_charges_once(s: &Suite) {
     s.block_on(async {
         s.reset(json!({})).await;
@@ -1637,16 +1638,18 @@ fn a_failed_three_d_secure_challenge_is_refused_and_a_new_key_charges_once(s: &S
         let intent = first.json();
         assert_eq!(intent["status"], "requires_action");
         s.authenticate(&intent, "fail").await;
-        let after = s.post(key, &body).await;
-        assert_eq!((after.status, after.replayed()), (200, true));
-        let refused = after.json();
+        // The status lookup, which never forwards, refreshes too.
+        let token = order_token("3ds-fail-status", 1, shop::CUSTOMER, now_secs() + 600);
+        let looked = s.status(key, &token).await;
+        assert_eq!((looked.status, looked.replayed()), (200, true));
+        let refused = looked.json();
         assert_eq!(refused["status"], "requires_payment_method");
         assert_eq!(
             refused["last_payment_error"]["code"],
             "payment_intent_authentication_failure"
         );
-        let again = s.post(key, &body).await;
-        assert_eq!(again.body, after.body);
+        let after = s.post(key, &body).await;
+        assert_eq!((after.replayed(), &after.body), (true, &looked.body));
         assert!(s.charges("3ds-fail").await.is_empty());
         let visa = paid_with("3ds-fail", 4200, "pm_card_visa");
         let placed = s.post("3ds-fail-key-00002", &visa).await;
