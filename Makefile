@@ -19,7 +19,7 @@ dev: build
 test: build lint
 	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace
-	@echo "==> the bounded model check, optimised (about 1 min to build, 45 s to run)"
+	@echo "==> the bounded model check, optimised (about 1 min to build, 90 s to run)"
 	cargo test --release -p chargeonce-model
 	@bash scripts/test-widget.sh
 	@bash scripts/test-e2e.sh

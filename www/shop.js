@@ -28,12 +28,26 @@ const newOrderRef = () => `ord_${Date.now().toString(36)}${Math.random().toStrin
 
 // The cart and the order reference live in sessionStorage, so a reload in the
 // middle of checkout sends the same payload and the widget resumes its key.
+// A link from "a second device" (?order=…&cart=…) brings the same order.
+const shared = new URLSearchParams(location.search);
 const state = {
-  cart: JSON.parse(sessionStorage.getItem("shop-cart") ?? "{}"),
-  orderRef: sessionStorage.getItem("shop-order-ref") ?? newOrderRef(),
-  placed: sessionStorage.getItem("shop-placed") === "1",
+  cart: JSON.parse(shared.get("cart") ?? sessionStorage.getItem("shop-cart") ?? "{}"),
+  orderRef: shared.get("order") ?? sessionStorage.getItem("shop-order-ref") ?? newOrderRef(),
+  placed: !shared.has("order") && sessionStorage.getItem("shop-placed") === "1",
   paymentMethod: sessionStorage.getItem("shop-payment-method") ?? "pm_card_visa",
 };
+if (shared.has("order")) history.replaceState(null, "", location.pathname);
+
+// The same order on "a second device": this server under its other
+// loopback name is another origin to the browser, so the window there
+// shares no storage with this one and its widget makes a key of its own, as
+// the customer's phone would. The edge then holds the order to one charge.
+function secondDeviceLink() {
+  const url = new URL(location.href);
+  url.hostname = url.hostname === "localhost" ? "127.0.0.1" : "localhost";
+  url.search = new URLSearchParams({ order: state.orderRef, cart: JSON.stringify(state.cart) });
+  return url.href;
+}
 
 function save() {
   sessionStorage.setItem("shop-cart", JSON.stringify(state.cart));
@@ -119,6 +133,7 @@ function renderCart() {
   $("cart-empty").hidden = lines.length > 0;
   $("cart-total").textContent = money(total);
   $("order-ref").textContent = state.orderRef;
+  $("second-device").href = secondDeviceLink();
   priceAndSign();
 }
 
@@ -259,7 +274,8 @@ document.addEventListener("chargeonce:attempt", ({ detail }) =>
 document.addEventListener("chargeonce:retry", ({ detail }) =>
   log(`← ${detail.status ?? "no answer"}; retry ${detail.retry} of ${detail.of} in ${Math.round(detail.delay_ms)} ms`, "bad"));
 document.addEventListener("chargeonce:success", ({ detail }) => {
-  log(`← 200 ${detail.replayed ? "replayed" : "charged"} ${detail.response.id ?? ""}, key ${shortKey(detail.key)}…`, "good");
+  log(`← 200 ${detail.replayed ? "replayed" : "charged"} ${detail.response.id ?? ""}, key ${shortKey(detail.key)}…` +
+    (detail.originalKey ? ` (placed earlier under key ${shortKey(detail.originalKey)}…, on another device)` : ""), "good");
   state.placed = true;
   save();
   poll();

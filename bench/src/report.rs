@@ -540,6 +540,10 @@ fn profile(md: &mut String, input: &Inputs<'_>) {
             "kv: the replay cache read (a miss on a first request)",
         ),
         ("claim", "claim: Durable Object round trip, record written"),
+        (
+            "order",
+            "order: the order's Durable Object round trip (one order, one charge), record written",
+        ),
         ("backend", "backend: the payment call"),
         (
             "complete",
@@ -565,12 +569,13 @@ fn profile(md: &mut String, input: &Inputs<'_>) {
         replay.map_or(f64::NAN, |p| p.floor_ms)
     );
     let stores = step(Some(first), "claim") + step(Some(first), "complete");
+    let order = step(Some(first), "order");
     let (kv, read) = (step(Some(first), "kv"), step(Some(first), "read"));
     let added = first.client_ms - first.floor_ms;
     let _ = writeln!(
         md,
-        "On a first request ChargeOnce adds {added:.2} ms over the floor here. The two Durable Object round trips, claim and complete, are {stores:.2} ms of it, the replay cache's miss {kv:.2} ms, reading and checking the order {read:.2} ms; the rest ({:.2} ms) is outside the marks: routing and configuration before the first mark, building the response after the last, and the KV write that `waitUntil` runs after the response (under `wrangler dev` that write still delays the answer: moved inline, the same time moved inside the marks). Locally every one of these is a call into the same workerd process and a SQLite file on tmpfs; the peers keep their records in their own process's memory (the Node libraries) or one Redis round trip away, which is why their cost over their floors is fractions of a millisecond, and why none of them can share a record between two processes without Redis or a database.\n",
-        added - stores - kv - read,
+        "On a first request ChargeOnce adds {added:.2} ms over the floor here. The key's two Durable Object round trips, claim and complete, are {stores:.2} ms of it, the order's record {order:.2} ms, the replay cache's miss {kv:.2} ms, reading and checking the order {read:.2} ms; the rest ({:.2} ms) is outside the marks: routing and configuration before the first mark, building the response after the last, and the KV write that `waitUntil` runs after the response (under `wrangler dev` that write still delays the answer: moved inline, the same time moved inside the marks). Locally every one of these is a call into the same workerd process and a SQLite file on tmpfs; the peers keep their records in their own process's memory (the Node libraries) or one Redis round trip away, which is why their cost over their floors is fractions of a millisecond, and why none of them can share a record between two processes without Redis or a database.\n",
+        added - stores - order - kv - read,
     );
     let _ = writeln!(
         md,

@@ -11,7 +11,12 @@ use worker::{Headers, Response, Result};
 const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
 
 /// Headers a browser script may read from our responses.
-const EXPOSED_HEADERS: &str = "Idempotent-Replayed, Retry-After, Idempotency-Key";
+const EXPOSED_HEADERS: &str =
+    "Idempotent-Replayed, Retry-After, Idempotency-Key, Original-Idempotency-Key";
+
+/// The header of an order's paid answer replayed to another key: the key it
+/// was paid under.
+pub const ORIGINAL_KEY: &str = "Original-Idempotency-Key";
 
 /// A problem+json response, with `Retry-After` when the problem has one.
 pub fn problem(problem: &Problem) -> Result<Response> {
@@ -48,6 +53,14 @@ pub fn stored(response: &StoredResponse, replayed: bool) -> Result<Response> {
     Ok(Response::from_bytes(response.body.clone().into_bytes())?
         .with_status(response.status)
         .with_headers(headers))
+}
+
+/// The order's paid answer, for a request under another key: a replay
+/// that names the key it was paid under.
+pub fn order_paid(response: &StoredResponse, key: &str) -> Result<Response> {
+    let mut sent = stored(response, true)?;
+    sent.headers_mut().set(ORIGINAL_KEY, key)?;
+    Ok(sent)
 }
 
 /// Echoes the key, so a client (and a log reader) can tie a response to the

@@ -274,11 +274,11 @@ fn random_token() -> ClaimToken {
     ClaimToken((high << 32) | low)
 }
 
-fn to_json<T: Serialize>(value: &T) -> Result<String> {
+pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))
 }
 
-fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
+pub(crate) fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
     EdgeConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
         .map_err(|e| e.to_string())
 }
@@ -327,8 +327,9 @@ fn log_settlement(name: &str, by: &str, settled: &Settlement) {
     console_log!("key {name}: {by} {what}");
 }
 
-/// The key's object could not be reached or answered nonsense. The request
-/// must then not be forwarded: without the lock, a duplicate could be charged.
+/// A key's or an order's object could not be reached or answered nonsense.
+/// The request must then not be forwarded: without the lock, a duplicate
+/// could be charged.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -360,15 +361,9 @@ pub struct KeyLockClient {
 impl KeyLockClient {
     /// The object for the key stored under `name`.
     pub fn for_key(env: &Env, name: &str) -> std::result::Result<Self, StoreError> {
-        let unavailable = |e: worker::Error| StoreError::Unavailable(e.to_string());
-        let stub = env
-            .durable_object(BINDING)
-            .map_err(unavailable)?
-            .id_from_name(name)
-            .map_err(unavailable)?
-            .get_stub()
-            .map_err(unavailable)?;
-        Ok(Self { stub })
+        Ok(Self {
+            stub: stub(env, BINDING, name)?,
+        })
     }
 
     /// Decides a request and claims the key if it is free or unknown.
@@ -451,29 +446,44 @@ impl KeyLockClient {
         &self,
         command: &Command,
     ) -> std::result::Result<T, StoreError> {
-        let unavailable = |e: worker::Error| StoreError::Unavailable(e.to_string());
-        let body =
-            serde_json::to_string(command).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut init = RequestInit::new();
-        init.with_method(Method::Post)
-            .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
-        // The host is never resolved: a stub routes every URL to its object.
-        let req = Request::new_with_init("https://key-lock/", &init).map_err(unavailable)?;
-        let mut res = self
-            .stub
-            .fetch_with_request(req)
-            .await
-            .map_err(unavailable)?;
-        let text = res.text().await.map_err(unavailable)?;
-        if res.status_code() != 200 {
-            return Err(StoreError::BadReply {
-                status: res.status_code(),
-                body: text,
-            });
-        }
-        serde_json::from_str(&text).map_err(|_| StoreError::BadReply {
-            status: 200,
-            body: text,
-        })
+        call(&self.stub, command).await
     }
+}
+
+/// The stub of the object named `name` in the namespace `binding`.
+pub(crate) fn stub(env: &Env, binding: &str, name: &str) -> std::result::Result<Stub, StoreError> {
+    let unavailable = |e: worker::Error| StoreError::Unavailable(e.to_string());
+    env.durable_object(binding)
+        .map_err(unavailable)?
+        .id_from_name(name)
+        .map_err(unavailable)?
+        .get_stub()
+        .map_err(unavailable)
+}
+
+/// Sends `command` to an object as JSON and reads its JSON answer.
+pub(crate) async fn call<C: Serialize, T: DeserializeOwned>(
+    stub: &Stub,
+    command: &C,
+) -> std::result::Result<T, StoreError> {
+    let unavailable = |e: worker::Error| StoreError::Unavailable(e.to_string());
+    let body =
+        serde_json::to_string(command).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(wasm_bindgen::JsValue::from_str(&body)));
+    // The host is never resolved: a stub routes every URL to its object.
+    let req = Request::new_with_init("https://object/", &init).map_err(unavailable)?;
+    let mut res = stub.fetch_with_request(req).await.map_err(unavailable)?;
+    let text = res.text().await.map_err(unavailable)?;
+    if res.status_code() != 200 {
+        return Err(StoreError::BadReply {
+            status: res.status_code(),
+            body: text,
+        });
+    }
+    serde_json::from_str(&text).map_err(|_| StoreError::BadReply {
+        status: 200,
+        body: text,
+    })
 }

@@ -8,6 +8,9 @@
 //!   an order, and the read-only status lookup.
 //! - [`key_lock`]: the Durable Object that makes claims atomic, one per key,
 //!   and reconciles unknown outcomes by itself.
+//! - [`order_lock`]: the Durable Object that holds one order (customer and
+//!   `order_ref`) to at most one attempt in flight and one charge, whatever
+//!   keys its attempts use.
 //! - [`replay_cache`]: the Workers KV copy of final results, read first.
 //! - [`backend`]: the HTTP call to the payment backend, with its timeout.
 //! - [`http`]: responses, headers and CORS.
@@ -22,6 +25,9 @@ pub mod http;
 // The #[durable_object] macro generates public glue without docs.
 #[allow(missing_docs)]
 pub mod key_lock;
+// The #[durable_object] macro generates public glue without docs.
+#[allow(missing_docs)]
+pub mod order_lock;
 pub mod orders;
 pub mod replay_cache;
 pub mod timing;

@@ -1,12 +1,13 @@
 //! `/v1/orders`: the shell that runs the protocol's request flow. A `POST`
 //! places an order ([`flow::order`]); a `GET` is the read-only status lookup
 //! ([`flow::status`]). This module decides nothing: it performs the I/O each
-//! [`Step`] names (the body, KV, the key's object, the backend) and hands the
-//! result back, until the flow is done.
+//! [`Step`] names (the body, KV, the key's object, the order's object, the
+//! backend) and hands the result back, until the flow is done.
 
 use crate::backend;
 use crate::http;
 use crate::key_lock::{self, KeyLockClient};
+use crate::order_lock::OrderLockClient;
 use crate::replay_cache;
 use crate::timing::Steps;
 use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StatusHead, StoreFailure};
@@ -60,6 +61,7 @@ pub async fn handle(
     let mut response = match reply {
         Reply::Problem(problem) => http::problem(&problem),
         Reply::Stored { response, replayed } => http::stored(&response, replayed),
+        Reply::OrderPaid { response, key } => http::order_paid(&response, &key),
     }?;
     if let Some(timing) = steps.header() {
         response.headers_mut().set("Server-Timing", &timing)?;
@@ -102,6 +104,30 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
                     Err(e) => Err(e.into()),
                 };
                 s.handle_claim(decided, now())
+            }
+            Step::BeginOrder(s) => {
+                let decided = match OrderLockClient::for_order(env, &s.name()) {
+                    Ok(order) => order.begin(s.attempt()).await.map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_begin(decided, now())
+            }
+            Step::AskAttempt(s) => {
+                let status = match KeyLockClient::for_key(env, s.name()) {
+                    Ok(client) => client.status().await.map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_status(status)
+            }
+            Step::SettleOrder(s) => {
+                let decided = match OrderLockClient::for_order(env, &s.name()) {
+                    Ok(order) => order
+                        .settle(s.asked(), s.found(), s.attempt())
+                        .await
+                        .map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_settled(decided, now())
             }
             Step::Lookup(s) => {
                 let found = backend::lookup(&s.url(), s.authorization(), s.timeout()).await;

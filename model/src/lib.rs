@@ -14,6 +14,12 @@
 //!   widget's, and every duplicate the network makes), each run their
 //!   request through the [`flow`] driver, step by step; any can crash at
 //!   any step.
+//! - **A second device** (in [`Scenario::TwoDevices`]) sends the same
+//!   order once, under a key of its own, at any moment the customer may
+//!   act.
+//! - **The order's object** runs [`OrderRecord`] for every attempt about to
+//!   forward, whatever its key; a crash before its one write loses the
+//!   change.
 //! - **The key's object** runs [`KeyRecord`] for every command and persists
 //!   each change in the order [`KeyRecord::writes`] gives, one write at a
 //!   time: it may crash between two writes. Its alarm reconciles unknown keys
@@ -46,10 +52,10 @@ use chargeonce_protocol::backend::{
 };
 use chargeonce_protocol::flow::{self, Reply, Secrets, StatusHead, StoreFailure};
 use chargeonce_protocol::{
-    Attempt, BackendKind, ClaimToken, CompleteOutcome, Completed, Decision, EdgeConfig,
-    EdgeResponse, Exchange, Fingerprint, Found, KeyRecord, KeyStatus, Next, OrderClaims, Phase,
-    ProblemType, RequestHead, RetryPolicy, Settlement, Step, StoredResponse, TransportFailure,
-    UnixMs, Write,
+    Attempt, AttemptFinding, BackendKind, ClaimToken, CompleteOutcome, Completed, Decision,
+    EdgeConfig, EdgeResponse, Exchange, Fingerprint, Found, KeyRecord, KeyStatus, Next,
+    OrderAttempt, OrderClaims, OrderDecision, OrderRecord, Phase, ProblemType, RequestHead,
+    RetryPolicy, Settlement, Step, StoredResponse, TransportFailure, UnixMs, Write,
 };
 use stateright::{Model, Property};
 use std::collections::hash_map::DefaultHasher;
@@ -92,11 +98,14 @@ pub enum Scenario {
     /// its whole TTL may end as a (logged) tombstone here: the design's end
     /// for it until someone asks.
     Outage,
+    /// The base world, and the same order sent once from a second device
+    /// under a key of its own, at any moment before the customer horizon.
+    TwoDevices,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Self; 3] = [Self::Base, Self::LongLease, Self::Outage];
+    pub const ALL: [Self; 4] = [Self::Base, Self::LongLease, Self::Outage, Self::TwoDevices];
 
     /// The scenario's name.
     pub fn name(self) -> &'static str {
@@ -104,6 +113,7 @@ impl Scenario {
             Self::Base => "base",
             Self::LongLease => "long-lease",
             Self::Outage => "outage",
+            Self::TwoDevices => "two-devices",
         }
     }
 
@@ -113,7 +123,7 @@ impl Scenario {
     }
 }
 
-/// The model: one customer, one order, one backend.
+/// The model: one customer, one order (on one device, or two), one backend.
 #[derive(Debug, Clone)]
 pub struct Checkout {
     /// The backend.
@@ -141,6 +151,8 @@ pub struct Checkout {
     pub extra_clicks: u8,
     /// Page reloads.
     pub reloads: u8,
+    /// Whether a second device sends the order once under its own key.
+    pub second_device: bool,
 }
 
 impl Checkout {
@@ -207,6 +219,7 @@ impl Checkout {
             first_token_expires: 3,
             extra_clicks: 1,
             reloads: 1,
+            second_device: scenario == Scenario::TwoDevices,
         }
     }
 
@@ -217,6 +230,16 @@ impl Checkout {
         }
     }
 }
+
+/// The key the second device sends the order under (the page's keys count
+/// up from 0, one per click).
+const SECOND_DEVICE_KEY: u8 = 7;
+
+/// The request the second device sends.
+const SECOND_DEVICE_REQ: u8 = 200;
+
+/// The order's object, addressed as a key's is.
+const ORDER_OBJECT: u8 = u8::MAX;
 
 /// The key a widget makes for its `n`th attempt.
 fn key_name(n: u8) -> String {
@@ -266,8 +289,13 @@ pub enum Command {
     Release(ClaimToken),
     /// End the claim, outcome unknown; whether its forward may have run.
     Abandon(ClaimToken, bool),
-    /// A status lookup.
+    /// A status lookup, or an order's question about its attempt.
     Status,
+    /// To the order's object: an attempt asks for the order.
+    Begin(OrderAttempt),
+    /// To the order's object: what the asked attempt's key said, for an
+    /// attempt.
+    SettleOrder(OrderAttempt, AttemptFinding, OrderAttempt),
 }
 
 /// An object's answer to a command.
@@ -283,6 +311,8 @@ pub enum CommandResult {
     Held(bool),
     /// To a status lookup.
     Status(KeyStatus),
+    /// From the order's object.
+    Order(OrderDecision),
 }
 
 /// Who asked the backend.
@@ -321,6 +351,8 @@ pub enum Msg {
         replayed: bool,
         /// `Retry-After`.
         retry_after_secs: Option<u32>,
+        /// `Original-Idempotency-Key`: the order was paid under that key.
+        original_key: Option<String>,
     },
     /// A worker's call to a key's object.
     Call {
@@ -463,6 +495,12 @@ pub struct World {
     workers: Vec<Worker>,
     next_worker: u8,
     objects: Vec<Object>,
+    /// The order's object: its record (one write, so nothing to order).
+    order: OrderRecord,
+    /// The second device's answer, once it has one: status and body.
+    second_told: Option<(u16, String)>,
+    /// Whether the second device has sent its order.
+    second_sent: bool,
     kv: Vec<Option<Completed>>,
     charges: Vec<Charge>,
     saved: Vec<Saved>,
@@ -533,6 +571,8 @@ pub enum Action {
     Crash(u8),
     /// A key's alarm fires; the object may crash before a write (a fault).
     Alarm(u8, Option<usize>),
+    /// The second device sends the order under its own key.
+    SecondDevice,
 }
 
 impl World {
@@ -807,7 +847,19 @@ impl Checkout {
             Step::Release(s) => Some(Command::Release(s.token())),
             Step::Abandon(s) => Some(Command::Abandon(s.token(), s.ran())),
             Step::QueryStatus(_) => Some(Command::Status),
+            Step::BeginOrder(s) => Some(Command::Begin(s.attempt())),
+            Step::AskAttempt(_) => Some(Command::Status),
+            Step::SettleOrder(s) => Some(Command::SettleOrder(
+                s.asked().clone(),
+                s.found().clone(),
+                s.attempt(),
+            )),
             _ => None,
+        };
+        let key = match &step {
+            Step::BeginOrder(_) | Step::SettleOrder(_) => ORDER_OBJECT,
+            Step::AskAttempt(s) => key_index(&s.asked().key),
+            _ => key,
         };
         if let Some(command) = command {
             worker.waiting = Waiting::Object { call };
@@ -856,10 +908,13 @@ impl Checkout {
                     world.object(key);
                     world.kv[usize::from(key)] = Some(write.completed);
                 }
-                let (status, body, replayed, retry_after_secs) = match done.reply {
-                    Reply::Problem(p) => (p.status(), p.to_json(), false, p.retry_after_secs),
+                let (status, body, replayed, retry_after_secs, original_key) = match done.reply {
+                    Reply::Problem(p) => (p.status(), p.to_json(), false, p.retry_after_secs, None),
                     Reply::Stored { response, replayed } => {
-                        (response.status, response.body, replayed, None)
+                        (response.status, response.body, replayed, None, None)
+                    }
+                    Reply::OrderPaid { response, key } => {
+                        (response.status, response.body, true, None, Some(key))
                     }
                 };
                 world.send(Msg::Reply {
@@ -868,6 +923,7 @@ impl Checkout {
                     body,
                     replayed,
                     retry_after_secs,
+                    original_key,
                 });
             }
             other => unreachable!(
@@ -924,6 +980,24 @@ impl Checkout {
                 CommandResult::Status(d) => d,
                 other => unreachable!("{other:?}"),
             })),
+            (Step::BeginOrder(s), Heard::Object(r)) => s.handle_begin(
+                r.map(|a| match a {
+                    CommandResult::Order(d) => d,
+                    other => unreachable!("{other:?}"),
+                }),
+                now,
+            ),
+            (Step::AskAttempt(s), Heard::Object(r)) => s.handle_status(r.map(|a| match a {
+                CommandResult::Status(d) => d,
+                other => unreachable!("{other:?}"),
+            })),
+            (Step::SettleOrder(s), Heard::Object(r)) => s.handle_settled(
+                r.map(|a| match a {
+                    CommandResult::Order(d) => d,
+                    other => unreachable!("{other:?}"),
+                }),
+                now,
+            ),
             (Step::Lookup(s), Heard::Backend(r)) => {
                 let outcome = match r {
                     Some(answer) => classify_lookup(answer.status, &answer.body),
@@ -967,6 +1041,26 @@ impl Checkout {
     ) -> Result<Option<CommandResult>, NoSuchWrite> {
         let policy = self.config.key_policy();
         let now = ms(world.now);
+        if key == ORDER_OBJECT {
+            let mut order = world.order.clone();
+            let decision = match command {
+                Command::Begin(attempt) => order.begin(&attempt, now),
+                Command::SettleOrder(asked, found, attempt) => {
+                    order.settle(&asked, found, &attempt, now, &policy)
+                }
+                other => unreachable!("{other:?} to the order's object"),
+            };
+            // One write: a crash before it changes nothing.
+            let writes = usize::from(order != world.order);
+            return match crash {
+                Some(i) if i >= writes => Err(NoSuchWrite),
+                Some(_) => Ok(None),
+                None => {
+                    world.order = order;
+                    Ok(Some(CommandResult::Order(decision)))
+                }
+            };
+        }
         let fresh = token(world.now, (u16::from(caller.0) << 8) | u16::from(caller.1));
         let before = world.object(key).record.clone();
         let mut record = before.clone();
@@ -984,6 +1078,7 @@ impl Checkout {
                 CommandResult::Held(record.abandon(token, ran, now, &policy))
             }
             Command::Status => CommandResult::Status(record.status(now, &policy)),
+            other => unreachable!("{other:?} to a key's object"),
         };
         let changed = record != before;
         Ok(world
@@ -1124,7 +1219,12 @@ impl Checkout {
                 body,
                 replayed,
                 retry_after_secs,
+                original_key,
             } => {
+                if req == SECOND_DEVICE_REQ {
+                    world.second_told = Some((status, body));
+                    return Ok(());
+                }
                 let Some((awaited, _, exchange)) = world.page.waiting else {
                     return Ok(());
                 };
@@ -1142,6 +1242,7 @@ impl Checkout {
                     replayed,
                     retry_after_secs: retry_after_secs.map(u64::from),
                     payment_status: member("status"),
+                    original_key: original_key.as_deref(),
                 };
                 let now = world.now * 1000;
                 let policy = self.policy;
@@ -1322,6 +1423,9 @@ impl Model for Checkout {
             workers: Vec::new(),
             next_worker: 0,
             objects: Vec::new(),
+            order: OrderRecord::default(),
+            second_told: None,
+            second_sent: false,
             kv: Vec::new(),
             charges: Vec::new(),
             saved: Vec::new(),
@@ -1385,12 +1489,18 @@ impl Model for Checkout {
             // leaves an outcome unknown).
             if customer
                 && page.clicks_left > 0
-                && matches!(attempt.phase(), Phase::Refused { .. } | Phase::Unconfirmed)
+                && matches!(
+                    attempt.phase(),
+                    Phase::Refused { .. } | Phase::Unconfirmed | Phase::OtherDevice
+                )
             {
                 actions.push(Action::Click);
             }
             if customer && page.reloads_left > 0 && page.waiting.is_some() {
                 actions.push(Action::Reload);
+            }
+            if customer && self.second_device && !world.second_sent {
+                actions.push(Action::SecondDevice);
             }
             if attempt.poll_timeout().is_some_and(|at| at <= now_ms.0) {
                 actions.push(Action::WidgetTimer);
@@ -1515,6 +1625,15 @@ impl Model for Checkout {
                 }
                 self.alarm(&mut world, key, crash).ok()?;
             }
+            Action::SecondDevice => {
+                world.second_sent = true;
+                world.send(Msg::Request {
+                    req: SECOND_DEVICE_REQ,
+                    key: SECOND_DEVICE_KEY,
+                    exchange: Exchange::Order,
+                    token_expires: FOREVER_SECS,
+                });
+            }
         }
         world.note_recorded();
         Some(world)
@@ -1536,6 +1655,13 @@ impl Model for Checkout {
                     Some(Phase::Placed { body, .. }) => {
                         w.charges.iter().any(|c| *body == intent(c.id))
                     }
+                    _ => true,
+                },
+            ),
+            Property::always(
+                "a second device told 'paid' was told of the order's charge",
+                |_: &Checkout, w: &World| match &w.second_told {
+                    Some((200, body)) => w.charges.iter().any(|c| *body == intent(c.id)),
                     _ => true,
                 },
             ),
@@ -1590,6 +1716,21 @@ impl Model for Checkout {
                 |model: &Checkout, w: &World| {
                     w.now >= model.fault_horizon.max(model.customer_horizon)
                         && settled(w, model.scenario == Scenario::Outage)
+                },
+            ),
+            Property::sometimes(
+                "a second device is told of the order paid on the first",
+                |model: &Checkout, w: &World| {
+                    !model.second_device
+                        || matches!(&w.second_told, Some((200, body))
+                            if w.charges.iter().any(|c| c.key != SECOND_DEVICE_KEY && *body == intent(c.id)))
+                },
+            ),
+            Property::sometimes(
+                "a second device waits while the first attempt is in progress",
+                |model: &Checkout, w: &World| {
+                    !model.second_device
+                        || matches!(&w.second_told, Some((409, body)) if body.contains("order-in-progress"))
                 },
             ),
             Property::sometimes("an order is placed", |_: &Checkout, w: &World| {
@@ -1795,7 +1936,15 @@ fn summarize(msg: &Msg) -> String {
                     }
                 ),
                 Command::Status => "status".to_owned(),
+                Command::Begin(a) => format!("begin the order for key {}", a.key),
+                Command::SettleOrder(asked, found, a) => format!(
+                    "settle the order's attempt under key {} with {found:?}, for key {}",
+                    asked.key, a.key
+                ),
             };
+            if *key == ORDER_OBJECT {
+                return format!("worker {worker} -> the order's object: {command}");
+            }
             format!("worker {worker} -> object {key}: {command}")
         }
         Msg::Answered { worker, answer, .. } => format!("object -> worker {worker}: {answer:?}"),

@@ -1,7 +1,8 @@
 //! The model check's bounded run, part of `make test`: both backends in the
 //! base scenario with up to two faults in the first 4 s, explored to 14 s,
-//! and the lookup outage with one: about 45 s on two cores (`-- --nocapture`
-//! prints the states each explored). `make model` runs every scenario
+//! the lookup outage with one, and the same order from two devices with one:
+//! about 90 s on two cores (`-- --nocapture` prints the states each
+//! explored). `make model` runs every scenario
 //! deeper. It runs optimised (`cargo test --release -p chargeonce-model`, as
 //! `make test` does): a debug build would take minutes.
 #![allow(missing_docs)]
@@ -38,6 +39,7 @@ fn run(backend: Backend, scenario: Scenario, faults: u8, horizon: u64) {
 fn exactly_once_holds_in_front_of_a_naive_backend() {
     run(Backend::Naive, Scenario::Base, 2, 14);
     run(Backend::Naive, Scenario::Outage, 1, 18);
+    run(Backend::Naive, Scenario::TwoDevices, 1, 14);
 }
 
 #[test]
@@ -48,4 +50,5 @@ fn exactly_once_holds_in_front_of_a_naive_backend() {
 fn exactly_once_holds_in_front_of_a_backend_that_keeps_keys() {
     run(Backend::KeepsKeys, Scenario::Base, 2, 14);
     run(Backend::KeepsKeys, Scenario::Outage, 1, 18);
+    run(Backend::KeepsKeys, Scenario::TwoDevices, 1, 14);
 }

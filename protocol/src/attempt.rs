@@ -152,6 +152,10 @@ pub enum Phase {
         body: String,
         /// Whether the edge replayed it.
         replayed: bool,
+        /// The key the order was paid under, when it was another attempt's
+        /// (another device, a private window): the edge's
+        /// `Original-Idempotency-Key`.
+        original_key: Option<String>,
     },
     /// The payment awaits the customer's authentication with their bank
     /// (3-D Secure): nothing is charged until they do. The page's handler
@@ -177,6 +181,11 @@ pub enum Phase {
     /// Another tab is placing this order, so this one sent nothing. The next
     /// submit tries again with the same key (which the tabs share).
     OtherTab,
+    /// Another device's attempt at this order (same customer and order,
+    /// another key) was still in progress when the time budget ran out.
+    /// Nothing was charged under this key; the next submit asks again with
+    /// it, and gets that attempt's outcome once it is over.
+    OtherDevice,
 }
 
 /// Why a retry was needed.
@@ -186,6 +195,9 @@ pub enum RetryReason {
     ConnectionLost,
     /// The server answered that it is busy or the key is in use.
     ServerBusy,
+    /// Another device's attempt at the order is in progress (409
+    /// `order-in-progress`).
+    OtherDevice,
 }
 
 impl RetryReason {
@@ -195,11 +207,12 @@ impl RetryReason {
         match self {
             Self::ConnectionLost => "connection_lost",
             Self::ServerBusy => "server_busy",
+            Self::OtherDevice => "other_device",
         }
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        [Self::ConnectionLost, Self::ServerBusy]
+        [Self::ConnectionLost, Self::ServerBusy, Self::OtherDevice]
             .into_iter()
             .find(|r| r.as_str() == name)
     }
@@ -245,6 +258,9 @@ pub struct EdgeResponse<'a> {
     /// The body's `status` member, if the shell found one: a PaymentIntent's
     /// status, which says what a 2xx means ([`payment::outcome_of`]).
     pub payment_status: Option<&'a str>,
+    /// The `Original-Idempotency-Key` header: the order was paid under that
+    /// key, another attempt's.
+    pub original_key: Option<&'a str>,
 }
 
 impl<'a> EdgeResponse<'a> {
@@ -259,6 +275,7 @@ impl<'a> EdgeResponse<'a> {
             replayed: false,
             retry_after_secs: None,
             payment_status: None,
+            original_key: None,
         }
     }
 
@@ -402,6 +419,7 @@ impl Attempt {
                 self.phase = Phase::Placed {
                     body: response.body.to_owned(),
                     replayed: response.replayed,
+                    original_key: response.original_key.map(str::to_owned),
                 };
                 Next::Stop
             }
@@ -448,6 +466,22 @@ impl Attempt {
         match response.status {
             200..=299 => self.handle_success(response, true),
             _ if response.token_expired() => self.need_token(Exchange::Order, now_ms, policy),
+            // The order was paid under another key, for another total:
+            // nothing was charged now, and nothing will be.
+            409 if response.problem == Some(ProblemType::OrderAlreadyPaid) => {
+                self.refuse(409, response.message);
+                Next::Stop
+            }
+            // Another device's attempt at the order is in progress: wait
+            // for its outcome as for a lease, for as long as the budget
+            // allows.
+            409 if response.problem == Some(ProblemType::OrderInProgress) => {
+                let wait = Wait {
+                    reason: RetryReason::OtherDevice,
+                    ..wait(false)
+                };
+                self.schedule(wait, now_ms, jitter, policy)
+            }
             // Another request holds the key: its `Retry-After` is when its
             // lease ends, and waiting it out is not a failed retry.
             409 => self.schedule(wait(false), now_ms, jitter, policy),
@@ -669,15 +703,24 @@ impl Attempt {
             ),
             Phase::Offline { then } => (format!("offline {}", then.as_str()), ""),
             Phase::NeedsToken { then } => (format!("needs_token {}", then.as_str()), ""),
-            Phase::Placed { body, replayed } => {
-                (format!("placed {}", u8::from(*replayed)), body.as_str())
-            }
+            Phase::Placed {
+                body,
+                replayed,
+                original_key,
+            } => (
+                match original_key {
+                    Some(key) => format!("placed {} {key}", u8::from(*replayed)),
+                    None => format!("placed {}", u8::from(*replayed)),
+                },
+                body.as_str(),
+            ),
             // Stored as in flight: a reload settles it through the status
             // lookup, which answers with the intent again (or its outcome).
             Phase::ActionRequired { .. } => ("sending".to_owned(), ""),
             Phase::Refused { status, message } => (format!("refused {status}"), message.as_str()),
             Phase::Unconfirmed => ("unconfirmed".to_owned(), ""),
             Phase::OtherTab => ("other_tab".to_owned(), ""),
+            Phase::OtherDevice => ("other_device".to_owned(), ""),
         };
         format!(
             "{STORAGE_VERSION}\n{}\n{}\n{}\n{}\n{phase}\n{rest}",
@@ -719,9 +762,10 @@ impl Attempt {
             ("needs_token", Some(exchange), None, None) => Phase::NeedsToken {
                 then: Exchange::from_name(exchange)?,
             },
-            ("placed", Some(replayed @ ("0" | "1")), None, None) => Phase::Placed {
+            ("placed", Some(replayed @ ("0" | "1")), original_key, None) => Phase::Placed {
                 body: rest,
                 replayed: replayed == "1",
+                original_key: original_key.map(str::to_owned),
             },
             ("refused", Some(status), None, None) => Phase::Refused {
                 status: status.parse().ok()?,
@@ -729,6 +773,7 @@ impl Attempt {
             },
             ("unconfirmed", None, None, None) => Phase::Unconfirmed,
             ("other_tab", None, None, None) => Phase::OtherTab,
+            ("other_device", None, None, None) => Phase::OtherDevice,
             _ => return None,
         };
         if words.next().is_some() {
@@ -805,7 +850,13 @@ impl Attempt {
         let until_ms = now_ms + policy.next_delay_ms(retry, jitter, wait.retry_after_ms);
         let over_budget = until_ms.saturating_sub(self.started_at_ms) > policy.max_total_ms;
         if (wait.counts && retry > policy.max_retries) || over_budget {
-            self.phase = Phase::Unconfirmed;
+            // Waiting on another device is no doubt about this key: it
+            // charged nothing.
+            self.phase = if wait.reason == RetryReason::OtherDevice {
+                Phase::OtherDevice
+            } else {
+                Phase::Unconfirmed
+            };
             return Next::Stop;
         }
         self.phase = Phase::Backoff {
@@ -1282,7 +1333,8 @@ mod tests {
             reloaded.phase(),
             &Phase::Placed {
                 body: r#"{"id":"pi_1"}"#.into(),
-                replayed: true
+                replayed: true,
+                original_key: None,
             }
         );
         // A stored refusal (a decline, or a final "not charged") is final too.
@@ -1385,6 +1437,80 @@ mod tests {
         assert_eq!(a.handle_response(&long, now, 0.0, &p), Next::Stop);
         assert_eq!(a.phase(), &Phase::Unconfirmed);
         assert_eq!(a.key(), "key-1");
+    }
+
+    #[test]
+    fn another_devices_attempt_is_waited_for_and_then_its_paid_order_is_shown() {
+        let p = policy();
+        let mut a = fresh(0);
+        let in_progress = EdgeResponse {
+            retry_after_secs: Some(2),
+            problem: Some(ProblemType::OrderInProgress),
+            ..EdgeResponse::new(409, "{}")
+        };
+        assert_eq!(a.handle_response(&in_progress, 0, 0.0, &p), Next::Wait);
+        assert!(matches!(
+            a.phase(),
+            Phase::Backoff {
+                reason: RetryReason::OtherDevice,
+                ..
+            }
+        ));
+        assert_eq!(a.poll_timeout(), Some(2_000));
+        assert!(matches!(a.handle_timeout(2_000, true), Next::Send { .. }));
+        // The other device's attempt was paid: its answer, under its key.
+        let paid = EdgeResponse {
+            replayed: true,
+            original_key: Some("phone-key-0001"),
+            payment_status: Some("succeeded"),
+            ..EdgeResponse::new(200, r#"{"id":"pi_1","status":"succeeded"}"#)
+        };
+        assert_eq!(a.handle_response(&paid, 2_100, 0.0, &p), Next::Stop);
+        assert_eq!(
+            a.phase(),
+            &Phase::Placed {
+                body: r#"{"id":"pi_1","status":"succeeded"}"#.into(),
+                replayed: true,
+                original_key: Some("phone-key-0001".into()),
+            }
+        );
+        assert_eq!(a.key(), "key-1", "the page's own key is kept");
+    }
+
+    #[test]
+    fn another_device_still_placing_the_order_past_the_budget_is_said_so_not_unconfirmed() {
+        let p = policy();
+        let mut a = fresh(0);
+        // Longer than the whole time budget (60 s).
+        let long = EdgeResponse {
+            retry_after_secs: Some(61),
+            problem: Some(ProblemType::OrderInProgress),
+            ..EdgeResponse::new(409, "{}")
+        };
+        assert_eq!(a.handle_response(&long, 0, 0.0, &p), Next::Stop);
+        assert_eq!(a.phase(), &Phase::OtherDevice);
+        assert!(!a.is_busy());
+        // The next click asks again with the same key.
+        let (again, next) = Attempt::submit(Some(a), FP, 1_000, true, || "key-2".into());
+        assert_eq!(
+            next,
+            Next::Send {
+                key: "key-1".into()
+            }
+        );
+        assert_eq!(again.phase(), &Phase::Sending);
+    }
+
+    #[test]
+    fn an_order_paid_for_another_total_is_a_final_refusal() {
+        let mut a = fresh(0);
+        let paid = EdgeResponse {
+            problem: Some(ProblemType::OrderAlreadyPaid),
+            message: Some("already paid"),
+            ..EdgeResponse::new(409, "{}")
+        };
+        assert_eq!(a.handle_response(&paid, 0, 0.0, &policy()), Next::Stop);
+        assert!(matches!(a.phase(), Phase::Refused { status: 409, .. }));
     }
 
     #[test]
@@ -1520,6 +1646,17 @@ mod tests {
             Phase::Placed {
                 body: "{\"id\":\"pi_1\",\n\"x\":1}".into(),
                 replayed: true,
+                original_key: None,
+            },
+            Phase::Placed {
+                body: "{\"id\":\"pi_2\"}".into(),
+                replayed: true,
+                original_key: Some("phone-key-0001".into()),
+            },
+            Phase::Backoff {
+                until_ms: 9,
+                reason: RetryReason::OtherDevice,
+                then: Exchange::Order,
             },
             Phase::Refused {
                 status: 402,
@@ -1527,6 +1664,7 @@ mod tests {
             },
             Phase::Unconfirmed,
             Phase::OtherTab,
+            Phase::OtherDevice,
         ];
         for phase in phases {
             let a = Attempt { phase, ..fresh(7) };

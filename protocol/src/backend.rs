@@ -446,6 +446,20 @@ pub fn unsettled_intent(response: &StoredResponse) -> Option<String> {
         .flatten()
 }
 
+/// What a key's final answer says the money did: a 2xx by its intent's
+/// `status` ([`payment::outcome_of`]; placed when it names none);
+/// any other final answer (a refusal, a decline, "not charged") charged
+/// nothing.
+pub fn response_outcome(response: &StoredResponse) -> PaymentOutcome {
+    if !(200..300).contains(&response.status) {
+        return PaymentOutcome::Refused;
+    }
+    let status = serde_json::from_str::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|body| body.get("status")?.as_str().map(str::to_owned));
+    payment::outcome_of(status.as_deref())
+}
+
 /// Reads the refresh of the stored answer `stored` (whose intent is
 /// `intent_id`): the intent as it is now, as the key's new answer (status
 /// 200, compact JSON for the passthrough list, the backend's bytes for

@@ -5,20 +5,26 @@
 //! until [`Step::Done`]. Each step owns the flow's state and is consumed by
 //! its handler, so results cannot be fed out of order. Every decision of the
 //! request path is here: the order of the contract's checks, when KV is
-//! trusted, what a claim's decision means, when to reconcile, that the order
-//! token's freshness is checked only before a forward (a stored answer is
-//! replayed whatever the token's age), and how each backend outcome ends the
-//! claim. The property test and the model check drive this same type.
+//! trusted, what a claim's decision means, when to reconcile, that every
+//! forward first asks the order's record (one order, one charge, whatever
+//! the keys), that the order token's freshness is checked only before a
+//! forward (a stored answer is replayed whatever the token's age), and how
+//! each backend outcome ends the claim. The property test and the model
+//! check drive this same type.
 //!
 //! ```text
 //! POST /v1/orders:
-//!   ReadBody ─▶ ReadCache ─▶ Claim ─┬──────────────────────────┬─▶ Forward ─▶ Complete ─▶ Done
-//!                   │            │  └─▶ Lookup ─▶ Settle ──────┘      │     ├▶ Release ─▶ Done
-//!                   │            │                                    │     └▶ Abandon ─▶ Done
+//!   ReadBody ─▶ ReadCache ─▶ Claim ─┬────────────────────────┬─▶ BeginOrder ─┬───────────────────────────┬─▶ Forward
+//!                   │            │  └─▶ Lookup ─▶ Settle ────┘       │       └▶ AskAttempt ─▶ SettleOrder ┤
+//!                   │            │                                   │          (another key's attempt)  │
+//!                   │            │                                   └── paid, or in progress ───────────┴─▶ Release ─▶ Done
 //!                   └─ hit ──────┴─ replay, mismatch, in flight ─▶ Done
 //!                                   └─ replay of an intent that may have changed:
 //!                                      Refresh ─┬─ unchanged ─▶ Done
 //!                                               └─ changed ─▶ SaveRefresh ─▶ Done
+//!   Forward ─┬─▶ Complete ─▶ Done
+//!            ├─▶ Release ─▶ Done   (nothing was charged)
+//!            └─▶ Abandon ─▶ Done   (the outcome is unknown)
 //! GET /v1/orders (status lookup, never forwards):
 //!   ReadCache ─▶ QueryStatus ─▶ Done
 //! ```
@@ -30,6 +36,7 @@ use crate::backend::{
 use crate::config::EdgeConfig;
 use crate::fingerprint::Fingerprint;
 use crate::key::{IdempotencyKey, ScopedKey};
+use crate::order_record::{self, AttemptFinding, OrderAttempt, OrderDecision, OrderTerms};
 use crate::problem::{Problem, ProblemType};
 use crate::record::{
     ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Refreshed, Settlement,
@@ -77,6 +84,15 @@ pub enum Reply {
         /// Whether to send `Idempotent-Replayed: true`.
         replayed: bool,
     },
+    /// The order's paid answer, for a request under another key: sent as a
+    /// replay (`Idempotent-Replayed: true`) that names the key it was paid
+    /// under in `Original-Idempotency-Key`.
+    OrderPaid {
+        /// The paid attempt's answer, byte for byte.
+        response: StoredResponse,
+        /// The `Idempotency-Key` it was paid under.
+        key: String,
+    },
 }
 
 /// The flow's end: the reply, and a final answer to copy to KV.
@@ -111,6 +127,13 @@ pub enum Step {
     ReadCache(ReadCache),
     /// Ask the key's object to decide and claim.
     Claim(Claim),
+    /// Ask the order's object whether this attempt may have the order.
+    BeginOrder(BeginOrder),
+    /// Ask the object of the key whose attempt holds the order what became
+    /// of it.
+    AskAttempt(AskAttempt),
+    /// Tell the order's object what that key said.
+    SettleOrder(SettleOrder),
     /// Ask the backend whether it charged under the key.
     Lookup(Lookup),
     /// Tell the key's object what the lookup found.
@@ -140,6 +163,9 @@ impl Step {
             Self::ReadBody(_) => "read",
             Self::ReadCache(_) => "kv",
             Self::Claim(_) => "claim",
+            Self::BeginOrder(_) => "order",
+            Self::AskAttempt(_) => "ask-attempt",
+            Self::SettleOrder(_) => "settle-order",
             Self::Lookup(_) => "lookup",
             Self::Settle(_) => "settle",
             Self::Forward(_) => "backend",
@@ -169,14 +195,26 @@ fn replay(response: StoredResponse) -> Step {
     })
 }
 
-fn store_unavailable() -> Step {
-    problem(
+fn store_unavailable_reply() -> Reply {
+    Reply::Problem(
         Problem::new(
             ProblemType::StoreUnavailable,
             "the idempotency store is unavailable, so the order was not forwarded; retry with the same key",
         )
         .retry_after(1),
     )
+}
+
+fn store_unavailable() -> Step {
+    done(store_unavailable_reply())
+}
+
+fn order_in_progress(retry_after_secs: u32) -> Problem {
+    Problem::new(
+        ProblemType::OrderInProgress,
+        "this order (customer and order_ref) is being placed under another Idempotency-Key, or that attempt's outcome is being confirmed or awaits the customer's authentication; nothing was forwarded; retry with the same key to get its outcome",
+    )
+    .retry_after(retry_after_secs)
 }
 
 fn mismatch() -> Step {
@@ -477,7 +515,7 @@ impl Claim {
                 checked: self.checked,
                 token,
             }
-            .forward(self.asked_at, now),
+            .begin_order(self.asked_at, now),
             Ok(Decision::Replay { response }) => {
                 replay_or_refresh(self.checked.refresh_target(), response)
             }
@@ -498,6 +536,68 @@ struct Held {
 }
 
 impl Held {
+    /// Every forward asks for the order first, unless the order token has
+    /// expired: an attempt that cannot be forwarded never touches the order.
+    fn begin_order(self, asked_at: UnixMs, now: UnixMs) -> Step {
+        if let Err(e) = self.checked.claims.check_fresh(now.as_secs()) {
+            return self.release(Reply::Problem(e.to_problem()));
+        }
+        Step::BeginOrder(BeginOrder {
+            held: self,
+            asked_at,
+        })
+    }
+
+    /// Gives the key back with `reply`: nothing was forwarded.
+    fn release(self, reply: Reply) -> Step {
+        Step::Release(Release {
+            token: self.token,
+            reply,
+        })
+    }
+
+    /// This attempt, as the order's record knows it.
+    fn attempt(&self) -> OrderAttempt {
+        OrderAttempt {
+            key: self.checked.request.key.key().as_str().to_owned(),
+            token: self.token,
+            terms: OrderTerms::of(&self.checked.claims),
+        }
+    }
+
+    /// Acts on what the order's record said to this attempt: forward, or
+    /// give the key back with the order's answer.
+    fn follow_order(self, decided: OrderDecision, asked_at: UnixMs, now: UnixMs) -> Step {
+        match decided {
+            OrderDecision::Attempt => self.forward(asked_at, now),
+            OrderDecision::Ask { attempt } => {
+                let key = match IdempotencyKey::parse(Some(&attempt.key)) {
+                    Ok(key) => key,
+                    Err(_) => return self.release(store_unavailable_reply()),
+                };
+                let name = ScopedKey::new(Some(&self.checked.claims.customer), key).storage_name();
+                Step::AskAttempt(AskAttempt {
+                    held: self,
+                    asked_at,
+                    attempt,
+                    name,
+                })
+            }
+            OrderDecision::InProgress { retry_after_secs } => {
+                self.release(Reply::Problem(order_in_progress(retry_after_secs)))
+            }
+            OrderDecision::Paid { key, response } => {
+                self.release(Reply::OrderPaid { response, key })
+            }
+            OrderDecision::PaidOtherTerms { key } => self.release(Reply::Problem(Problem::new(
+                ProblemType::OrderAlreadyPaid,
+                format!(
+                    "this order (customer and order_ref) was already paid under Idempotency-Key {key}, for another amount or currency; nothing was charged. A second charge for one order needs a new order_ref"
+                ),
+            ))),
+        }
+    }
+
     /// Forwards under a lease asked for at `asked_at`, unless the order
     /// token has expired (a stored answer is replayed whatever the token's
     /// age, but nothing is charged on an expired one) or too little of the
@@ -507,20 +607,16 @@ impl Held {
     fn forward(self, asked_at: UnixMs, now: UnixMs) -> Step {
         let config = &self.checked.config;
         if now.plus(config.backend_timeout) >= asked_at.plus(config.lease) {
-            return Step::Release(Release {
-                token: self.token,
-                problem: Problem::new(
+            return self.release(Reply::Problem(
+                Problem::new(
                     ProblemType::StoreUnavailable,
                     "the idempotency store confirmed the claim too late to forward within its lease; nothing was forwarded; retry with the same key",
                 )
                 .retry_after(1),
-            });
+            ));
         }
         if let Err(e) = self.checked.claims.check_fresh(now.as_secs()) {
-            return Step::Release(Release {
-                token: self.token,
-                problem: e.to_problem(),
-            });
+            return self.release(Reply::Problem(e.to_problem()));
         }
         let backend_key = self.checked.request.key.backend_key();
         let config = &self.checked.config;
@@ -534,6 +630,118 @@ impl Held {
             request,
             backend_key,
         })
+    }
+}
+
+/// Asking the order's object for the order; then
+/// [`BeginOrder::handle_begin`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BeginOrder {
+    held: Held,
+    /// When the key's claim was asked for: its lease counts from then.
+    asked_at: UnixMs,
+}
+
+impl BeginOrder {
+    /// The name of the order's object ([`order_record::storage_name`]).
+    pub fn name(&self) -> String {
+        order_record::storage_name(&self.held.checked.claims)
+    }
+
+    /// The attempt asking.
+    pub fn attempt(&self) -> OrderAttempt {
+        self.held.attempt()
+    }
+
+    /// Acts on the order's decision. Without one (the object failed),
+    /// nothing is forwarded: forwarding unguarded could pay the order twice.
+    pub fn handle_begin(self, decided: Result<OrderDecision, StoreFailure>, now: UnixMs) -> Step {
+        match decided {
+            Ok(decided) => self.held.follow_order(decided, self.asked_at, now),
+            Err(_) => self.held.release(store_unavailable_reply()),
+        }
+    }
+}
+
+/// Asking the object of the key whose attempt holds the order what became
+/// of that attempt; then [`AskAttempt::handle_status`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AskAttempt {
+    held: Held,
+    asked_at: UnixMs,
+    /// The attempt asked about.
+    attempt: OrderAttempt,
+    /// Its key's object ([`ScopedKey::storage_name`]).
+    name: String,
+}
+
+impl AskAttempt {
+    /// The name of the object of the key asked about.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The attempt asked about.
+    pub fn asked(&self) -> &OrderAttempt {
+        &self.attempt
+    }
+
+    /// Reads what the key's object says ([`crate::KeyRecord::status`]). An
+    /// attempt that is not over blocks the order, and the order's object
+    /// need not hear it.
+    pub fn handle_status(self, status: Result<KeyStatus, StoreFailure>) -> Step {
+        match status.map(AttemptFinding::of) {
+            Err(_) => self.held.release(store_unavailable_reply()),
+            Ok(AttemptFinding::NotOver { retry_after_secs }) => self
+                .held
+                .release(Reply::Problem(order_in_progress(retry_after_secs))),
+            Ok(found) => Step::SettleOrder(SettleOrder {
+                held: self.held,
+                asked_at: self.asked_at,
+                asked: self.attempt,
+                found,
+            }),
+        }
+    }
+}
+
+/// Telling the order's object what the attempt's key said; then
+/// [`SettleOrder::handle_settled`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SettleOrder {
+    held: Held,
+    asked_at: UnixMs,
+    asked: OrderAttempt,
+    found: AttemptFinding,
+}
+
+impl SettleOrder {
+    /// The name of the order's object.
+    pub fn name(&self) -> String {
+        order_record::storage_name(&self.held.checked.claims)
+    }
+
+    /// The attempt asked about.
+    pub fn asked(&self) -> &OrderAttempt {
+        &self.asked
+    }
+
+    /// What its key said.
+    pub fn found(&self) -> &AttemptFinding {
+        &self.found
+    }
+
+    /// The attempt asking.
+    pub fn attempt(&self) -> OrderAttempt {
+        self.held.attempt()
+    }
+
+    /// Acts on the order's decision, as [`BeginOrder::handle_begin`].
+    pub fn handle_settled(self, decided: Result<OrderDecision, StoreFailure>, now: UnixMs) -> Step {
+        match decided {
+            Ok(decided) => self.held.follow_order(decided, self.asked_at, now),
+            Err(_) => self.held.release(store_unavailable_reply()),
+        }
     }
 }
 
@@ -637,7 +845,9 @@ impl Settle {
                     replayed: false,
                 },
             }),
-            Ok(Settlement::Forward) => self.held.forward(self.asked_at, now),
+            // A key in doubt may never have asked for its order (its claim
+            // ran out before it did): it asks now, like any forward.
+            Ok(Settlement::Forward) => self.held.begin_order(self.asked_at, now),
             Ok(Settlement::Pending { retry_after_secs }) => in_flight(
                 "the outcome of an earlier request with this Idempotency-Key is being confirmed with the payment backend; nothing was forwarded; retry with the same key",
                 retry_after_secs,
@@ -695,7 +905,10 @@ impl Forward {
                 held: self.held,
                 response,
             }),
-            BackendOutcome::NotCharged(problem) => Step::Release(Release { token, problem }),
+            BackendOutcome::NotCharged(problem) => Step::Release(Release {
+                token,
+                reply: Reply::Problem(problem),
+            }),
             BackendOutcome::Unknown(problem) => Step::Abandon(Abandon {
                 token,
                 ran: true,
@@ -778,7 +991,7 @@ impl Complete {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Release {
     token: ClaimToken,
-    problem: Problem,
+    reply: Reply,
 }
 
 impl Release {
@@ -787,10 +1000,11 @@ impl Release {
         self.token
     }
 
-    /// Replies with the problem that ended the claim. A failed release
-    /// changes nothing for the client: the lease frees the key instead.
+    /// Replies with what ended the claim: a problem, or the order's paid
+    /// answer. A failed release changes nothing for the client: the lease
+    /// frees the key instead.
     pub fn handle_release(self, _released: Result<bool, StoreFailure>) -> Step {
-        problem(self.problem)
+        done(self.reply)
     }
 }
 

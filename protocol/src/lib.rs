@@ -11,7 +11,8 @@
 //! 4. [`request`]: the contract's first step, refusing bad requests in order.
 //!    [`token`]: the storefront's signature over what the customer pays.
 //! 5. [`record`]: the per-key state machine, its reconciliation of unknown
-//!    outcomes, and the edge's [`Decision`].
+//!    outcomes, and the edge's [`Decision`]. [`order_record`]: one order,
+//!    paid at most once whatever keys its attempts use.
 //! 6. [`backend`]: what the edge sends the payment backend and which answers
 //!    are final. [`payment`]: what a PaymentIntent's status means for the
 //!    customer.
@@ -38,6 +39,7 @@
 //! #     fn ask<T>(&self, _: &str) -> Result<T, flow::StoreFailure> { Err(flow::StoreFailure("offline".into())) }
 //! # }
 //! # let object = Object;
+//! # let order = Object;
 //! let config = EdgeConfig::from_vars(|name| std::env::var(name).ok()).expect("valid settings");
 //! let head = RequestHead { method: "POST", content_type: Some("application/json"), ..Default::default() };
 //! let mut step = flow::order(head, &config, flow::Secrets::default());
@@ -46,6 +48,9 @@
 //!         Step::ReadBody(s) => { let body = read_body(s.limit()); s.handle_body(body) }
 //!         Step::ReadCache(s) => s.handle_cached(None, now()),
 //!         Step::Claim(s) => s.handle_claim(object.ask("claim"), now()),
+//!         Step::BeginOrder(s) => s.handle_begin(order.ask("begin"), now()),
+//!         Step::AskAttempt(s) => s.handle_status(object.ask("status")),
+//!         Step::SettleOrder(s) => s.handle_settled(order.ask("settle"), now()),
 //!         Step::Lookup(s) => s.handle_lookup(LookupOutcome::NotCharged, now()),
 //!         Step::Settle(s) => s.handle_settlement(object.ask("settle"), now()),
 //!         Step::Forward(s) => {
@@ -66,7 +71,9 @@
 //!
 //! The key's object runs [`KeyRecord`]'s methods for `claim`, `settle`,
 //! `complete`, `release`, `abandon`, `refresh` and `status`, and its alarm
-//! reconciles an unknown key by itself ([`KeyRecord::begin_check`]).
+//! reconciles an unknown key by itself ([`KeyRecord::begin_check`]). The
+//! order's object runs [`OrderRecord`]'s `begin` and `settle`; `AskAttempt`
+//! asks another key's object for its `status`.
 
 pub mod attempt;
 pub mod backend;
@@ -75,6 +82,7 @@ pub mod fingerprint;
 pub mod flow;
 pub mod key;
 pub mod order;
+pub mod order_record;
 pub mod payment;
 pub mod problem;
 pub mod record;
@@ -93,6 +101,7 @@ pub use fingerprint::Fingerprint;
 pub use flow::Step;
 pub use key::{IdempotencyKey, KeyError, ScopedKey};
 pub use order::{Order, OrderDraft, OrderError};
+pub use order_record::{AttemptFinding, OrderAttempt, OrderDecision, OrderRecord, OrderTerms};
 pub use payment::{IntentStatus, PaymentOutcome};
 pub use problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 pub use record::{

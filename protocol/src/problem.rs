@@ -47,6 +47,12 @@ pub enum ProblemType {
     /// An earlier request with this key could not be confirmed, and the
     /// backend holds no charge for it: a final "not charged".
     AttemptNotCharged,
+    /// Another key's attempt at the same order (customer and `order_ref`)
+    /// is in flight, unknown or awaiting the customer's authentication.
+    OrderInProgress,
+    /// The order (customer and `order_ref`) is already paid, for other terms
+    /// than this request's.
+    OrderAlreadyPaid,
     /// A status lookup without an order token.
     AuthorizationRequired,
     /// A status lookup for a key that is claimed or being reconciled.
@@ -83,7 +89,7 @@ impl ProblemType {
             | Self::OrderTokenExpired
             | Self::OrderTokenMismatch
             | Self::OriginNotAllowed => 403,
-            Self::RequestInFlight => 409,
+            Self::RequestInFlight | Self::OrderInProgress | Self::OrderAlreadyPaid => 409,
             Self::BackendError => 502,
             Self::BackendUnavailable | Self::StoreUnavailable => 503,
             Self::BackendTimeout => 504,
@@ -107,6 +113,8 @@ impl ProblemType {
             Self::OriginNotAllowed => "Origin not allowed",
             Self::RequestInFlight => "A request with this Idempotency-Key is in progress",
             Self::AttemptNotCharged => "Attempt ended without a charge",
+            Self::OrderInProgress => "This order is being placed under another Idempotency-Key",
+            Self::OrderAlreadyPaid => "This order is already paid",
             Self::AuthorizationRequired => "Order token required",
             Self::OrderPending => "Order pending",
             Self::OrderNotFound => "No order under this Idempotency-Key",
@@ -133,6 +141,8 @@ impl ProblemType {
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::RequestInFlight => "request-in-flight",
             Self::AttemptNotCharged => "attempt-not-charged",
+            Self::OrderInProgress => "order-in-progress",
+            Self::OrderAlreadyPaid => "order-already-paid",
             Self::AuthorizationRequired => "authorization-required",
             Self::OrderPending => "order-pending",
             Self::OrderNotFound => "order-not-found",
@@ -145,7 +155,7 @@ impl ProblemType {
     }
 
     /// Every problem type, for lookups by URI.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 23] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::UnsupportedMediaType,
@@ -159,6 +169,8 @@ impl ProblemType {
         Self::OriginNotAllowed,
         Self::RequestInFlight,
         Self::AttemptNotCharged,
+        Self::OrderInProgress,
+        Self::OrderAlreadyPaid,
         Self::AuthorizationRequired,
         Self::OrderPending,
         Self::OrderNotFound,
@@ -187,6 +199,7 @@ impl ProblemType {
         matches!(
             self,
             Self::RequestInFlight
+                | Self::OrderInProgress
                 | Self::OrderPending
                 | Self::BackendError
                 | Self::BackendUnavailable

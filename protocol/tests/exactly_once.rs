@@ -32,8 +32,8 @@ use chargeonce_protocol::backend::{
 };
 use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StoreFailure};
 use chargeonce_protocol::{
-    ClaimToken, Completed, EdgeConfig, KeyPolicy, KeyRecord, OrderClaims, RequestHead, Step,
-    StoredResponse, TransportFailure, UnixMs,
+    ClaimToken, Completed, EdgeConfig, KeyPolicy, KeyRecord, OrderClaims, OrderDecision,
+    OrderRecord, RequestHead, Step, StoredResponse, TransportFailure, UnixMs,
 };
 use proptest::prelude::*;
 use std::time::Duration;
@@ -247,6 +247,8 @@ struct World {
     policy: KeyPolicy,
     now: UnixMs,
     record: KeyRecord,
+    /// The order's record: with one key, it always lets the key attempt.
+    order: OrderRecord,
     /// The KV copy of final answers, by object name.
     kv: Option<Completed>,
     workers: Vec<Worker>,
@@ -268,6 +270,7 @@ impl World {
             config,
             now: UnixMs(1_000_000),
             record: KeyRecord::default(),
+            order: OrderRecord::default(),
             kv: None,
             workers: Vec::new(),
             backend: Backend::default(),
@@ -344,6 +347,24 @@ impl World {
                 let fp = s.fingerprint().clone();
                 let decided = self.object(store, |r, now, fresh, p| r.claim(&fp, now, fresh, p));
                 s.handle_claim(decided, now)
+            }
+            Step::BeginOrder(s) => {
+                let decided = match store {
+                    StoreCall::Unreachable => Err(StoreFailure("unreachable".into())),
+                    _ => {
+                        let decided = self.order.begin(&s.attempt(), now);
+                        prop_assert_eq!(&decided, &OrderDecision::Attempt, "one key, one attempt");
+                        if store == StoreCall::ReplyLost {
+                            Err(StoreFailure("reply lost".into()))
+                        } else {
+                            Ok(decided)
+                        }
+                    }
+                };
+                s.handle_begin(decided, now)
+            }
+            step @ (Step::AskAttempt(_) | Step::SettleOrder(_)) => {
+                unreachable!("one key never asks about another: {step:?}")
             }
             Step::Lookup(s) => {
                 let (status, body) = if lookup_fails {

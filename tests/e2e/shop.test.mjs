@@ -284,3 +284,36 @@ shopTest("a declined card says so and charges nothing", async (s) => {
   await s.waitForStatus("Card declined");
   assert.equal((await chargesFor(await s.orderRef())).length, 0);
 });
+
+shopTest("the same order on a second device waits for the first and is shown as already placed, one charge", async (s) => {
+  // The first device's order takes a while at the backend.
+  await s.setNumber("chaos-latency", 2500);
+  await settle(s.page);
+  const orderRef = await s.orderRef();
+  // The shop's "second device" link: the same order and cart. A fresh
+  // browser context shares nothing with this one, as another device would.
+  const link = new URL(await s.page.locator("#second-device").getAttribute("href"));
+  assert.equal(link.searchParams.get("order"), orderRef);
+  const other = await browser.newContext();
+  try {
+    const phone = shop(await other.newPage());
+    await phone.page.goto(`${edge}/${link.search}`);
+    await phone.page.locator("#checkout button").waitFor();
+    assert.equal(await phone.orderRef(), orderRef);
+    await recordKeys(phone.page);
+    await s.placeOrder();
+    await s.waitForStatus("Placing order");
+    await phone.placeOrder();
+    await phone.waitForStatus("This order is being placed on another device.");
+    await s.waitForStatus("Order placed");
+    await phone.waitForStatus("This order was already placed.");
+    const [key] = await phone.sentKeys();
+    const charges = await chargesFor(orderRef);
+    assert.equal(charges.length, 1, "one order, one charge");
+    assert.notEqual(charges[0].idempotency_key, backendKey("cus_demo", key), "charged under the first device's key");
+    await phone.page.locator("#ledger-summary").filter({ hasText: "1 charge for 1 order, one each." }).waitFor();
+  } finally {
+    await other.close();
+    await simulator("faults", { latency_ms: 0 });
+  }
+});

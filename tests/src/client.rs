@@ -343,5 +343,9 @@ fn edge_response<'a>(
         replayed: received.replayed,
         retry_after_secs: received.retry_after_secs,
         payment_status: payment_status.as_deref(),
+        original_key: received
+            .headers
+            .get("Original-Idempotency-Key")
+            .and_then(|v| v.to_str().ok()),
     }
 }

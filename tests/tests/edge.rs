@@ -478,7 +478,7 @@ fn server_timing_names_each_step_a_request_waited_on(s: &Suite) {
         assert_eq!(first.status, 200);
         assert_eq!(
             timing_steps(&first),
-            ["read", "kv", "claim", "backend", "complete"],
+            ["read", "kv", "claim", "order", "backend", "complete"],
             "a first request waits on each of these once"
         );
         let again = s.post("timing-key-00000001", &body).await;
@@ -2120,6 +2120,238 @@ fn secrets_never_reach_a_response_a_log_or_the_store(s: &Suite) {
     assert!(searched > 0, "no stored state to search");
 }
 
+/// The order's paid answer under another key: a replay, byte for byte, that
+/// names the key it was paid under.
+fn assert_paid_under(reply: &Reply, paid: &Reply, key: &str) {
+    assert_eq!(
+        reply.status,
+        200,
+        "body: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(reply.replayed(), "the order's answer is a replay");
+    assert_eq!(reply.header("Original-Idempotency-Key"), Some(key));
+    assert_eq!(reply.body, paid.body, "the paid answer, byte for byte");
+}
+
+/// One order, two keys, one after the other (a phone, then a laptop; a
+/// private window; cleared storage): the second gets the first's paid answer
+/// and nothing is forwarded. The same order for another amount is refused:
+/// it is already paid.
+fn two_keys_for_one_order_in_turn_charge_once_and_the_second_is_a_replay(s: &Suite) {
+    s.block_on(async {
+        // A naive backend: nothing but the edge joins the two keys.
+        s.reset(json!({"honor_idempotency": false})).await;
+        let body = order("once-seq", 2500);
+        let first = s.post("once-seq-phone-0001", &body).await;
+        assert_eq!((first.status, first.replayed()), (200, false));
+        assert_eq!(first.header("Original-Idempotency-Key"), None);
+        let second = s.post("once-seq-laptop-001", &body).await;
+        assert_paid_under(&second, &first, "once-seq-phone-0001");
+        // Asked again, and by a third key: the same answer, still no charge.
+        let again = s.post("once-seq-laptop-001", &body).await;
+        assert_paid_under(&again, &first, "once-seq-phone-0001");
+        let third = s.post("once-seq-tablet-001", &body).await;
+        assert_paid_under(&third, &first, "once-seq-phone-0001");
+        // Another amount for the paid order needs a new order_ref.
+        let more = s
+            .post("once-seq-laptop-002", &order("once-seq", 2600))
+            .await;
+        let refused = more.problem(409);
+        assert!(refused["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(":order-already-paid"));
+        assert!(refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("once-seq-phone-0001"));
+        assert_eq!(more.header("Retry-After"), None);
+        let charges = s.charges("once-seq").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(first.json()["id"], charges[0].id);
+    });
+}
+
+/// One order, two keys at once: the second finds the first in flight and
+/// gets 409 `order-in-progress` with `Retry-After`; asked again once the
+/// first is paid, it gets the paid answer.
+fn two_keys_for_one_order_at_once_charge_once_and_the_other_waits(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false, "latency_ms": 1500}))
+            .await;
+        let body = order("once-par", 2700);
+        let other = s.post("once-par-tab-000002", &body);
+        let (first, second) = s
+            .while_posting(
+                "once-par-tab-000001",
+                &body,
+                Duration::from_millis(500),
+                other,
+            )
+            .await;
+        assert_eq!((first.status, first.replayed()), (200, false));
+        let waiting = second.problem(409);
+        assert!(waiting["type"]
+            .as_str()
+            .unwrap()
+            .ends_with(":order-in-progress"));
+        assert!(second.header("Retry-After").is_some());
+        let later = s.retry_past_409s("once-par-tab-000002", &body).await;
+        assert_paid_under(&later, &first, "once-par-tab-000001");
+        assert_eq!(s.charges("once-par").await.len(), 1);
+    });
+}
+
+/// A decline charges nothing: a new key for the order (another card) may
+/// try again, and it charges once.
+fn a_decline_then_a_new_key_for_the_order_charges_once(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let declined = s
+            .post(
+                "once-decl-key-0001",
+                &paid_with("once-decl", 1900, "pm_card_chargeDeclined"),
+            )
+            .await;
+        assert_eq!(declined.status, 402);
+        let placed = s
+            .post(
+                "once-decl-key-0002",
+                &paid_with("once-decl", 1900, "pm_card_visa"),
+            )
+            .await;
+        assert_eq!((placed.status, placed.replayed()), (200, false));
+        let charges = s.charges("once-decl").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(placed.json()["id"], charges[0].id);
+        // The declined key still replays its decline; the order is paid.
+        let old = s
+            .post(
+                "once-decl-key-0001",
+                &paid_with("once-decl", 1900, "pm_card_chargeDeclined"),
+            )
+            .await;
+        assert_eq!((old.status, old.replayed()), (402, true));
+    });
+}
+
+/// The first attempt's response is lost after the charge: its outcome is
+/// unknown, so a second key for the order waits (409 `order-in-progress`)
+/// instead of charging, until the first key's object has reconciled it by
+/// itself; then the second key gets that charge.
+fn an_unknown_attempt_blocks_its_order_until_reconciled_then_a_new_key_gets_its_charge(s: &Suite) {
+    s.block_on(async {
+        // The backend's search shows the charge 4 s late (within the
+        // settle window), so the first key stays unknown that long.
+        s.reset(json!({
+            "honor_idempotency": false,
+            "drop_after_commit_next": 1,
+            "search_lag_ms": 4_000
+        }))
+        .await;
+        let body = order("once-unk", 3100);
+        let lost = s.post("once-unk-key-000001", &body).await;
+        lost.problem(502);
+        assert_eq!(s.charges("once-unk").await.len(), 1);
+        // Until the first key's object has found the charge, the order is
+        // in progress; it never forwards the second key.
+        let deadline = std::time::Instant::now() + Duration::from_secs(SETTLE_SECS + 10);
+        let mut waited = 0;
+        let second = loop {
+            let reply = s.post("once-unk-key-000002", &body).await;
+            if reply.status != 409 {
+                break reply;
+            }
+            let refused = reply.problem(409);
+            assert!(
+                refused["type"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(":order-in-progress"),
+                "{refused}"
+            );
+            waited += 1;
+            assert!(std::time::Instant::now() < deadline, "never reconciled");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let charges = s.charges("once-unk").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(
+            second.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&second.body)
+        );
+        assert!(second.replayed());
+        assert_eq!(
+            second.header("Original-Idempotency-Key"),
+            Some("once-unk-key-000001")
+        );
+        assert_eq!(second.json()["id"], charges[0].id);
+        assert!(waited > 0, "the second key never waited for the first");
+        // The first key has the same answer, byte for byte.
+        let first = s.post("once-unk-key-000001", &body).await;
+        assert_eq!((first.replayed(), &first.body), (true, &second.body));
+    });
+}
+
+/// An unknown attempt that charged nothing settles as "not charged" after
+/// the settle window; then the order is free, and a new key charges once.
+fn an_unknown_attempt_that_charged_nothing_frees_its_order_once_settled(s: &Suite) {
+    s.block_on(async {
+        // A 500 once the request began to run, having charged nothing: the
+        // edge cannot tell, so the outcome is unknown.
+        s.reset(json!({"honor_idempotency": false, "fail_saved_next": 1}))
+            .await;
+        let body = order("once-none", 3200);
+        s.post("once-none-key-0001", &body).await.problem(502);
+        assert!(s.charges("once-none").await.is_empty());
+        s.post("once-none-key-0002", &body).await.problem(409);
+        let deadline = std::time::Instant::now() + Duration::from_secs(SETTLE_SECS + 20);
+        let placed = loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let reply = s.post("once-none-key-0002", &body).await;
+            if reply.status != 409 {
+                break reply;
+            }
+            assert!(std::time::Instant::now() < deadline, "never settled");
+        };
+        assert_eq!(
+            (placed.status, placed.replayed()),
+            (200, false),
+            "{}",
+            String::from_utf8_lossy(&placed.body)
+        );
+        let charges = s.charges("once-none").await;
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        let token = order_token("once-none", 3200, shop::CUSTOMER, now_secs() + 600);
+        let first = s.status("once-none-key-0001", &token).await;
+        assert_eq!((first.status, first.replayed()), (410, true));
+    });
+}
+
+/// An order is a customer's: two customers with one `order_ref` are two
+/// orders, each charged once.
+fn two_customers_with_one_order_ref_are_two_orders(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"honor_idempotency": false})).await;
+        let alice = signed_order_for("once-shared-ref", 800, "cus_alice");
+        let bob = signed_order_for("once-shared-ref", 800, "cus_bob");
+        let a = s.post("once-shared-alice-1", &alice).await;
+        let b = s.post("once-shared-bob-001", &bob).await;
+        assert_eq!((a.status, a.replayed()), (200, false));
+        assert_eq!((b.status, b.replayed()), (200, false));
+        assert_ne!(a.json()["id"], b.json()["id"]);
+        // Each customer's second key gets their own order's answer.
+        let a2 = s.post("once-shared-alice-2", &alice).await;
+        assert_paid_under(&a2, &a, "once-shared-alice-1");
+        let b2 = s.post("once-shared-bob-002", &bob).await;
+        assert_paid_under(&b2, &b, "once-shared-bob-001");
+        assert_eq!(s.charges("once-shared-ref").await.len(), 2);
+    });
+}
+
 fn main() {
     let args = Arguments::from_args();
     let options = StackOptions {
@@ -2162,6 +2394,12 @@ fn main() {
         a_key_in_use_at_the_backend_waits_like_a_lease_and_charges_once,
         a_rate_limited_forward_is_released_and_retried_into_one_charge,
         a_reconciling_forward_keeps_the_key_for_a_whole_lease,
+        two_keys_for_one_order_in_turn_charge_once_and_the_second_is_a_replay,
+        two_keys_for_one_order_at_once_charge_once_and_the_other_waits,
+        a_decline_then_a_new_key_for_the_order_charges_once,
+        an_unknown_attempt_blocks_its_order_until_reconciled_then_a_new_key_gets_its_charge,
+        an_unknown_attempt_that_charged_nothing_frees_its_order_once_settled,
+        two_customers_with_one_order_ref_are_two_orders,
         customers_never_see_each_others_results,
         the_quoted_key_form_is_the_same_key,
         malformed_requests_get_their_status_and_are_never_forwarded,

@@ -23,9 +23,13 @@
 //!
 //! After the run and a settle wait, every attempt left unconfirmed is picked
 //! up as a reload would: a status lookup first, which shows whether the edge
-//! settled the key on its own. Then the simulator's ledger is checked: one
-//! charge per attempt that was told it succeeded, none for a decline or a
-//! failed authentication, none charged twice, none left unknown. It prints a Markdown table and exits
+//! settled the key on its own. One customer in ten also opens the same order
+//! on a second device, which checks out at the same time under a key of its
+//! own, as a phone and a laptop would: the edge's order record must hold the
+//! order to one charge, and both devices must be told that charge. Then the
+//! simulator's ledger is checked: one charge per order that was told it
+//! succeeded, none for a decline or a failed authentication, none charged
+//! twice, none left unknown. It prints a Markdown table and exits
 //! non-zero on any double charge, loss or unresolved attempt.
 //!
 //! `cargo test -p chargeonce-tests --test soak` runs a small soak (part of
@@ -240,7 +244,8 @@ enum Outcome {
         status: u16,
         message: String,
     },
-    /// The retry budget ran out without an answer.
+    /// The retry budget ran out without an answer (or while another
+    /// device's attempt at the order was in progress).
     Unconfirmed,
 }
 
@@ -262,11 +267,19 @@ impl Outcome {
     }
 }
 
+/// The same order checked out on a second device, under its own key.
+struct SecondDevice {
+    order: PageOrder,
+    attempt: Attempt,
+    outcome: Outcome,
+}
+
 struct Checkout {
     order: PageOrder,
     card: Card,
     attempt: Attempt,
     outcome: Outcome,
+    second: Option<SecondDevice>,
     /// 200 bodies the parallel duplicates got; each must equal the answer.
     duplicate_bodies: Vec<String>,
     time_to_answer: Option<Duration>,
@@ -279,6 +292,8 @@ struct Tally {
     short_tokens: AtomicU64,
     /// Clicks after the edge settled an attempt as "not charged".
     clicks_again: AtomicU64,
+    /// Orders checked out on a second device too.
+    second_devices: AtomicU64,
 }
 
 /// One customer's checkout: a click (sometimes two), sometimes parallel
@@ -360,6 +375,56 @@ async fn checkout(
     } else {
         0
     };
+    // The same order on a second device, a moment later, with its own key
+    // and a token of its own; the customer answers the bank on whichever
+    // device asks.
+    let second = rng.random_bool(0.1).then(|| {
+        tally.second_devices.fetch_add(1, Ordering::Relaxed);
+        let (client, order_ref, customer) =
+            (Arc::clone(&client), order_ref.clone(), customer.clone());
+        let (delay_ms, key_seed, jitter_seed): (u64, u128, u64) =
+            (rng.random_range(0..300), rng.random(), rng.random());
+        let payment_method = card.payment_method();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let mut rng = StdRng::seed_from_u64(jitter_seed);
+            let mut order = PageOrder::new(
+                &order_ref,
+                amount,
+                &customer,
+                payment_method,
+                now_secs() + TOKEN_LIFETIME_SECS,
+            );
+            let (mut attempt, first) = Attempt::submit(None, &order_ref, now_ms(), true, || {
+                format!("{key_seed:032x}")
+            });
+            let life = Duration::from_secs(TOKEN_LIFETIME_SECS);
+            client
+                .drive(&mut attempt, first, &mut order, || rng.random(), life)
+                .await;
+            // Told "not charged", this customer too clicks again.
+            for _ in 0..3 {
+                if !Outcome::of(&attempt).not_charged() {
+                    break;
+                }
+                let fresh: u128 = rng.random();
+                let (again, next) =
+                    Attempt::submit(Some(attempt), &order_ref, now_ms(), true, || {
+                        format!("{fresh:032x}")
+                    });
+                attempt = again;
+                client
+                    .drive(&mut attempt, next, &mut order, || rng.random(), life)
+                    .await;
+            }
+            let outcome = Outcome::of(&attempt);
+            SecondDevice {
+                order,
+                attempt,
+                outcome,
+            }
+        })
+    });
     let parallel: Vec<_> = (0..duplicates)
         .map(|_| {
             let (client, key, body) = (Arc::clone(&client), key.clone(), order.body());
@@ -396,11 +461,16 @@ async fn checkout(
             }
         }
     }
+    let second = match second {
+        Some(task) => Some(task.await.unwrap()),
+        None => None,
+    };
     Checkout {
         order,
         card,
         attempt,
         outcome,
+        second,
         duplicate_bodies,
         time_to_answer,
     }
@@ -412,45 +482,50 @@ async fn checkout(
 async fn settle(
     client: &CheckoutClient,
     tally: &Tally,
-    checkout: &mut Checkout,
+    (attempt, order, outcome): (&mut Attempt, &mut PageOrder, &mut Outcome),
     rng: &mut StdRng,
 ) -> bool {
-    checkout
-        .order
-        .refresh_token(now_secs() + TOKEN_LIFETIME_SECS);
+    order.refresh_token(now_secs() + TOKEN_LIFETIME_SECS);
     let by_itself = client
-        .status(checkout.attempt.key(), checkout.order.token())
+        .status(attempt.key(), order.token())
         .await
         .is_some_and(|r| r.replayed);
     let life = Duration::from_secs(TOKEN_LIFETIME_SECS);
     for _ in 0..3 {
-        let next = match &checkout.outcome {
-            Outcome::Unconfirmed => checkout.attempt.resume(now_ms(), true),
-            outcome if outcome.not_charged() => {
+        let next = match &*outcome {
+            // A reload; or, for an attempt that gave up waiting on the
+            // order's other device, a click, which asks again with its key.
+            Outcome::Unconfirmed if attempt.phase() == &Phase::OtherDevice => {
+                let (again, next) = Attempt::submit(
+                    Some(attempt.clone()),
+                    order.order_ref(),
+                    now_ms(),
+                    true,
+                    String::new,
+                );
+                *attempt = again;
+                next
+            }
+            Outcome::Unconfirmed => attempt.resume(now_ms(), true),
+            refused if refused.not_charged() => {
                 let fresh: u128 = rng.random();
                 let (again, next) = Attempt::submit(
-                    Some(checkout.attempt.clone()),
-                    checkout.order.order_ref(),
+                    Some(attempt.clone()),
+                    order.order_ref(),
                     now_ms(),
                     true,
                     || format!("{fresh:032x}"),
                 );
-                checkout.attempt = again;
+                *attempt = again;
                 tally.clicks_again.fetch_add(1, Ordering::Relaxed);
                 next
             }
             _ => break,
         };
         client
-            .drive(
-                &mut checkout.attempt,
-                next,
-                &mut checkout.order,
-                || rng.random(),
-                life,
-            )
+            .drive(attempt, next, order, || rng.random(), life)
             .await;
-        checkout.outcome = Outcome::of(&checkout.attempt);
+        *outcome = Outcome::of(attempt);
     }
     by_itself
 }
@@ -619,10 +694,17 @@ fn main() -> ExitCode {
         let mut rng = StdRng::seed_from_u64(settings.seed);
         let mut settled_by_edge = 0;
         for checkout in checkouts.iter_mut() {
-            if matches!(checkout.outcome, Outcome::Unconfirmed)
-                && settle(&client, &tally, checkout, &mut rng).await
-            {
-                settled_by_edge += 1;
+            if matches!(checkout.outcome, Outcome::Unconfirmed) {
+                let device = (&mut checkout.attempt, &mut checkout.order, &mut checkout.outcome);
+                if settle(&client, &tally, device, &mut rng).await {
+                    settled_by_edge += 1;
+                }
+            }
+            if let Some(second) = checkout.second.as_mut() {
+                if matches!(second.outcome, Outcome::Unconfirmed) || second.outcome.not_charged() {
+                    let device = (&mut second.attempt, &mut second.order, &mut second.outcome);
+                    let _ = settle(&client, &tally, device, &mut rng).await;
+                }
             }
         }
         let lookups: LookupLog = sim_get(&http, &sim_url, "lookups").await;
@@ -667,6 +749,13 @@ fn main() -> ExitCode {
                 count(&tally.short_tokens),
                 count(&counters.token_refreshes),
                 settings.search_lag_ms,
+            ),
+        );
+        line(
+            "Orders checked out on two devices at once",
+            format!(
+                "{}, each device under its own key",
+                count(&tally.second_devices)
             ),
         );
         line(
@@ -776,6 +865,35 @@ fn main() -> ExitCode {
             Outcome::Unconfirmed => {
                 unresolved += 1;
                 wrong.push(format!("{order_ref}: still unconfirmed after settling"));
+            }
+        }
+        // The second device is told the order's one charge, or the same
+        // refusal its card earns.
+        if let Some(second) = &c.second {
+            match &second.outcome {
+                Outcome::Placed { body } => {
+                    let id = serde_json::from_str::<Value>(body)
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_owned));
+                    if made.len() != 1 || id.as_deref() != made.first().copied() {
+                        lost += 1;
+                        wrong.push(format!(
+                            "{order_ref}: the second device was told {id:?}, ledger {made:?}"
+                        ));
+                    }
+                }
+                Outcome::Refused { status: 402, .. } if c.card == Card::Declined => {}
+                Outcome::Refused { status: 200, .. }
+                    if c.card == (Card::ThreeDSecure { fails: true }) => {}
+                Outcome::Refused { status, message } => wrong.push(format!(
+                    "{order_ref}: the second device was refused {status}: {message}"
+                )),
+                Outcome::Unconfirmed => {
+                    unresolved += 1;
+                    wrong.push(format!(
+                        "{order_ref}: the second device is still unconfirmed after settling"
+                    ));
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use crate::events;
 use crate::options::{self, Checkout};
 use crate::storage;
 use crate::transport::{HttpAnswer, OrderPost, Ports, StatusLookup};
-use crate::view::{self, ViewState, OTHER_TAB, UNCONFIRMED};
+use crate::view::{self, ViewState, OTHER_DEVICE, OTHER_TAB, UNCONFIRMED};
 use chargeonce_protocol::{
     Attempt, EdgeResponse, Exchange, Next, Phase, ProblemType, RetryPolicy, RetryReason,
     PROBLEM_CONTENT_TYPE,
@@ -259,6 +259,7 @@ impl Widget {
             replayed: http.replayed,
             retry_after_secs: http.retry_after_secs,
             payment_status: read.payment_status.as_deref(),
+            original_key: http.original_key.as_deref(),
         };
         if exchange == Exchange::Order {
             return self.step(|a| a.handle_response(&response, now, jitter, policy));
@@ -445,9 +446,14 @@ impl Widget {
         };
         let key = attempt.key();
         let detail = match attempt.phase() {
-            Phase::Placed { body, replayed } => events::detail(&[
+            Phase::Placed {
+                body,
+                replayed,
+                original_key,
+            } => events::detail(&[
                 ("key", key.into()),
                 ("replayed", (*replayed).into()),
+                ("originalKey", original_key.as_deref().into()),
                 ("response", events::parsed(body)),
             ]),
             Phase::Refused { status, message } => events::detail(&[
@@ -456,16 +462,16 @@ impl Widget {
                 ("status", (*status).into()),
                 ("message", message.as_str().into()),
             ]),
-            Phase::Unconfirmed | Phase::OtherTab => events::detail(&[
+            Phase::Unconfirmed | Phase::OtherTab | Phase::OtherDevice => events::detail(&[
                 ("key", key.into()),
                 ("final", false.into()),
                 ("status", JsValue::NULL),
                 (
                     "message",
-                    if attempt.phase() == &Phase::OtherTab {
-                        OTHER_TAB
-                    } else {
-                        UNCONFIRMED
+                    match attempt.phase() {
+                        Phase::OtherTab => OTHER_TAB,
+                        Phase::OtherDevice => OTHER_DEVICE,
+                        _ => UNCONFIRMED,
                     }
                     .into(),
                 ),

@@ -53,6 +53,8 @@ pub struct HttpAnswer {
     pub replayed: bool,
     /// `Retry-After` in seconds, if sent as a number.
     pub retry_after_secs: Option<u64>,
+    /// `Original-Idempotency-Key`: the order was paid under that key.
+    pub original_key: Option<String>,
 }
 
 /// Why a request produced no answer. Both mean the outcome is unknown.
@@ -161,6 +163,7 @@ async fn fetch(
         let header = |name: &str| response.headers().get(name).ok().flatten();
         let replayed = header("Idempotent-Replayed").as_deref() == Some("true");
         let retry_after_secs = header("Retry-After").and_then(|v| v.trim().parse().ok());
+        let original_key = header("Original-Idempotency-Key");
         let content_type = header("Content-Type");
         let text = JsFuture::from(response.text().map_err(network)?)
             .await
@@ -171,6 +174,7 @@ async fn fetch(
             body: text.as_string().unwrap_or_default(),
             replayed,
             retry_after_secs,
+            original_key,
         })
     });
     let deadline = TimeoutFuture::new(u32::try_from(timeout_ms).unwrap_or(u32::MAX));

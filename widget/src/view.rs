@@ -35,6 +35,19 @@ pub const UNCONFIRMED: &str =
 /// The status line when another tab is placing the same order.
 pub const OTHER_TAB: &str = "This order is being placed in another tab.";
 
+/// The status line while another device's attempt at the same order (same
+/// customer and order, another key) is in progress.
+pub const OTHER_DEVICE: &str = "This order is being placed on another device.";
+
+/// The status line when the order on the page was paid under another key
+/// (another device, a private window): this click charged nothing.
+pub const ALREADY_PLACED: &str = "This order was already placed.";
+
+/// The status line when the order was paid under another key for another
+/// total: nothing was charged now.
+pub const ALREADY_PLACED_NOT_CHARGED: &str =
+    "This order was already placed. You were not charged again.";
+
 /// The status line while the edge's status lookup settles an earlier
 /// attempt (after a reload, or before a changed order is placed).
 pub const CHECKING: &str = "Checking your earlier order…";
@@ -88,6 +101,10 @@ pub fn view_state(
         // Waits the edge asked for (a 409's lease) give the send back: with
         // none counted yet, the order is still being placed, not retried.
         Phase::Backoff {
+            reason: RetryReason::OtherDevice,
+            ..
+        } => (OTHER_DEVICE.to_owned(), false),
+        Phase::Backoff {
             then: Exchange::Order,
             ..
         } if sends == 0 => (PLACING.to_owned(), false),
@@ -115,6 +132,10 @@ pub fn view_state(
             false,
         ),
         Phase::NeedsToken { .. } => (REFRESHING.to_owned(), false),
+        Phase::Placed {
+            original_key: Some(_),
+            ..
+        } => (ALREADY_PLACED.to_owned(), false),
         Phase::Placed { .. } => (PLACED.to_owned(), false),
         Phase::ActionRequired { .. } => (CONFIRM_WITH_BANK.to_owned(), false),
         Phase::Refused { status: 402, .. } => ("Card declined".to_owned(), true),
@@ -128,9 +149,11 @@ pub fn view_state(
             true,
         ),
         Phase::Refused { status: 410, .. } => (NOT_CHARGED.to_owned(), true),
+        Phase::Refused { status: 409, .. } => (ALREADY_PLACED_NOT_CHARGED.to_owned(), true),
         Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
         Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
         Phase::OtherTab => (OTHER_TAB.to_owned(), true),
+        Phase::OtherDevice => (OTHER_DEVICE.to_owned(), true),
     };
     ViewState {
         status,
@@ -400,6 +423,57 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[test]
+    fn another_device_placing_the_order_is_named_never_a_generic_error() {
+        use chargeonce_protocol::ProblemType;
+        let in_progress = |retry_after_secs| EdgeResponse {
+            problem: Some(ProblemType::OrderInProgress),
+            retry_after_secs: Some(retry_after_secs),
+            ..EdgeResponse::new(409, "{}")
+        };
+        // Waiting on it, busy; past the time budget, said so, and a click
+        // asks again.
+        let waiting = answered_with(in_progress(2));
+        let view = shown(&waiting);
+        assert_eq!(
+            (view.status.as_str(), view.busy, view.alert),
+            (OTHER_DEVICE, true, false)
+        );
+        let gave_up = answered_with(in_progress(61));
+        let view = shown(&gave_up);
+        assert_eq!(
+            (view.status.as_str(), view.busy, view.alert),
+            (OTHER_DEVICE, false, true)
+        );
+        // Paid there: this page's order is placed, and says by whom.
+        let paid = answered_with(EdgeResponse {
+            replayed: true,
+            original_key: Some("phone-key-0001"),
+            payment_status: Some("succeeded"),
+            ..EdgeResponse::new(200, r#"{"id":"pi_1","status":"succeeded"}"#)
+        });
+        assert_eq!(
+            shown(&paid),
+            ViewState {
+                status: ALREADY_PLACED.into(),
+                busy: false,
+                placed: true,
+                alert: false
+            }
+        );
+        // Paid there for another total: nothing charged here.
+        let other_total = answered_with(EdgeResponse {
+            problem: Some(ProblemType::OrderAlreadyPaid),
+            message: Some("already paid under another key"),
+            ..EdgeResponse::new(409, "{}")
+        });
+        let view = shown(&other_total);
+        assert_eq!(
+            (view.status.as_str(), view.placed, view.alert),
+            (ALREADY_PLACED_NOT_CHARGED, false, true)
+        );
     }
 
     #[test]

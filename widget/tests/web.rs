@@ -44,6 +44,7 @@ fn answer(status: u16, body: &str) -> HttpAnswer {
         body: body.into(),
         replayed: false,
         retry_after_secs: None,
+        original_key: None,
     }
 }
 
@@ -610,6 +611,41 @@ async fn retry_after_is_honoured() {
         gap >= 1_000.0,
         "the retry came {gap} ms after the 503, before Retry-After"
     );
+}
+
+#[wasm_bindgen_test]
+async fn an_order_placed_on_another_device_is_waited_for_then_shown_as_already_placed() {
+    let in_progress = HttpAnswer {
+        retry_after_secs: Some(1),
+        ..problem(ProblemType::OrderInProgress)
+    };
+    let paid_elsewhere = HttpAnswer {
+        original_key: Some("phone-key-0000001".into()),
+        ..replayed(200, OK)
+    };
+    let page = Page::mount(
+        &unique_ref(),
+        vec![
+            Script::AnswerWith(in_progress),
+            Script::AnswerWith(paid_elsewhere),
+        ],
+    );
+    page.click_place_order();
+    page.until_status("This order is being placed on another device.")
+        .await;
+    page.until_status("This order was already placed.").await;
+    let keys = page.keys_sent();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[0], keys[1], "the page's own key, kept");
+    let events = page.events.borrow();
+    let success = events
+        .iter()
+        .find(|(name, _)| name == "chargeonce:success")
+        .expect("a success event");
+    assert_eq!(success.1["originalKey"], "phone-key-0000001");
+    assert_eq!(success.1["response"]["id"], "pi_1");
+    drop(events);
+    page.unmount();
 }
 
 #[wasm_bindgen_test]
