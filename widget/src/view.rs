@@ -96,6 +96,10 @@ pub fn view_state(
     let (status, alert) = match attempt.phase() {
         Phase::Placed { .. } if !same_payload => (EARLIER_PLACED.to_owned(), false),
         Phase::Refused { .. } if !same_payload => (EARLIER_NOT_CHARGED.to_owned(), false),
+        // Asking again after waiting on another device: still its order.
+        Phase::Sending if reason == Some(RetryReason::OtherDevice) => {
+            (OTHER_DEVICE.to_owned(), false)
+        }
         Phase::Sending if sends <= 1 => (PLACING.to_owned(), false),
         Phase::Sending => (retrying(sends - 1, reason), false),
         // Waits the edge asked for (a 409's lease) give the send back: with
@@ -435,11 +439,24 @@ mod tests {
         };
         // Waiting on it, busy; past the time budget, said so, and a click
         // asks again.
-        let waiting = answered_with(in_progress(2));
+        let mut waiting = answered_with(in_progress(2));
         let view = shown(&waiting);
         assert_eq!(
             (view.status.as_str(), view.busy, view.alert),
             (OTHER_DEVICE, true, false)
+        );
+        // Asking again, it still says so rather than "Placing order…".
+        let _ = waiting.handle_timeout(2_001, true);
+        assert_eq!(waiting.phase(), &Phase::Sending);
+        assert_eq!(
+            view_state(
+                Some(&waiting),
+                true,
+                Some(RetryReason::OtherDevice),
+                &policy()
+            )
+            .status,
+            OTHER_DEVICE
         );
         let gave_up = answered_with(in_progress(61));
         let view = shown(&gave_up);
