@@ -43,14 +43,15 @@ lint: setup
 
 ## make model: the deep model check of every scenario (in the base one,
 ## FAULTS=3 in the first FAULT_HORIZON=4 s, explored to HORIZON=14 s; about
-## 23 minutes); prints the states explored.
+## 45 minutes and 20 GB); prints the states explored. BACKEND=naive or
+## keeps-keys checks one backend.
 model:
 	cargo run --release -p chargeonce-model
 
 ## make mutants: puts back, one at a time, each problem the settling-keys
-## work fixed, and one the payment-semantics work could make
-## (model/mutations/), and checks that the model check finds a
-## counterexample for each (about 20 minutes).
+## work fixed, and ones the payment-semantics and once-per-order work could
+## make (model/mutations/), and checks that the model check finds a
+## counterexample for each, in front of the backend each patch names.
 mutants:
 	@bash scripts/mutants.sh
 

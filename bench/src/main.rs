@@ -25,6 +25,11 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+/// How many new orders per second of a run ChargeOnce's first-request path
+/// is given: several times what it answers here, and the run fails if it
+/// ever answers more.
+const FIRST_ORDERS_PER_SEC: u64 = 2_500;
+
 /// Everything measured. The floors forward without any idempotency; every
 /// other contender has one of them as its own floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -281,12 +286,29 @@ fn run() -> Result<(), String> {
                     } else {
                         key.clone()
                     };
+                    // ChargeOnce holds an order to one charge whatever its
+                    // keys, so its first requests are each a new order: a
+                    // file of bodies, more than a run can send.
+                    let bodies = (mode == "unique" && target.contender == Contender::ChargeOnce)
+                        .then(|| {
+                            let file = workspace_root()
+                                .join(format!("target/bench/bodies-{tag}-c{connections}.txt"));
+                            let lines: Vec<String> = (0..FIRST_ORDERS_PER_SEC * settings.secs)
+                                .map(|i| (target.body)(&format!("o-{tag}-c{connections}-{i}")))
+                                .collect();
+                            std::fs::create_dir_all(file.parent().expect("a folder"))
+                                .and_then(|()| std::fs::write(&file, lines.join("\n")))
+                                .map(|()| file)
+                                .map_err(|e| format!("could not write the bodies: {e}"))
+                        })
+                        .transpose()?;
                     let result = wrk::run(&wrk::Load {
                         url: &target.url,
                         path: &target.path,
                         mode,
                         key: &key,
                         body: &body,
+                        bodies: bodies.as_deref(),
                         authorization: &target.authorization,
                         connections,
                         secs: settings.secs,
@@ -295,6 +317,13 @@ fn run() -> Result<(), String> {
                         "bench:   {connections} connection(s): {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} of {} not 2xx",
                         result.rps, result.p50_ms, result.p99_ms, result.non_2xx, result.requests
                     );
+                    if bodies.is_some() && result.requests > FIRST_ORDERS_PER_SEC * settings.secs {
+                        return Err(format!(
+                            "ChargeOnce answered {} first requests, more orders than the {} written: raise FIRST_ORDERS_PER_SEC",
+                            result.requests,
+                            FIRST_ORDERS_PER_SEC * settings.secs
+                        ));
+                    }
                     into.entry((target.contender, path))
                         .or_default()
                         .push(result);

@@ -30,6 +30,8 @@ pub struct Load<'a> {
     pub key: &'a str,
     /// The JSON body.
     pub body: &'a str,
+    /// A file of bodies, one per line, sent in turn instead of `body`.
+    pub bodies: Option<&'a std::path::Path>,
     /// The `Authorization` value ("" for none).
     pub authorization: &'a str,
     /// Open connections.
@@ -55,6 +57,7 @@ pub fn run(load: &Load<'_>) -> Result<Run, String> {
             load.authorization,
             load.path,
         ])
+        .args(load.bodies)
         .output()
         .map_err(|e| format!("could not run wrk (make bench installs it): {e}"))?;
     let text = String::from_utf8_lossy(&output.stdout);

@@ -2,7 +2,10 @@
 -- Idempotency-Key that is new for every request ("unique", the first-request
 -- path) or the same for all ("same", the replay and conflict paths).
 -- Arguments after `--`: mode, key (a prefix for "unique"), body, the
--- Authorization header value ("" for none), and the path.
+-- Authorization header value ("" for none), the path, and optionally a file
+-- of bodies, one per line, sent in turn instead of `body` (ChargeOnce's
+-- first requests: each a new order, since a new key for an order already
+-- paid gets that order's answer without a forward).
 
 local threads = 0
 
@@ -13,6 +16,12 @@ end
 
 function init(args)
   mode, key, body, authorization, path = args[1], args[2], args[3], args[4], args[5]
+  bodies = {}
+  if args[6] and args[6] ~= "" then
+    for line in io.lines(args[6]) do
+      bodies[#bodies + 1] = line
+    end
+  end
   n = 0
 end
 
@@ -27,5 +36,9 @@ function request()
   if authorization ~= "" then
     headers["Authorization"] = authorization
   end
-  return wrk.format("POST", path, headers, body)
+  local sent = body
+  if #bodies > 0 then
+    sent = bodies[((n - 1) % #bodies) + 1]
+  end
+  return wrk.format("POST", path, headers, sent)
 end

@@ -1,7 +1,8 @@
 //! `make model`: the deep run of the model check. It checks the model in
 //! every scenario (or the one `SCENARIO` names), each with a naive backend
 //! and with one that keeps keys, with the fault budget, fault horizon and
-//! horizon of the scenario (or `FAULTS`, `FAULT_HORIZON`, `HORIZON`). It
+//! horizon of the scenario (or `FAULTS`, `FAULT_HORIZON`, `HORIZON`; and
+//! `BACKEND=naive` or `keeps-keys` checks that backend alone). It
 //! prints the states explored and exits non-zero with a counterexample for
 //! any property that fails. `STOP_AT_FIRST_FAILURE=1` stops at the first one
 //! (as `make mutants` does, which expects one).
@@ -40,6 +41,12 @@ fn main() -> ExitCode {
         })],
         _ => Scenario::ALL.to_vec(),
     };
+    let backends = match std::env::var("BACKEND").as_deref() {
+        Ok("naive") => vec![Backend::Naive],
+        Ok("keeps-keys") => vec![Backend::KeepsKeys],
+        Ok("") | Err(_) => vec![Backend::Naive, Backend::KeepsKeys],
+        Ok(other) => panic!("BACKEND={other:?} is not naive or keeps-keys"),
+    };
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let stop = std::env::var("STOP_AT_FIRST_FAILURE").is_ok_and(|v| v == "1");
     let mut ok = true;
@@ -49,7 +56,7 @@ fn main() -> ExitCode {
         let faults = var("FAULTS").unwrap_or(faults);
         let fault_horizon = var("FAULT_HORIZON").unwrap_or(fault_horizon);
         let horizon = var("HORIZON").unwrap_or(horizon);
-        for backend in [Backend::Naive, Backend::KeepsKeys] {
+        for &backend in &backends {
             let faults = u8::try_from(faults).expect("FAULTS fits in a byte");
             let model = Checkout::new(backend, scenario, faults, fault_horizon, horizon);
             println!(

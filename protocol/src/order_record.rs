@@ -10,13 +10,13 @@
 //! which runs these methods one at a time.
 //!
 //! ```text
-//!            begin (no attempt yet)              the attempt's key says it paid
-//!   Vacant ─────────────────────▶ Attempting ───────────────────────────▶ Paid
-//!     ▲                            │      ▲                                 │
-//!     │                            │      └── its key says it charged ──────┘
-//!     │                            │          nothing: the asker attempts   (replayed to every
-//!     │                            │          instead                        later key until the
-//!     └──────── the TTL ran out ───┼────────────────────────────────────────  TTL runs out)
+//!                begin
+//!   Vacant ─────────────────▶ Attempting ◀─┐ its key says it charged nothing
+//!     ▲                           │  └──────┘ (the asker attempts), or the
+//!     │                           │           same key begins again
+//!     │                           │ its key says it paid (asked when
+//!     │                           ▼ another key comes)
+//!     └─── the TTL ran out ──── Paid: replayed to every later key
 //! ```
 //!
 //! The record is asked before every forward: a key's first, and a key in
