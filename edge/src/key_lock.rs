@@ -31,8 +31,8 @@ use worker::{
 /// The Durable Object namespace binding in wrangler.toml.
 pub const BINDING: &str = "KEY_LOCKS";
 
-/// The storage key of the record inside its object.
-const RECORD: &str = "record";
+/// The storage key of the record inside its object (an order's too).
+pub(crate) const RECORD: &str = "record";
 
 /// What the Worker asks of a key's object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -109,18 +109,12 @@ impl DurableObject for KeyLock {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        // Parsed from text by serde_json: JavaScript's JSON.parse would turn
-        // a 64-bit claim token into a float.
-        let command: Command = match serde_json::from_str(&req.text().await?) {
-            Ok(command) => command,
-            Err(e) => return Response::error(format!("unreadable command: {e}"), 400),
-        };
-        let config = match config(&self.env) {
-            Ok(config) => config,
-            Err(e) => return Response::error(e, 500),
+        let (command, config) = match read_command::<Command>(&mut req, &self.env).await? {
+            Ok(read) => read,
+            Err(refused) => return Ok(refused),
         };
         let policy = config.key_policy();
-        let (name, mut record) = match self.load().await? {
+        let (name, mut record) = match load_json::<Saved>(&self.state).await? {
             Some(saved) => (saved.name, saved.record),
             None => (String::new(), KeyRecord::default()),
         };
@@ -175,7 +169,7 @@ impl DurableObject for KeyLock {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let Some(Saved { name, mut record }) = self.load().await? else {
+        let Some(Saved { name, mut record }) = load_json(&self.state).await? else {
             return Response::empty();
         };
         let config = match config(&self.env) {
@@ -210,7 +204,7 @@ impl DurableObject for KeyLock {
         if let Some(problem) = failure {
             console_error!("key {name}: the lookup failed: {}", problem.detail);
         }
-        let Some(Saved { mut record, .. }) = self.load().await? else {
+        let Some(Saved { mut record, .. }) = load_json(&self.state).await? else {
             return Response::empty();
         };
         let armed = record.poll_timeout();
@@ -221,18 +215,36 @@ impl DurableObject for KeyLock {
     }
 }
 
-impl KeyLock {
-    async fn load(&self) -> Result<Option<Saved>> {
-        // Stored as a JSON string: exact for u64 timestamps, and readable in
-        // wrangler's local state when debugging.
-        match self.state.storage().get::<String>(RECORD).await? {
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| worker::Error::RustError(e.to_string())),
-            None => Ok(None),
-        }
+/// A command to an object and the edge's settings, or the answer that
+/// refuses it: 400 for a command it cannot read, 500 for invalid settings.
+pub(crate) async fn read_command<C: DeserializeOwned>(
+    req: &mut Request,
+    env: &Env,
+) -> Result<std::result::Result<(C, EdgeConfig), Response>> {
+    // Parsed from text by serde_json: JavaScript's JSON.parse would turn a
+    // 64-bit claim token into a float.
+    let command = match serde_json::from_str(&req.text().await?) {
+        Ok(command) => command,
+        Err(e) => return Response::error(format!("unreadable command: {e}"), 400).map(Err),
+    };
+    match config(env) {
+        Ok(config) => Ok(Ok((command, config))),
+        Err(e) => Response::error(e, 500).map(Err),
     }
+}
 
+/// An object's record, if it has one. Stored as a JSON string: exact for
+/// u64 timestamps, and readable in wrangler's local state when debugging.
+pub(crate) async fn load_json<T: DeserializeOwned>(state: &State) -> Result<Option<T>> {
+    match state.storage().get::<String>(RECORD).await? {
+        Some(json) => serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| worker::Error::RustError(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+impl KeyLock {
     /// Performs the record's writes, in their order.
     async fn persist(
         &self,
@@ -278,7 +290,7 @@ pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| worker::Error::RustError(e.to_string()))
 }
 
-pub(crate) fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
+fn config(env: &Env) -> std::result::Result<EdgeConfig, String> {
     EdgeConfig::from_vars(|name| env.var(name).ok().map(|v| v.to_string()))
         .map_err(|e| e.to_string())
 }

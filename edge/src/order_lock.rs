@@ -11,7 +11,7 @@
 //! on load all the same, so a missed alarm costs storage, never
 //! correctness.
 
-use crate::key_lock::{call, config, stub, to_json, StoreError};
+use crate::key_lock::{call, load_json, read_command, stub, to_json, StoreError, RECORD};
 use crate::orders::now;
 use chargeonce_protocol::{AttemptFinding, OrderAttempt, OrderDecision, OrderRecord};
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,6 @@ use worker::{
 
 /// The Durable Object namespace binding in wrangler.toml.
 pub const BINDING: &str = "ORDER_LOCKS";
-
-/// The storage key of the record inside its object.
-const RECORD: &str = "record";
 
 /// What the Worker asks of an order's object.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,15 +56,12 @@ impl DurableObject for OrderLock {
     }
 
     async fn fetch(&self, mut req: Request) -> Result<Response> {
-        let command: Command = match serde_json::from_str(&req.text().await?) {
-            Ok(command) => command,
-            Err(e) => return Response::error(format!("unreadable command: {e}"), 400),
+        let (command, config) = match read_command::<Command>(&mut req, &self.env).await? {
+            Ok(read) => read,
+            Err(refused) => return Ok(refused),
         };
-        let policy = match config(&self.env) {
-            Ok(config) => config.key_policy(),
-            Err(e) => return Response::error(e, 500),
-        };
-        let mut record = self.load().await?.unwrap_or_default();
+        let policy = config.key_policy();
+        let mut record: OrderRecord = load_json(&self.state).await?.unwrap_or_default();
         let before = record.clone();
         let now = now();
         let decision = match command {
@@ -85,7 +79,7 @@ impl DurableObject for OrderLock {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        if let Some(record) = self.load().await? {
+        if let Some(record) = load_json::<OrderRecord>(&self.state).await? {
             if record.expires_at().is_some_and(|at| now() >= at) {
                 self.state.storage().delete(RECORD).await?;
             }
@@ -95,15 +89,6 @@ impl DurableObject for OrderLock {
 }
 
 impl OrderLock {
-    async fn load(&self) -> Result<Option<OrderRecord>> {
-        match self.state.storage().get::<String>(RECORD).await? {
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| worker::Error::RustError(e.to_string())),
-            None => Ok(None),
-        }
-    }
-
     /// Saves the record, then arms its cleanup: a crash between the two
     /// leaves a record that expires on load.
     async fn persist(&self, record: &OrderRecord) -> Result<()> {

@@ -402,21 +402,7 @@ async fn checkout(
             client
                 .drive(&mut attempt, first, &mut order, || rng.random(), life)
                 .await;
-            // Told "not charged", this customer too clicks again.
-            for _ in 0..3 {
-                if !Outcome::of(&attempt).not_charged() {
-                    break;
-                }
-                let fresh: u128 = rng.random();
-                let (again, next) =
-                    Attempt::submit(Some(attempt), &order_ref, now_ms(), true, || {
-                        format!("{fresh:032x}")
-                    });
-                attempt = again;
-                client
-                    .drive(&mut attempt, next, &mut order, || rng.random(), life)
-                    .await;
-            }
+            click_again_if_not_charged(&client, &mut attempt, &mut order, &mut rng).await;
             let outcome = Outcome::of(&attempt);
             SecondDevice {
                 order,
@@ -435,22 +421,8 @@ async fn checkout(
     client
         .drive(&mut attempt, first, &mut order, || rng.random(), life)
         .await;
-    // Told "not charged" (an attempt whose outcome the edge settled that
-    // way), the customer clicks again, and a new attempt gets a new key.
-    for _ in 0..3 {
-        if !Outcome::of(&attempt).not_charged() {
-            break;
-        }
-        let fresh: u128 = rng.random();
-        let (again, next) = Attempt::submit(Some(attempt), &order_ref, now_ms(), true, || {
-            format!("{fresh:032x}")
-        });
-        attempt = again;
-        tally.clicks_again.fetch_add(1, Ordering::Relaxed);
-        client
-            .drive(&mut attempt, next, &mut order, || rng.random(), life)
-            .await;
-    }
+    let clicks = click_again_if_not_charged(&client, &mut attempt, &mut order, &mut rng).await;
+    tally.clicks_again.fetch_add(clicks, Ordering::Relaxed);
     let outcome = Outcome::of(&attempt);
     let time_to_answer = (!matches!(outcome, Outcome::Unconfirmed)).then(|| started.elapsed());
     let mut duplicate_bodies = Vec::new();
@@ -474,6 +446,35 @@ async fn checkout(
         duplicate_bodies,
         time_to_answer,
     }
+}
+
+/// Told "not charged" (an attempt whose outcome the edge settled that way),
+/// the customer clicks again, and a new attempt gets a new key; a few times
+/// at most. Returns the clicks.
+async fn click_again_if_not_charged(
+    client: &CheckoutClient,
+    attempt: &mut Attempt,
+    order: &mut PageOrder,
+    rng: &mut StdRng,
+) -> u64 {
+    let life = Duration::from_secs(TOKEN_LIFETIME_SECS);
+    let mut clicks = 0;
+    while clicks < 3 && Outcome::of(attempt).not_charged() {
+        let fresh: u128 = rng.random();
+        let (again, next) = Attempt::submit(
+            Some(attempt.clone()),
+            order.order_ref(),
+            now_ms(),
+            true,
+            || format!("{fresh:032x}"),
+        );
+        *attempt = again;
+        clicks += 1;
+        client
+            .drive(attempt, next, order, || rng.random(), life)
+            .await;
+    }
+    clicks
 }
 
 /// After the run: an unconfirmed attempt is picked up as a reload would, a
