@@ -509,17 +509,10 @@ async fn settle(
             }
             Outcome::Unconfirmed => attempt.resume(now_ms(), true),
             refused if refused.not_charged() => {
-                let fresh: u128 = rng.random();
-                let (again, next) = Attempt::submit(
-                    Some(attempt.clone()),
-                    order.order_ref(),
-                    now_ms(),
-                    true,
-                    || format!("{fresh:032x}"),
-                );
-                *attempt = again;
-                tally.clicks_again.fetch_add(1, Ordering::Relaxed);
-                next
+                let clicks = click_again_if_not_charged(client, attempt, order, rng).await;
+                tally.clicks_again.fetch_add(clicks, Ordering::Relaxed);
+                *outcome = Outcome::of(attempt);
+                continue;
             }
             _ => break,
         };
