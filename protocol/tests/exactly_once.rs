@@ -189,6 +189,10 @@ struct Worker {
     body: Vec<u8>,
     /// The forward it is waiting on, and when it stops waiting.
     waiting: Option<(Call, UnixMs)>,
+    /// When the key's object last granted or renewed its claim: the lease
+    /// the backend finishes a forward within counts from then, not from the
+    /// forward (the order's record is asked in between).
+    granted_at: UnixMs,
 }
 
 /// The naive backend: charges every request it runs.
@@ -303,6 +307,7 @@ impl World {
             step,
             body: body(amount, expires),
             waiting: None,
+            granted_at: self.now,
         });
         self.settle_done()
     }
@@ -346,6 +351,7 @@ impl World {
             Step::Claim(s) => {
                 let fp = s.fingerprint().clone();
                 let decided = self.object(store, |r, now, fresh, p| r.claim(&fp, now, fresh, p));
+                self.workers[i].granted_at = now;
                 s.handle_claim(decided, now)
             }
             Step::BeginOrder(s) => {
@@ -379,6 +385,7 @@ impl World {
                 let settled = self.object(store, |r, now, _, p| {
                     r.handle_lookup(token, &fp, found, now, p)
                 });
+                self.workers[i].granted_at = now;
                 s.handle_settlement(settled, now)
             }
             // Sent the moment it was decided (below), so never idle.
@@ -419,8 +426,8 @@ impl World {
                 "forwarded after a final answer was stored"
             );
             let call = Call {
-                // The lease just granted or renewed: the backend is done by its end.
-                finish_by: now.plus(self.policy.lease),
+                // The backend is done by the end of the claim's lease.
+                finish_by: self.workers[i].granted_at.plus(self.policy.lease),
             };
             self.workers[i].waiting = Some((call, now.plus(self.config.backend_timeout)));
         }
