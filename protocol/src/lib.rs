@@ -48,6 +48,7 @@
 //!         Step::ReadBody(s) => { let body = read_body(s.limit()); s.handle_body(body) }
 //!         Step::ReadCache(s) => s.handle_cached(None, now()),
 //!         Step::Claim(s) => s.handle_claim(object.ask("claim"), now()),
+//!         Step::Peek(s) => s.handle_peek(object.ask("peek")),
 //!         Step::BeginOrder(s) => s.handle_begin(order.ask("begin"), now()),
 //!         Step::AskAttempt(s) => s.handle_status(object.ask("status")),
 //!         Step::SettleOrder(s) => s.handle_settled(order.ask("settle"), now()),
@@ -69,7 +70,7 @@
 //! send(done);
 //! ```
 //!
-//! The key's object runs [`KeyRecord`]'s methods for `claim`, `settle`,
+//! The key's object runs [`KeyRecord`]'s methods for `claim`, `peek`, `settle`,
 //! `complete`, `release`, `abandon`, `refresh` and `status`, and its alarm
 //! reconciles an unknown key by itself ([`KeyRecord::begin_check`]). The
 //! order's object runs [`OrderRecord`]'s `begin` and `settle`; `AskAttempt`
@@ -101,11 +102,13 @@ pub use fingerprint::Fingerprint;
 pub use flow::Step;
 pub use key::{IdempotencyKey, KeyError, ScopedKey};
 pub use order::{Order, OrderDraft, OrderError};
-pub use order_record::{AttemptFinding, OrderAttempt, OrderDecision, OrderRecord, OrderTerms};
+pub use order_record::{
+    AttemptFinding, OrderAttempt, OrderDecision, OrderPolicy, OrderRecord, OrderTerms,
+};
 pub use payment::{IntentStatus, PaymentOutcome};
 pub use problem::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
 pub use record::{
-    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyPolicy, KeyRecord, KeyStatus,
+    ClaimToken, CompleteOutcome, Completed, Decision, Found, KeyPolicy, KeyRecord, KeyStatus, Peek,
     Refreshed, Settlement, StoredResponse, Write,
 };
 pub use request::{

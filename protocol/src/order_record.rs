@@ -32,15 +32,36 @@
 //! about is still the order's, so two keys racing for one order never both
 //! attempt.
 //!
+//! The record also counts the order's refused attempts (declines, failed
+//! authentication) while a token that authorised one is alive. Past
+//! [`OrderPolicy::max_refused`] nothing more is forwarded for the order
+//! ([`OrderDecision::Exhausted`]): one token must not be a licence to try
+//! card after card (card testing). Only a card the backend refused counts;
+//! an attempt the edge gave back (the backend was busy, or nothing was
+//! recorded) never does.
+//!
 //! Time is passed in; the record never reads a clock.
 
 use crate::backend::response_outcome;
 use crate::payment::PaymentOutcome;
-use crate::record::{ClaimToken, KeyPolicy, KeyStatus, StoredResponse, IN_FLIGHT_RETRY_AFTER};
+use crate::problem::PROBLEM_CONTENT_TYPE;
+use crate::record::{ClaimToken, KeyStatus, StoredResponse, IN_FLIGHT_RETRY_AFTER};
 use crate::time::{retry_after_secs, UnixMs};
 use crate::token::OrderClaims;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// The spans and limits an order's record runs on (see
+/// [`crate::EdgeConfig::order_policy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OrderPolicy {
+    /// How long a paid order is remembered: a key's answer's TTL.
+    pub answer_ttl: Duration,
+    /// How many refused attempts an order may have while a token that
+    /// authorised one is alive (`MAX_ATTEMPTS_PER_ORDER`).
+    pub max_refused: u32,
+}
 
 /// The name of the order's record (its Durable Object): a hex SHA-256 of
 /// the length-prefixed customer and `order_ref`, so that two customers'
@@ -84,6 +105,10 @@ pub struct OrderAttempt {
     pub token: ClaimToken,
     /// What it asks to pay.
     pub terms: OrderTerms,
+    /// When its order token stops authorising a charge: a refusal counts
+    /// against the order until then.
+    #[serde(default)]
+    pub authorized_until: UnixMs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,16 +131,28 @@ enum State {
     },
 }
 
+/// The refused attempts an order has had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Refusals {
+    count: u32,
+    /// When the count is forgotten: the latest expiry of the tokens of the
+    /// attempts counted. Past it, no token that was refused still works.
+    until: UnixMs,
+}
+
 /// The record of one order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct OrderRecord {
     state: State,
+    #[serde(default)]
+    refused: Refusals,
 }
 
 impl Default for OrderRecord {
     fn default() -> Self {
         Self {
             state: State::Vacant,
+            refused: Refusals::default(),
         }
     }
 }
@@ -149,6 +186,12 @@ pub enum OrderDecision {
         /// The key it was paid under.
         key: String,
     },
+    /// The order had as many refused attempts as the policy allows: nothing
+    /// more is forwarded for it while their tokens are alive.
+    Exhausted {
+        /// How many were refused.
+        refused: u32,
+    },
 }
 
 /// What an attempt's key says of it.
@@ -156,8 +199,13 @@ pub enum OrderDecision {
 pub enum AttemptFinding {
     /// It paid: this is its answer.
     Paid(StoredResponse),
-    /// It charged nothing and never will: refused, not charged, or nothing
-    /// recorded (the key was given back, or its answer expired).
+    /// The backend refused it (a decline, failed authentication, an invalid
+    /// card): it charged nothing and never will, and counts against the
+    /// order.
+    Refused,
+    /// It charged nothing and never will, and nobody refused it: the edge's
+    /// own "not charged", or nothing recorded (the key was given back, or
+    /// its answer expired).
     Over,
     /// It is not over: in flight, unknown, or awaiting the customer.
     NotOver {
@@ -176,7 +224,12 @@ impl AttemptFinding {
             KeyStatus::Pending { retry_after_secs } => Self::NotOver { retry_after_secs },
             KeyStatus::Answered { response } => match response_outcome(&response) {
                 PaymentOutcome::Placed => Self::Paid(response),
-                PaymentOutcome::Refused => Self::Over,
+                // The edge's own problems (410 "not charged") are not the
+                // backend's refusals.
+                PaymentOutcome::Refused if response.content_type == PROBLEM_CONTENT_TYPE => {
+                    Self::Over
+                }
+                PaymentOutcome::Refused => Self::Refused,
                 PaymentOutcome::ActionRequired => Self::NotOver {
                     retry_after_secs: retry_after_secs(IN_FLIGHT_RETRY_AFTER),
                 },
@@ -187,10 +240,18 @@ impl AttemptFinding {
 
 impl OrderRecord {
     /// `attempt` (about to forward) asks for the order at `now`.
-    pub fn begin(&mut self, attempt: &OrderAttempt, now: UnixMs) -> OrderDecision {
+    pub fn begin(
+        &mut self,
+        attempt: &OrderAttempt,
+        now: UnixMs,
+        policy: &OrderPolicy,
+    ) -> OrderDecision {
         self.expire(now);
         let terms = &attempt.terms;
         match &self.state {
+            State::Vacant if self.refused.count >= policy.max_refused => OrderDecision::Exhausted {
+                refused: self.refused.count,
+            },
             State::Vacant => self.attempt(attempt),
             // The same key again: its claim was given back (it charged
             // nothing), or its lookup found nothing and the key's record
@@ -229,7 +290,7 @@ impl OrderRecord {
         found: AttemptFinding,
         attempt: &OrderAttempt,
         now: UnixMs,
-        policy: &KeyPolicy,
+        policy: &OrderPolicy,
     ) -> OrderDecision {
         self.expire(now);
         if matches!(&self.state, State::Attempting(current) if current == asked) {
@@ -244,13 +305,20 @@ impl OrderRecord {
                         expires_at: now.plus(policy.answer_ttl),
                     }
                 }
+                AttemptFinding::Refused => {
+                    self.refused = Refusals {
+                        count: self.refused.count.saturating_add(1),
+                        until: self.refused.until.max(asked.authorized_until),
+                    };
+                    self.state = State::Vacant;
+                }
                 AttemptFinding::Over => self.state = State::Vacant,
                 AttemptFinding::NotOver { retry_after_secs } => {
                     return OrderDecision::InProgress { retry_after_secs }
                 }
             }
         }
-        match self.begin(attempt, now) {
+        match self.begin(attempt, now, policy) {
             // Asked once; the order moved on meanwhile: come back.
             OrderDecision::Ask { .. } => OrderDecision::InProgress {
                 retry_after_secs: retry_after_secs(IN_FLIGHT_RETRY_AFTER),
@@ -268,20 +336,35 @@ impl OrderRecord {
         if matches!(self.state, State::Paid { expires_at, .. } if now >= expires_at) {
             self.state = State::Vacant;
         }
+        if now >= self.refused.until {
+            self.refused = Refusals::default();
+        }
     }
 
-    /// When the record can be forgotten: a paid order's end. An attempt is
-    /// never forgotten by time: only its key can say it is over.
+    /// When the record can be forgotten, or next changes by time: a paid
+    /// order's end, or when a vacant order's refusals are forgotten. An
+    /// attempt is never forgotten by time: only its key can say it is over.
     pub fn expires_at(&self) -> Option<UnixMs> {
         match self.state {
             State::Paid { expires_at, .. } => Some(expires_at),
+            State::Vacant if self.refused.count > 0 => Some(self.refused.until),
             _ => None,
         }
     }
 
+    /// Moves the record on at `now` (what an alarm does).
+    pub fn handle_timeout(&mut self, now: UnixMs) {
+        self.expire(now);
+    }
+
     /// Whether there is nothing to keep.
     pub fn is_vacant(&self) -> bool {
-        self.state == State::Vacant
+        self.state == State::Vacant && self.refused.count == 0
+    }
+
+    /// How many refused attempts are counted against the order.
+    pub fn refused(&self) -> u32 {
+        self.refused.count
     }
 
     /// The key the order was paid under, if it was.
@@ -296,15 +379,11 @@ impl OrderRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn policy() -> KeyPolicy {
-        KeyPolicy {
-            lease: Duration::from_secs(30),
+    fn policy() -> OrderPolicy {
+        OrderPolicy {
             answer_ttl: Duration::from_secs(60),
-            backend_timeout: Duration::from_secs(10),
-            lookup_settle: Duration::from_secs(12),
-            backend_key_retention: Duration::ZERO,
+            max_refused: 3,
         }
     }
 
@@ -328,11 +407,12 @@ mod tests {
             key: key.into(),
             token: ClaimToken(token),
             terms: terms(amount),
+            authorized_until: UnixMs(100_000),
         }
     }
 
     fn asked(record: &mut OrderRecord, key: &str, amount: u64) -> OrderAttempt {
-        match record.begin(&at(key, 9, amount), UnixMs(1_000)) {
+        match record.begin(&at(key, 9, amount), UnixMs(1_000), &policy()) {
             OrderDecision::Ask { attempt } => attempt,
             other => panic!("expected a question, got {other:?}"),
         }
@@ -341,7 +421,7 @@ mod tests {
     #[test]
     fn the_first_attempt_holds_the_order_and_a_second_key_asks_about_it() {
         let mut record = OrderRecord::default();
-        let first = record.begin(&at("k1", 1, 500), UnixMs(0));
+        let first = record.begin(&at("k1", 1, 500), UnixMs(0), &policy());
         assert_eq!(first, OrderDecision::Attempt);
         let attempt = asked(&mut record, "k2", 500);
         assert_eq!(attempt.key, "k1");
@@ -351,7 +431,7 @@ mod tests {
     #[test]
     fn a_paid_attempt_is_replayed_to_every_later_key_with_the_same_terms() {
         let mut record = OrderRecord::default();
-        let _ = record.begin(&at("k1", 1, 500), UnixMs(0));
+        let _ = record.begin(&at("k1", 1, 500), UnixMs(0), &policy());
         let attempt = asked(&mut record, "k2", 500);
         let decision = record.settle(
             &attempt,
@@ -365,15 +445,18 @@ mod tests {
             response: paid(),
         };
         assert_eq!(decision, expected);
-        assert_eq!(record.begin(&at("k3", 3, 500), UnixMs(2_000)), expected);
         assert_eq!(
-            record.begin(&at("k4", 4, 700), UnixMs(2_000)),
+            record.begin(&at("k3", 3, 500), UnixMs(2_000), &policy()),
+            expected
+        );
+        assert_eq!(
+            record.begin(&at("k4", 4, 700), UnixMs(2_000), &policy()),
             OrderDecision::PaidOtherTerms { key: "k1".into() }
         );
         // Remembered for the key's TTL from when it learned, then forgotten.
         assert_eq!(record.expires_at(), Some(UnixMs(61_000)));
         assert_eq!(
-            record.begin(&at("k5", 5, 700), UnixMs(61_000)),
+            record.begin(&at("k5", 5, 700), UnixMs(61_000), &policy()),
             OrderDecision::Attempt
         );
     }
@@ -381,7 +464,7 @@ mod tests {
     #[test]
     fn an_attempt_that_charged_nothing_gives_the_order_to_the_asker() {
         let mut record = OrderRecord::default();
-        let _ = record.begin(&at("k1", 1, 500), UnixMs(0));
+        let _ = record.begin(&at("k1", 1, 500), UnixMs(0), &policy());
         let attempt = asked(&mut record, "k2", 700);
         let decision = record.settle(
             &attempt,
@@ -397,7 +480,7 @@ mod tests {
     #[test]
     fn an_attempt_not_over_blocks_the_order() {
         let mut record = OrderRecord::default();
-        let _ = record.begin(&at("k1", 1, 500), UnixMs(0));
+        let _ = record.begin(&at("k1", 1, 500), UnixMs(0), &policy());
         let attempt = asked(&mut record, "k2", 500);
         let decision = record.settle(
             &attempt,
@@ -417,15 +500,83 @@ mod tests {
         assert_eq!(asked(&mut record, "k2", 500).key, "k1");
     }
 
+    /// k1 began; `key` asks about it and hears `found`, at `now`.
+    fn settle_with(
+        record: &mut OrderRecord,
+        asked: &OrderAttempt,
+        found: AttemptFinding,
+        key: &str,
+        token: u64,
+        now: u64,
+    ) -> OrderDecision {
+        record.settle(asked, found, &at(key, token, 500), UnixMs(now), &policy())
+    }
+
+    #[test]
+    fn refused_attempts_are_counted_until_the_order_is_exhausted() {
+        let mut record = OrderRecord::default();
+        let _ = record.begin(&at("k0", 100, 500), UnixMs(0), &policy());
+        // Three cards refused in turn: each next key asks about the last.
+        for n in 1..=3u64 {
+            let asked = asked(&mut record, &format!("k{n}"), 500);
+            let decided = settle_with(
+                &mut record,
+                &asked,
+                AttemptFinding::Refused,
+                &format!("k{n}"),
+                100 + n,
+                1_000 * n,
+            );
+            if n < 3 {
+                assert_eq!(decided, OrderDecision::Attempt, "attempt {n}");
+            } else {
+                assert_eq!(decided, OrderDecision::Exhausted { refused: 3 });
+            }
+        }
+        assert_eq!(record.refused(), 3);
+        assert_eq!(
+            record.begin(&at("k9", 9, 500), UnixMs(50_000), &policy()),
+            OrderDecision::Exhausted { refused: 3 }
+        );
+        // Remembered while a refused attempt's token is alive, then forgotten.
+        assert_eq!(record.expires_at(), Some(UnixMs(100_000)));
+        assert!(!record.is_vacant());
+        record.handle_timeout(UnixMs(100_000));
+        assert!(record.is_vacant());
+        assert_eq!(
+            record.begin(&at("k9", 9, 500), UnixMs(100_000), &policy()),
+            OrderDecision::Attempt
+        );
+    }
+
+    #[test]
+    fn attempts_that_nobody_refused_are_not_counted() {
+        let mut record = OrderRecord::default();
+        let _ = record.begin(&at("k0", 100, 500), UnixMs(0), &policy());
+        for n in 1..=5u64 {
+            let asked = asked(&mut record, &format!("k{n}"), 500);
+            let decided = settle_with(
+                &mut record,
+                &asked,
+                AttemptFinding::Over,
+                &format!("k{n}"),
+                100 + n,
+                1_000 * n,
+            );
+            assert_eq!(decided, OrderDecision::Attempt, "attempt {n}");
+        }
+        assert_eq!(record.refused(), 0);
+    }
+
     #[test]
     fn a_stale_finding_changes_nothing() {
         // k2 asks about k1 and hears "over"; meanwhile k1 was claimed afresh
         // and began again. The finding is about the old attempt.
         let mut record = OrderRecord::default();
-        let _ = record.begin(&at("k1", 1, 500), UnixMs(0));
+        let _ = record.begin(&at("k1", 1, 500), UnixMs(0), &policy());
         let attempt = asked(&mut record, "k2", 500);
         assert_eq!(
-            record.begin(&at("k1", 11, 500), UnixMs(500)),
+            record.begin(&at("k1", 11, 500), UnixMs(500), &policy()),
             OrderDecision::Attempt
         );
         let decision = record.settle(
@@ -454,7 +605,7 @@ mod tests {
         );
         assert_eq!(
             AttemptFinding::of(answered(200, r#"{"status":"requires_payment_method"}"#)),
-            AttemptFinding::Over
+            AttemptFinding::Refused
         );
         assert!(matches!(
             AttemptFinding::of(answered(200, r#"{"status":"requires_action"}"#)),
@@ -462,7 +613,7 @@ mod tests {
         ));
         assert_eq!(
             AttemptFinding::of(answered(402, r#"{"error":{"code":"card_declined"}}"#)),
-            AttemptFinding::Over
+            AttemptFinding::Refused
         );
         assert_eq!(
             AttemptFinding::of(KeyStatus::Answered {

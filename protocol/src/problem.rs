@@ -53,6 +53,13 @@ pub enum ProblemType {
     /// The order (customer and `order_ref`) is already paid, for other terms
     /// than this request's.
     OrderAlreadyPaid,
+    /// The order (customer and `order_ref`) was refused as many times as
+    /// `MAX_ATTEMPTS_PER_ORDER` allows (declines, failed authentication):
+    /// nothing more is forwarded for it. Card testing looks like this.
+    OrderAttemptsExhausted,
+    /// Too many requests from this customer or client address in a short
+    /// span (the Worker's rate limits); retry after `Retry-After`.
+    RateLimited,
     /// A status lookup without an order token.
     AuthorizationRequired,
     /// A status lookup for a key that is claimed or being reconciled.
@@ -90,6 +97,7 @@ impl ProblemType {
             | Self::OrderTokenMismatch
             | Self::OriginNotAllowed => 403,
             Self::RequestInFlight | Self::OrderInProgress | Self::OrderAlreadyPaid => 409,
+            Self::OrderAttemptsExhausted | Self::RateLimited => 429,
             Self::BackendError => 502,
             Self::BackendUnavailable | Self::StoreUnavailable => 503,
             Self::BackendTimeout => 504,
@@ -115,6 +123,8 @@ impl ProblemType {
             Self::AttemptNotCharged => "Attempt ended without a charge",
             Self::OrderInProgress => "This order is being placed under another Idempotency-Key",
             Self::OrderAlreadyPaid => "This order is already paid",
+            Self::OrderAttemptsExhausted => "Too many refused attempts for this order",
+            Self::RateLimited => "Too many requests",
             Self::AuthorizationRequired => "Order token required",
             Self::OrderPending => "Order pending",
             Self::OrderNotFound => "No order under this Idempotency-Key",
@@ -143,6 +153,8 @@ impl ProblemType {
             Self::AttemptNotCharged => "attempt-not-charged",
             Self::OrderInProgress => "order-in-progress",
             Self::OrderAlreadyPaid => "order-already-paid",
+            Self::OrderAttemptsExhausted => "order-attempts-exhausted",
+            Self::RateLimited => "rate-limited",
             Self::AuthorizationRequired => "authorization-required",
             Self::OrderPending => "order-pending",
             Self::OrderNotFound => "order-not-found",
@@ -155,7 +167,7 @@ impl ProblemType {
     }
 
     /// Every problem type, for lookups by URI.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 25] = [
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::UnsupportedMediaType,
@@ -171,6 +183,8 @@ impl ProblemType {
         Self::AttemptNotCharged,
         Self::OrderInProgress,
         Self::OrderAlreadyPaid,
+        Self::OrderAttemptsExhausted,
+        Self::RateLimited,
         Self::AuthorizationRequired,
         Self::OrderPending,
         Self::OrderNotFound,
@@ -201,6 +215,7 @@ impl ProblemType {
             Self::RequestInFlight
                 | Self::OrderInProgress
                 | Self::OrderPending
+                | Self::RateLimited
                 | Self::BackendError
                 | Self::BackendUnavailable
                 | Self::BackendTimeout
@@ -336,5 +351,8 @@ mod tests {
         assert!(ProblemType::BackendTimeout.is_retryable());
         assert!(!ProblemType::KeyReused.is_retryable());
         assert!(!ProblemType::InvalidOrder.is_retryable());
+        // Both are 429s; only the rate limit passes.
+        assert!(ProblemType::RateLimited.is_retryable());
+        assert!(!ProblemType::OrderAttemptsExhausted.is_retryable());
     }
 }

@@ -161,6 +161,29 @@ impl Completed {
     }
 }
 
+/// What a request whose order token has expired learns of the key: it may
+/// not claim it (nothing can be forwarded for it), so it only looks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "peek", rename_all = "snake_case")]
+#[must_use]
+pub enum Peek {
+    /// The key's stored answer for this payload: replay it.
+    Replay {
+        /// The stored response.
+        response: StoredResponse,
+    },
+    /// The key is bound to another payload.
+    Mismatch,
+    /// A claim holds the key.
+    InFlight {
+        /// Seconds the client should wait before retrying.
+        retry_after_secs: u32,
+    },
+    /// Nothing that answers this request: the key is free, or its outcome
+    /// is unknown (a fresh token's claim reconciles it).
+    Nothing,
+}
+
 /// Identifies one claim, so that a worker whose lease was taken over cannot
 /// release, abandon or settle the claim of the one that took it. The shell
 /// draws it at random for each claim.
@@ -761,6 +784,31 @@ impl KeyRecord {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// What a request with `fingerprint` whose order token has expired
+    /// learns at `now`, in the order [`Self::claim`] decides, without
+    /// changing the record: an expired token never writes.
+    pub fn peek(&self, fingerprint: &Fingerprint, now: UnixMs, policy: &KeyPolicy) -> Peek {
+        let mut record = self.clone();
+        let _ = record.handle_timeout(now, policy);
+        match &record.state {
+            State::Completed(done) => match done.decide(fingerprint, now) {
+                Some(Decision::Replay { response }) => Peek::Replay { response },
+                Some(Decision::Mismatch) => Peek::Mismatch,
+                _ => Peek::Nothing,
+            },
+            State::Claimed(claim) => Peek::InFlight {
+                retry_after_secs: claim.retry_after_secs(now),
+            },
+            State::Unknown {
+                fingerprint: held, ..
+            }
+            | State::Tombstone {
+                fingerprint: held, ..
+            } if held != fingerprint => Peek::Mismatch,
+            State::Unknown { .. } | State::Tombstone { .. } | State::Vacant => Peek::Nothing,
         }
     }
 

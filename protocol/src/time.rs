@@ -28,6 +28,12 @@ impl UnixMs {
         Duration::from_millis(self.0.saturating_sub(earlier.0))
     }
 
+    /// The instant `secs` whole seconds after the epoch.
+    #[must_use]
+    pub fn from_secs(secs: u64) -> Self {
+        Self(secs.saturating_mul(1000))
+    }
+
     /// Whole seconds since the epoch (order tokens count in seconds).
     #[must_use]
     pub fn as_secs(self) -> u64 {

@@ -29,6 +29,11 @@ pub const VERSION: &str = "v1";
 /// bytes of key as it has of output.
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// The order-token secret of `.dev.vars.example`, public in this
+/// repository: the edge refuses to run with it
+/// ([`crate::flow::signing_secret`]), since anyone could sign orders with it.
+pub const EXAMPLE_SECRET: &str = "chargeonce-local-order-token-secret-0001";
+
 /// What the storefront server vouches for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

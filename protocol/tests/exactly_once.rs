@@ -28,12 +28,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use chargeonce_protocol::backend::{
-    classify_failure, classify_lookup, classify_response, BackendResponse,
+    classify_failure, classify_lookup, classify_response, client_view, BackendResponse,
+    ExpectedCharge,
 };
 use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StoreFailure};
 use chargeonce_protocol::{
-    ClaimToken, Completed, EdgeConfig, KeyPolicy, KeyRecord, OrderClaims, OrderDecision,
-    OrderRecord, RequestHead, Step, StoredResponse, TransportFailure, UnixMs,
+    ClaimToken, Completed, Decision, EdgeConfig, KeyPolicy, KeyRecord, OrderClaims, OrderDecision,
+    OrderPolicy, OrderRecord, RequestHead, Step, StoredResponse, TransportFailure, UnixMs,
 };
 use proptest::prelude::*;
 use std::time::Duration;
@@ -181,6 +182,23 @@ fn op() -> impl Strategy<Value = Op> {
 /// A request at the backend, and when the backend has finished it by.
 struct Call {
     finish_by: UnixMs,
+    /// What its charge shows a lookup: amount, key and order.
+    charge: String,
+}
+
+/// The members of a charge made by `forward` that a lookup checks
+/// ([`chargeonce_protocol::backend::ExpectedCharge`]).
+fn charge_of(forward: &flow::Forward) -> String {
+    // The passthrough backend's body is the order as JSON.
+    let order: serde_json::Value =
+        serde_json::from_str(&forward.request().body).expect("the order as JSON");
+    let amount = order["amount"].as_u64().expect("an order names its amount");
+    // Members in the order serde_json writes them, so the lookup's copy
+    // of a charge is the charge's own bytes.
+    format!(
+        r#"{{"amount":{amount},"id":"pi_{{id}}","metadata":{{"chargeonce_key":"{}","order_ref":"ord_1"}},"status":"succeeded"}}"#,
+        forward.backend_key()
+    )
 }
 
 /// One Worker running one request.
@@ -206,15 +224,18 @@ struct Backend {
 
 impl Backend {
     /// Runs one request at `now`; what the edge would hear.
-    fn run(&mut self, outcome: Outcome, now: UnixMs, lag: Duration) -> Result<(u16, String), ()> {
+    fn run(
+        &mut self,
+        outcome: Outcome,
+        now: UnixMs,
+        lag: Duration,
+        charge: &str,
+    ) -> Result<(u16, String), ()> {
         match outcome {
             Outcome::Busy => Ok((503, r#"{"error":{"type":"api_error"}}"#.into())),
             Outcome::Decline => Ok((402, r#"{"error":{"code":"card_declined"}}"#.into())),
             Outcome::Success | Outcome::FailAfterCharge | Outcome::LostAfterCharge => {
-                let body = format!(
-                    r#"{{"id":"pi_{}","status":"succeeded"}}"#,
-                    self.charges.len()
-                );
+                let body = charge.replace("{id}", &self.charges.len().to_string());
                 self.charges.push((json(200, &body), now.plus(lag)));
                 match outcome {
                     Outcome::Success => Ok((200, body)),
@@ -249,6 +270,9 @@ fn json(status: u16, body: &str) -> StoredResponse {
 struct World {
     config: EdgeConfig,
     policy: KeyPolicy,
+    order_policy: OrderPolicy,
+    /// What the key's object kept at its last claim, for its own lookups.
+    expected: Option<ExpectedCharge>,
     now: UnixMs,
     record: KeyRecord,
     /// The order's record: with one key, it always lets the key attempt.
@@ -271,6 +295,8 @@ impl World {
         let config = config();
         Self {
             policy: config.key_policy(),
+            order_policy: config.order_policy(),
+            expected: None,
             config,
             now: UnixMs(1_000_000),
             record: KeyRecord::default(),
@@ -350,15 +376,32 @@ impl World {
             Step::ReadCache(s) => s.handle_cached(self.kv.clone(), now),
             Step::Claim(s) => {
                 let fp = s.fingerprint().clone();
-                let decided = self.object(store, |r, now, fresh, p| r.claim(&fp, now, fresh, p));
+                // The object keeps what its lookups must find with a claim it
+                // grants, whether or not its reply arrives.
+                let (expected, mut kept) = (s.expected(), None);
+                let decided = self.object(store, |r, now, fresh, p| {
+                    let decision = r.claim(&fp, now, fresh, p);
+                    if let Decision::Forward { .. } = decision {
+                        kept = Some(expected);
+                    }
+                    decision
+                });
+                if kept.is_some() {
+                    self.expected = kept;
+                }
                 self.workers[i].granted_at = now;
                 s.handle_claim(decided, now)
+            }
+            Step::Peek(s) => {
+                let fp = s.fingerprint().clone();
+                let peeked = self.object(store, |r, now, _, p| r.peek(&fp, now, p));
+                s.handle_peek(peeked)
             }
             Step::BeginOrder(s) => {
                 let decided = match store {
                     StoreCall::Unreachable => Err(StoreFailure("unreachable".into())),
                     _ => {
-                        let decided = self.order.begin(&s.attempt(), now);
+                        let decided = self.order.begin(&s.attempt(), now, &self.order_policy);
                         prop_assert_eq!(&decided, &OrderDecision::Attempt, "one key, one attempt");
                         if store == StoreCall::ReplyLost {
                             Err(StoreFailure("reply lost".into()))
@@ -378,7 +421,8 @@ impl World {
                 } else {
                     self.backend.lookup(now)
                 };
-                s.handle_lookup(classify_lookup(status, body.as_bytes()), now)
+                let found = classify_lookup(status, body.as_bytes(), &s.expected()).outcome;
+                s.handle_lookup(found, now)
             }
             Step::Settle(s) => {
                 let (token, fp, found) = (s.token(), s.fingerprint().clone(), s.found().clone());
@@ -419,7 +463,7 @@ impl World {
             }
             done @ Step::Done(_) => done,
         };
-        if let Step::Forward(_) = next {
+        if let Step::Forward(forward) = &next {
             // The shell sends a forward the moment the flow asks for it.
             prop_assert!(
                 self.stored.is_none(),
@@ -428,6 +472,7 @@ impl World {
             let call = Call {
                 // The backend is done by the end of the claim's lease.
                 finish_by: self.workers[i].granted_at.plus(self.policy.lease),
+                charge: charge_of(forward),
             };
             self.workers[i].waiting = Some((call, now.plus(self.config.backend_timeout)));
         }
@@ -440,10 +485,13 @@ impl World {
     fn answer(&mut self, pick: usize, outcome: Outcome) -> Result<(), TestCaseError> {
         if !self.backend.orphans.is_empty() && pick.is_multiple_of(2) {
             // An orphan finishes early, with whatever outcome.
-            self.backend
+            let orphan = self
+                .backend
                 .orphans
                 .remove(pick % self.backend.orphans.len());
-            let _ = self.backend.run(outcome, self.now, self.lag);
+            let _ = self
+                .backend
+                .run(outcome, self.now, self.lag, &orphan.charge);
             return Ok(());
         }
         let waiting: Vec<usize> = (0..self.workers.len())
@@ -453,8 +501,8 @@ impl World {
             return Ok(());
         }
         let i = waiting[pick % waiting.len()];
-        self.workers[i].waiting = None;
-        let heard = match self.backend.run(outcome, self.now, self.lag) {
+        let (call, _) = self.workers[i].waiting.take().expect("picked as waiting");
+        let heard = match self.backend.run(outcome, self.now, self.lag, &call.charge) {
             Ok((status, body)) => classify_response(BackendResponse::new(status, body)),
             Err(()) => classify_failure(&TransportFailure::Unreachable("reset".into())),
         };
@@ -479,7 +527,11 @@ impl World {
             } else {
                 self.backend.lookup(now)
             };
-            let (found, _) = classify_lookup(status, body.as_bytes()).found(now);
+            // The object checks the lookup against what it kept at the claim.
+            let expected = self.expected.clone().expect("a claim kept it");
+            let (found, _) = classify_lookup(status, body.as_bytes(), &expected)
+                .outcome
+                .found(now);
             let fp = self.record.fingerprint().unwrap().clone();
             let _ = self
                 .record
@@ -523,8 +575,10 @@ impl World {
                 .position(|o| o.finish_by == next)
             {
                 // The worst case: it charges, and nobody hears about it.
-                self.backend.orphans.remove(i);
-                let _ = self.backend.run(Outcome::Success, next, self.lag);
+                let orphan = self.backend.orphans.remove(i);
+                let _ = self
+                    .backend
+                    .run(Outcome::Success, next, self.lag, &orphan.charge);
             } else if let Some(i) = self
                 .workers
                 .iter()
@@ -574,7 +628,9 @@ impl World {
                     replayed: true,
                 } = &reply
                 {
-                    prop_assert_eq!(Some(response), self.stored.as_ref(), "a replay differs");
+                    // Byte for byte what the browser was first shown.
+                    let shown = self.stored.as_ref().map(client_view);
+                    prop_assert_eq!(Some(response), shown.as_ref(), "a replay differs");
                 }
                 self.replies.push(reply);
             } else {

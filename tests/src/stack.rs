@@ -23,6 +23,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// The dev build's entry point (scripts/build-edge.sh).
+const DEV_BUILD_ENTRY: &str = "build-dev/index.js";
+
 /// How long wrangler may take to answer its first request. Generous because
 /// a cold `wrangler dev` on a busy 2-core machine may also run the build.
 const READY_TIMEOUT: Duration = Duration::from_secs(240);
@@ -607,8 +610,17 @@ impl<'a> WranglerLaunch<'a> {
             .stdout(stdout)
             .stderr(stderr)
             .process_group(0);
-        if let Some(config) = self.config {
-            cmd.arg("--config").arg(config);
+        match self.config {
+            Some(config) => {
+                cmd.arg("--config").arg(config);
+            }
+            // ChargeOnce's Worker in its dev build: with the demo's token
+            // route and the simulator's hooks, which the deploy build
+            // (wrangler.toml's `main`) leaves out. wrangler runs the build
+            // command with this variable, so it builds that variant.
+            None => {
+                cmd.arg(DEV_BUILD_ENTRY).env("CHARGEONCE_EDGE_BUILD", "dev");
+            }
         }
         for (name, value) in self.vars {
             cmd.arg("--var").arg(format!("{name}:{value}"));

@@ -11,7 +11,8 @@
 // allow-unwrap-in-tests does not reach it; a panic is the failure report here.
 #![allow(clippy::unwrap_used)]
 
-use chargeonce_protocol::{Attempt, IdempotencyKey, Phase, RetryPolicy, ScopedKey};
+use chargeonce_protocol::token::EXAMPLE_SECRET;
+use chargeonce_protocol::{Attempt, IdempotencyKey, OrderClaims, Phase, RetryPolicy, ScopedKey};
 use chargeonce_tests::client::{now_ms, Bank, CheckoutClient, PageOrder};
 use chargeonce_tests::shop::{self, now_secs, order_token, signed_order, signed_order_for};
 use chargeonce_tests::sim::{Charge, Faults, Ledger, LookupLog, DEFAULT_SECRET};
@@ -1694,7 +1695,8 @@ fn the_widget_completes_three_d_secure_with_the_pages_handler(s: &Suite) {
             panic!("{:?}", failed.phase())
         };
         assert_eq!(*status, 200);
-        assert!(message.contains("failed authentication"), "{message}");
+        // The generic words the browser is shown, not the backend's.
+        assert_eq!(message, "The card's authentication failed.");
         assert!(s.charges("3ds-widget-no").await.is_empty());
 
         let unhandled = s
@@ -1877,20 +1879,55 @@ fn the_simulator_hooks_pass_through_the_edge_in_development(s: &Suite) {
         let ledger = s.send(s.http.get(edge("ledger"))).await;
         assert_eq!(ledger.status, 200);
         assert_eq!(ledger.json()["charges"][0]["order_ref"], "hooks-1");
-        let faults = s
-            .send(s.http.post(edge("faults")).body(r#"{"latency_ms": 5}"#))
-            .await;
+        // A POST is JSON from the Worker's own pages, as the shop sends it.
+        let post = |path: &str| {
+            s.http
+                .post(edge(path))
+                .header("Content-Type", "application/json")
+                .header("Origin", &s.stack.edge_url)
+        };
+        let faults = s.send(post("faults").body(r#"{"latency_ms": 5}"#)).await;
         assert_eq!(faults.json()["latency_ms"], 5);
         assert_eq!(
             s.sim_faults().await.latency_ms,
             5,
             "the edge set the simulator's faults"
         );
-        assert_eq!(s.send(s.http.post(edge("reset"))).await.status, 204);
+        // What a page on another site can send without asking (a no-cors
+        // form post) never reaches the simulator.
+        let cross_site = s
+            .send(
+                s.http
+                    .post(edge("reset"))
+                    .header("Content-Type", "text/plain")
+                    .header("Origin", "http://evil.test")
+                    .body("{}"),
+            )
+            .await;
+        cross_site.problem(415);
+        let other_origin = s
+            .send(
+                post("reset")
+                    .header("Origin", "http://evil.test")
+                    .body("{}"),
+            )
+            .await;
+        other_origin.problem(403);
+        let no_origin = s
+            .send(
+                s.http
+                    .post(edge("reset"))
+                    .header("Content-Type", "application/json")
+                    .body("{}"),
+            )
+            .await;
+        no_origin.problem(403);
+        assert_eq!(s.ledger().await.charges.len(), 1, "nothing was reset");
+        assert_eq!(s.send(post("reset")).await.status, 204);
         assert!(s.ledger().await.charges.is_empty());
         // Only the three hooks, with their methods.
         s.send(s.http.get(edge("reset"))).await.problem(404);
-        s.send(s.http.post(edge("ledger"))).await.problem(404);
+        s.send(post("ledger")).await.problem(404);
         s.send(s.http.get(edge("charges"))).await.problem(404);
     });
 }
@@ -2352,6 +2389,292 @@ fn two_customers_with_one_order_ref_are_two_orders(s: &Suite) {
     });
 }
 
+/// The cards a card tester would try, in turn: each declines.
+const DECLINING_CARDS: [&str; 4] = [
+    "pm_card_chargeDeclined",
+    "pm_card_visa_chargeDeclinedInsufficientFunds",
+    "pm_card_chargeDeclinedExpiredCard",
+    "pm_card_chargeDeclinedProcessingError",
+];
+
+/// Card testing: one order token, twenty keys, twenty declining cards. The
+/// order's record counts each refusal, and past MAX_ATTEMPTS_PER_ORDER (5)
+/// nothing more reaches the backend. No answer shows the card; the merchant
+/// reads the backend's whole answer with the backend secret.
+fn card_testing_through_one_token_reaches_the_backend_five_times(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let token = order("card-test-1", 600);
+        let mut statuses = Vec::new();
+        for n in 0..20 {
+            let mut body = token.clone();
+            body["payment_method"] = json!(DECLINING_CARDS[n % DECLINING_CARDS.len()]);
+            let reply = s.post(&format!("card-test-key-{n:06}"), &body).await;
+            let text = String::from_utf8_lossy(&reply.body).into_owned();
+            // As members: `requires_payment_method` is a status.
+            for detail in ["\"payment_method\":", "last4", "brand", "checks", "country"] {
+                assert!(!text.contains(detail), "attempt {n} shows {detail}: {text}");
+            }
+            if reply.status == 429 {
+                let problem = reply.problem(429);
+                assert_eq!(
+                    problem["type"],
+                    "tag:chargeonce.dev,2026:problem:order-attempts-exhausted"
+                );
+                assert_eq!(reply.header("Retry-After"), None, "no retry can help");
+            } else {
+                let error = &reply.json()["error"];
+                assert!(error["code"].is_string(), "attempt {n}: {text}");
+                assert!(error["payment_intent"]["id"].is_string(), "{text}");
+            }
+            statuses.push(reply.status);
+        }
+        assert_eq!(statuses[..5], [402; 5], "the first five are declined");
+        assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+        let ledger = s.ledger().await;
+        assert_eq!(
+            ledger.payments_executed, 5,
+            "five cards reached the backend"
+        );
+        assert!(ledger.charges.is_empty());
+        // A good card is refused too now: the order, not the card, is
+        // exhausted while the token lives.
+        let good = s.post("card-test-key-good01", &token).await;
+        good.problem(429);
+        assert_eq!(s.ledger().await.payments_executed, 5);
+
+        // The customer's status lookup shows what the browser was shown;
+        // the merchant's, with the backend secret, the backend's answer.
+        let first_key = "card-test-key-000000";
+        let shown = s
+            .status(first_key, token["order_token"].as_str().unwrap())
+            .await;
+        assert_eq!(shown.status, 402);
+        assert!(!String::from_utf8_lossy(&shown.body).contains("last4"));
+        let merchant = s
+            .send(
+                s.http
+                    .get(format!(
+                        "{}/v1/orders?customer={}",
+                        s.stack.edge_url,
+                        shop::CUSTOMER
+                    ))
+                    .header("Idempotency-Key", first_key)
+                    .header("Authorization", format!("Bearer {DEFAULT_SECRET}")),
+            )
+            .await;
+        assert_eq!(merchant.status, 402);
+        assert_eq!(
+            merchant.json()["error"]["payment_method"]["card"]["last4"],
+            "0002"
+        );
+        // The backend secret without a customer names what is missing.
+        let nameless = s
+            .send(
+                s.http
+                    .get(format!("{}/v1/orders", s.stack.edge_url))
+                    .header("Idempotency-Key", first_key)
+                    .header("Authorization", format!("Bearer {DEFAULT_SECRET}")),
+            )
+            .await;
+        assert!(nameless.problem(401)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("customer"));
+    });
+}
+
+/// An order signed for the tests' customer with a token that expired.
+fn expired_order(order_ref: &str, amount: u64) -> Value {
+    let mut body = order(order_ref, amount);
+    body["order_token"] = json!(order_token(
+        order_ref,
+        amount,
+        shop::CUSTOMER,
+        now_secs() - 1
+    ));
+    body
+}
+
+/// An expired order token claims nothing: it only peeks at the key's
+/// object. A stored answer is replayed, another payload gets 422, a claim
+/// in flight 409; anything else 403, with nothing written and nothing sent.
+fn an_expired_token_only_peeks_and_writes_nothing(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let key = "expired-key-0000001";
+        let stale = s.post(key, &expired_order("expired-1", 700)).await;
+        let problem = stale.problem(403);
+        assert_eq!(
+            problem["type"],
+            "tag:chargeonce.dev,2026:problem:order-token-expired"
+        );
+        let steps = timing_steps(&stale);
+        assert_eq!(
+            steps,
+            ["read", "kv", "peek"],
+            "no claim, no order, no backend"
+        );
+        assert_eq!(s.ledger().await.payments_executed, 0);
+        // The same key with a fresh token is placed as if nothing came before.
+        let placed = s.post(key, &order("expired-1", 700)).await;
+        assert_eq!((placed.status, placed.replayed()), (200, false));
+        // Its answer is replayed to the expired token, byte for byte.
+        let replay = s.post(key, &expired_order("expired-1", 700)).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true));
+        assert_eq!(replay.body, placed.body);
+        // Another payload under the key: 422.
+        s.post(key, &expired_order("expired-1", 701))
+            .await
+            .problem(422);
+        assert_eq!(s.charges("expired-1").await.len(), 1);
+
+        // A claim in flight: 409, and the claim is not disturbed.
+        s.sim("/__sim/faults", json!({"slow_next": 1, "slow_ms": 1_500}))
+            .await;
+        let busy = "expired-key-0000002";
+        let (first, peeked) = s
+            .while_posting(
+                busy,
+                &order("expired-2", 800),
+                Duration::from_millis(500),
+                s.post(busy, &expired_order("expired-2", 800)),
+            )
+            .await;
+        assert_eq!(first.status, 200);
+        peeked.problem(409);
+        assert_eq!(timing_steps(&peeked), ["read", "kv", "peek"]);
+        assert_eq!(s.charges("expired-2").await.len(), 1);
+    });
+}
+
+/// A backend that answers with a redirect is misconfigured: the edge does
+/// not follow it (which would send the order and the credential to another
+/// host, and store that host's answer), charges nothing and frees the key.
+fn a_redirecting_backend_is_not_followed(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"redirect_next": 1})).await;
+        let key = "redirect-key-000001";
+        let body = order("redirect-1", 900);
+        let refused = s.post(key, &body).await;
+        let problem = refused.problem(502);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("redirect"), "{detail}");
+        assert!(
+            !detail.contains("127.0.0.1"),
+            "no URL reaches a client: {detail}"
+        );
+        let ledger = s.ledger().await;
+        assert_eq!(ledger.redirected_posts, 0, "the redirect was not followed");
+        assert!(ledger.charges.is_empty());
+        // Nothing was charged, so the key is free: the retry pays once.
+        let placed = s.post(key, &body).await;
+        assert_eq!((placed.status, placed.replayed()), (200, false));
+        assert_eq!(s.charges("redirect-1").await.len(), 1);
+    });
+}
+
+/// A backend whose answer never ends: the edge reads one byte past what it
+/// would store and stops, so the request does not hang until the backend
+/// timeout (504); the outcome is unknown (the charge may have been made),
+/// and the retry reconciles it into the one charge.
+fn an_endless_backend_answer_is_cut_off_and_reconciled(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"oversized_next": 1})).await;
+        let key = "endless-key-0000001";
+        let body = order("endless-1", 1000);
+        let cut = s.post(key, &body).await;
+        let problem = cut.problem(502);
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("more than the 65536 bytes"),
+            "{problem}"
+        );
+        let again = s.retry_past_409s(key, &body).await;
+        s.assert_the_one_charge(&again, "endless-1").await;
+    });
+}
+
+/// A backend whose lookup ignores its filter lists other keys' charges: the
+/// edge takes only an item that shows its key, amount and order_ref, so an
+/// unknown attempt that charged nothing never becomes someone else's charge.
+fn a_lookup_that_ignores_its_filter_never_answers_with_another_charge(s: &Suite) {
+    s.block_on(async {
+        s.reset(json!({"lookups_ignore_filter": true})).await;
+        let other = s
+            .post(
+                "filter-other-key-01",
+                &signed_order_for("filter-other", 1100, "cus_filter_other"),
+            )
+            .await;
+        assert_eq!(other.status, 200);
+        // Ours fails after execution began: a saved 500, nothing charged.
+        s.sim("/__sim/faults", json!({"fail_saved_next": 1})).await;
+        let key = "filter-key-00000001";
+        let body = order("filter-1", 1100);
+        assert_eq!(s.post(key, &body).await.status, 502);
+        // The customer retries until the edge settles it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(SETTLE_SECS + 20);
+        let settled = loop {
+            let reply = s.post(key, &body).await;
+            assert_ne!(
+                reply.status,
+                200,
+                "another customer's charge became this key's answer: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            if ![409, 502, 503].contains(&reply.status) {
+                break reply;
+            }
+            assert!(std::time::Instant::now() < deadline, "never settled");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        };
+        settled.problem(410);
+        assert!(s.charges("filter-1").await.is_empty());
+        assert!(
+            s.stack
+                .wrangler_log()
+                .contains("ignored (does its list honour the filter?)"),
+            "the edge logs what it ignored"
+        );
+    });
+}
+
+/// The order-token secret of `.dev.vars.example` is public: an edge
+/// deployed with it refuses every order (500, naming the setting), since
+/// anyone could sign one.
+fn the_public_example_secret_is_refused(_: &Suite) {
+    let options = StackOptions {
+        vars: vec![("ORDER_TOKEN_SECRET".into(), EXAMPLE_SECRET.into())],
+        ..StackOptions::default()
+    };
+    let s = Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a stack"));
+    s.block_on(async {
+        s.reset(json!({})).await;
+        let mut body = order("example-1", 1200);
+        body["order_token"] = json!(OrderClaims {
+            order_ref: "example-1".into(),
+            amount: 1200,
+            currency: "usd".into(),
+            customer: shop::CUSTOMER.into(),
+            expires_at: now_secs() + 600,
+        }
+        .sign(EXAMPLE_SECRET.as_bytes()));
+        let refused = s.post("example-key-0000001", &body).await;
+        let problem = refused.problem(500);
+        assert_eq!(
+            problem["type"],
+            "tag:chargeonce.dev,2026:problem:edge-misconfigured"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("ORDER_TOKEN_SECRET"), "{detail}");
+        assert!(!detail.contains(EXAMPLE_SECRET), "{detail}");
+        assert_eq!(s.ledger().await.payments_executed, 0);
+    });
+}
+
 fn main() {
     let args = Arguments::from_args();
     let options = StackOptions {
@@ -2412,6 +2735,12 @@ fn main() {
         the_simulator_hooks_pass_through_the_edge_in_development,
         the_demo_storefront_prices_the_cart_and_signs_the_order,
         a_worker_killed_after_forwarding_recovers_after_the_lease_with_one_charge,
+        card_testing_through_one_token_reaches_the_backend_five_times,
+        an_expired_token_only_peeks_and_writes_nothing,
+        a_redirecting_backend_is_not_followed,
+        an_endless_backend_answer_is_cut_off_and_reconciled,
+        a_lookup_that_ignores_its_filter_never_answers_with_another_charge,
+        the_public_example_secret_is_refused,
         // Last: it searches everything the suite left behind.
         secrets_never_reach_a_response_a_log_or_the_store,
     ];

@@ -546,11 +546,16 @@ async fn reset_clears_ledger_keys_and_faults() {
     let lookup_faults =
         json!({"search_lag_ms": 60_000, "lookups_down": true, "lookup_slow_next": 1});
     h.faults(lookup_faults).await;
+    let misbehaving =
+        json!({"redirect_next": 1, "oversized_next": 1, "lookups_ignore_filter": true});
+    h.faults(misbehaving).await;
+    h.http.post(h.url("/__sim/elsewhere")).send().await.unwrap();
+    assert_eq!(h.ledger().await.redirected_posts, 1);
     let response = h.http.post(h.url("/__sim/reset")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(header(&response, "request-id").is_some());
 
-    assert!(h.ledger().await.charges.is_empty());
+    assert_eq!(h.ledger().await, Ledger::default());
     assert_eq!(h.search_body(by_order_ref).await, search_result(&[]));
     let faults: Faults = h
         .http
@@ -592,6 +597,9 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
             key_retention_ms: STRIPE_KEY_RETENTION_MS,
             in_use_next: 0,
             rate_limit_next: 0,
+            redirect_next: 0,
+            oversized_next: 0,
+            lookups_ignore_filter: false,
         }
     );
     for bad in [
@@ -599,6 +607,8 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
         json!({"fail_next": "1"}),
         json!({"lookups_down": 1}),
         json!({"search_lag_ms": -1}),
+        json!({"redirect_next": true}),
+        json!({"lookups_ignore_filter": "yes"}),
         json!([1]),
     ] {
         let response = h
@@ -613,6 +623,10 @@ async fn faults_merge_and_reject_unknown_fields_or_wrong_types() {
         assert!(message.contains("Invalid faults"), "{message}");
         assert!(message.contains("slow_next, slow_ms"), "{message}");
         assert!(message.contains("lookups_down"), "{message}");
+        assert!(
+            message.contains("redirect_next, oversized_next"),
+            "{message}"
+        );
     }
     assert_eq!(h.faults(json!({})).await, merged);
 }
@@ -1563,4 +1577,238 @@ async fn rate_limit_in_use_search_disabled_and_key_retention_over_http() {
     assert_eq!(anew.status(), StatusCode::OK);
     assert_eq!(header(&anew, "idempotent-replayed"), None);
     assert_eq!(h.ledger().await.charges.len(), 3);
+}
+
+/// A client that never follows a redirect, so that a test sees the 307 itself.
+fn not_following_client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn redirect_next_answers_307_to_elsewhere_on_both_endpoints_and_charges_nothing() {
+    let h = Harness::start().await;
+    assert_eq!(h.faults(json!({"redirect_next": 3})).await.redirect_next, 3);
+    let direct = not_following_client();
+    let elsewhere = format!("{}/__sim/elsewhere", h.sim.url());
+    let moved = payment_intent_with(&direct, &h.sim.url(), &tagged_visa(), Some("key-moved"))
+        .await
+        .unwrap();
+    let order = direct
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Idempotency-Key", "key-moved")
+        .json(&visa_order())
+        .send()
+        .await
+        .unwrap();
+    for response in [moved, order] {
+        assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(header(&response, "location"), Some(elsewhere.as_str()));
+        assert_eq!(header(&response, "idempotent-replayed"), None);
+        let error = error_of(response).await;
+        assert_eq!(error["type"], "api_error");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains("redirect_next"), "{message}");
+    }
+    // The Location names the host the request came to, whatever it was.
+    let proxied = direct
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Host", "paysim.example:4242")
+        .json(&visa_order())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(
+        header(&proxied, "location"),
+        Some("http://paysim.example:4242/__sim/elsewhere")
+    );
+    assert_eq!(h.faults(json!({})).await.redirect_next, 0);
+
+    // Nothing was charged, recorded or saved: the lookups find nothing, the key executes anew.
+    let ledger = h.ledger().await;
+    assert!(ledger.charges.is_empty());
+    assert_eq!(ledger.redirected_posts, 0);
+    assert_eq!(h.search_body(BY_CK_1).await, search_result(&[]));
+    assert_eq!(
+        ok_text(h.orders_by_key("key-moved").await).await,
+        orders_list(&[])
+    );
+    let retried = h.payment_intent(&tagged_visa(), Some("key-moved")).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    assert_eq!(header(&retried, "idempotent-replayed"), None);
+    assert_eq!(h.ledger().await.charges.len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_follows_the_redirect_gets_pi_elsewhere_and_elsewhere_counts_it() {
+    let h = Harness::start().await;
+    h.faults(json!({"redirect_next": 1})).await;
+    // reqwest follows a 307 as fetch does: the same POST, body and all, to the Location.
+    let followed = h.payment_intent(VISA, Some("key-followed")).await;
+    assert_eq!(followed.url().path(), "/__sim/elsewhere");
+    let intent: Value = serde_json::from_str(&ok_text(followed).await).unwrap();
+    assert_eq!(intent["id"], "pi_elsewhere");
+    assert_eq!(intent["object"], "payment_intent");
+    assert_eq!(intent["status"], "succeeded");
+    let ledger = h.ledger().await;
+    assert!(ledger.charges.is_empty());
+    assert_eq!(ledger.redirected_posts, 1);
+
+    // It counts every POST it receives, whoever sends it, and only POSTs.
+    let direct = h
+        .http
+        .post(h.url("/__sim/elsewhere"))
+        .body("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), StatusCode::OK);
+    let response = h.http.get(h.url("/__sim/elsewhere")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header(&response, "allow"), Some("POST"));
+    let raw: Value = h
+        .http
+        .get(h.url("/__sim/ledger"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw,
+        json!({"charges": [], "payments_executed": 0, "redirected_posts": 2})
+    );
+    h.http.post(h.url("/__sim/reset")).send().await.unwrap();
+    assert_eq!(h.ledger().await.redirected_posts, 0);
+}
+
+#[tokio::test]
+async fn oversized_next_charges_and_saves_then_sends_a_body_that_never_ends() {
+    /// Far more than any payment's answer.
+    const PAST: usize = 1 << 20;
+    let h = Harness::start().await;
+    assert_eq!(
+        h.faults(json!({"oversized_next": 2})).await.oversized_next,
+        2
+    );
+    let mut response = unpooled_client()
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .header("Idempotency-Key", "key-huge")
+        .json(&visa_order())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    assert_eq!(header(&response, "content-length"), None);
+    assert_eq!(header(&response, "idempotent-replayed"), None);
+    // Committed before the first byte of the body.
+    let charges = h.ledger().await.charges;
+    assert_eq!(charges.len(), 1);
+
+    let mut received = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while received <= PAST {
+            let chunk = response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the body never ends");
+            assert!(chunk.iter().all(|&byte| byte == b' '), "{chunk:?}");
+            received += chunk.len();
+        }
+    })
+    .await
+    .expect("the body keeps coming");
+    // Hanging up ends it.
+    drop(response);
+
+    // A client that reads bodies whole waits until its own timeout.
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let whole = impatient
+        .post(h.url("/v1/orders"))
+        .bearer_auth(DEFAULT_SECRET)
+        .json(&visa_order())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
+    assert!(whole.unwrap_err().is_timeout());
+    assert_eq!(h.faults(json!({})).await.oversized_next, 0);
+    assert_eq!(h.ledger().await.charges.len(), 2);
+
+    // The answer the body never carried is saved under the key and found by the lookup.
+    let replay = h.order(&visa_order(), Some("key-huge")).await;
+    assert_eq!(header(&replay, "idempotent-replayed"), Some("true"));
+    let saved = ok_text(replay).await;
+    let intent: Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(intent["id"], charges[0].id.as_str());
+    assert_eq!(
+        ok_text(h.orders_by_key("key-huge").await).await,
+        orders_list(&[&saved])
+    );
+    // The fault is spent: the next answer is whole.
+    let next = h.order(&visa_order(), Some("key-next")).await;
+    let next: Value = serde_json::from_str(&ok_text(next).await).unwrap();
+    assert_eq!(next["status"], "succeeded");
+    assert_eq!(h.ledger().await.charges.len(), 3);
+}
+
+#[tokio::test]
+async fn lookups_ignore_filter_lists_every_intent_of_the_endpoint_for_any_key() {
+    let h = Harness::start().await;
+    let tagged = |tag: &str| format!("{VISA}&metadata[chargeonce_key]={tag}");
+    let a = ok_text(h.payment_intent(&tagged("ck_a"), Some("key-a")).await).await;
+    let b = ok_text(h.payment_intent(&tagged("ck_b"), Some("key-b")).await).await;
+    let order_a = ok_text(h.order(&visa_order(), Some("key-a")).await).await;
+    let order_b = ok_text(h.order(&visa_order(), Some("key-b")).await).await;
+    let by_a = "metadata['chargeonce_key']:'ck_a'";
+    assert_eq!(h.search_body(by_a).await, search_result(&[&a]));
+    assert_eq!(
+        ok_text(h.orders_by_key("key-a").await).await,
+        orders_list(&[&order_a])
+    );
+
+    let faults = h.faults(json!({"lookups_ignore_filter": true})).await;
+    assert!(faults.lookups_ignore_filter);
+    // A lookup for A lists B's intent too, and one for nobody lists both; each lookup only its
+    // own endpoint's intents, newest first.
+    for (query, key) in [
+        (by_a, "key-a"),
+        ("metadata['chargeonce_key']:'ck_nobody'", "key-nobody"),
+    ] {
+        assert_eq!(h.search_body(query).await, search_result(&[&b, &a]));
+        assert_eq!(
+            ok_text(h.orders_by_key(key).await).await,
+            orders_list(&[&order_b, &order_a])
+        );
+    }
+    // Still a lookup: a query it cannot parse is refused, and search_lag_ms still hides.
+    let refused = h.search("status:'succeeded'").await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    h.faults(json!({"search_lag_ms": 60_000})).await;
+    assert_eq!(h.search_body(by_a).await, search_result(&[]));
+    assert_eq!(
+        ok_text(h.orders_by_key("key-a").await).await,
+        orders_list(&[])
+    );
+
+    h.faults(json!({"search_lag_ms": 0, "lookups_ignore_filter": false}))
+        .await;
+    assert_eq!(h.search_body(by_a).await, search_result(&[&a]));
+    assert_eq!(
+        ok_text(h.orders_by_key("key-b").await).await,
+        orders_list(&[&order_b])
+    );
 }

@@ -48,6 +48,11 @@ pub const ALREADY_PLACED: &str = "This order was already placed.";
 pub const ALREADY_PLACED_NOT_CHARGED: &str =
     "This order was already placed. You were not charged again.";
 
+/// The status line when the order was refused as often as the store allows
+/// (declined cards): nothing more is sent for it.
+pub const ATTEMPTS_EXHAUSTED: &str =
+    "Too many declined attempts for this order. Please contact the store.";
+
 /// The status line while the edge's status lookup settles an earlier
 /// attempt (after a reload, or before a changed order is placed).
 pub const CHECKING: &str = "Checking your earlier order…";
@@ -154,6 +159,7 @@ pub fn view_state(
         ),
         Phase::Refused { status: 410, .. } => (NOT_CHARGED.to_owned(), true),
         Phase::Refused { status: 409, .. } => (ALREADY_PLACED_NOT_CHARGED.to_owned(), true),
+        Phase::Refused { status: 429, .. } => (ATTEMPTS_EXHAUSTED.to_owned(), true),
         Phase::Refused { message, .. } => (format!("Order not accepted: {message}"), true),
         Phase::Unconfirmed => (UNCONFIRMED.to_owned(), true),
         Phase::OtherTab => (OTHER_TAB.to_owned(), true),
@@ -490,6 +496,17 @@ mod tests {
         assert_eq!(
             (view.status.as_str(), view.placed, view.alert),
             (ALREADY_PLACED_NOT_CHARGED, false, true)
+        );
+        // Declined as often as the store allows: contact the store.
+        let exhausted = answered_with(EdgeResponse {
+            problem: Some(ProblemType::OrderAttemptsExhausted),
+            message: Some("refused 5 times"),
+            ..EdgeResponse::new(429, "{}")
+        });
+        let view = shown(&exhausted);
+        assert_eq!(
+            (view.status.as_str(), view.placed, view.alert),
+            (ATTEMPTS_EXHAUSTED, false, true)
         );
     }
 

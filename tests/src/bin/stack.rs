@@ -16,6 +16,7 @@
 //! and exits non-zero, naming the log and printing its tail, when the Worker
 //! does not become ready or a process exits on its own.
 
+use chargeonce_protocol::token::EXAMPLE_SECRET;
 use chargeonce_tests::sim::DEFAULT_SECRET;
 use chargeonce_tests::stack::{workspace_root, DevSettings, Stack, StackError, StackOptions};
 use std::io::{Read, Write};
@@ -274,9 +275,11 @@ fn serve(mut stack: Stack, stop: &AtomicBool, name: &str) -> ExitCode {
 }
 
 /// Makes sure `.dev.vars` at `root` exists (from `.dev.vars.example`) and has
-/// an `ORDER_TOKEN_SECRET` (a `.dev.vars` made before order tokens existed
-/// lacks it), and reads its `STRIPE_SECRET_KEY`, the key paysim accepts.
-/// Returns that key and what was changed.
+/// an `ORDER_TOKEN_SECRET` of its own: a random one in place of the
+/// example's public one (which the edge refuses), or of none (a `.dev.vars`
+/// made before order tokens existed lacks it). Reads its
+/// `STRIPE_SECRET_KEY`, the key paysim accepts. Returns that key and what
+/// was changed.
 fn dev_vars(root: &Path) -> Result<(String, Vec<String>), String> {
     let path = root.join(".dev.vars");
     let example = root.join(".dev.vars.example");
@@ -290,26 +293,54 @@ fn dev_vars(root: &Path) -> Result<(String, Vec<String>), String> {
         notes
             .push("created .dev.vars from .dev.vars.example (the simulator's test key)".to_owned());
     }
-    let text = read(&path)?;
-    if dev_var(&text, "ORDER_TOKEN_SECRET").is_none() {
-        let example_text = read(&example)?;
-        let line = example_text
-            .lines()
-            .find(|line| line.starts_with("ORDER_TOKEN_SECRET="))
-            .ok_or("neither .dev.vars nor .dev.vars.example has an ORDER_TOKEN_SECRET")?;
-        let newline = if text.is_empty() || text.ends_with('\n') {
-            ""
-        } else {
-            "\n"
-        };
-        std::fs::write(&path, format!("{text}{newline}{line}\n"))
+    let mut text = read(&path)?;
+    match dev_var(&text, "ORDER_TOKEN_SECRET") {
+        Some(secret) if secret != EXAMPLE_SECRET => {}
+        Some(_) => {
+            let line = format!("ORDER_TOKEN_SECRET={}", random_secret()?);
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("ORDER_TOKEN_SECRET=") {
+                        line.as_str()
+                    } else {
+                        l
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+            notes.push(
+                "gave .dev.vars a random ORDER_TOKEN_SECRET in place of the example's public one, which the edge refuses".to_owned(),
+            );
+        }
+        None => {
+            let newline = if text.is_empty() || text.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            };
+            text = format!("{text}{newline}ORDER_TOKEN_SECRET={}\n", random_secret()?);
+            notes.push("added a random ORDER_TOKEN_SECRET to .dev.vars".to_owned());
+        }
+    }
+    if !notes.is_empty() {
+        std::fs::write(&path, &text)
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        notes.push("added ORDER_TOKEN_SECRET to .dev.vars from .dev.vars.example".to_owned());
     }
     let secret = dev_var(&text, "STRIPE_SECRET_KEY").ok_or(
         ".dev.vars has no STRIPE_SECRET_KEY (the key paysim accepts; see .dev.vars.example)",
     )?;
     Ok((secret, notes))
+}
+
+/// 32 random bytes from the system, in hex: an order-token secret.
+fn random_secret() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("cannot read /dev/urandom for a secret: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The value of `NAME=value` in a `.dev.vars` text, without quotes.
@@ -390,27 +421,42 @@ mod tests {
     }
 
     #[test]
-    fn dev_vars_are_created_and_completed() {
+    fn dev_vars_are_created_with_a_secret_of_their_own() {
         let root = tempfile::tempdir().unwrap();
-        let example = "# comment\nSTRIPE_SECRET_KEY=sk_example\nORDER_TOKEN_SECRET=token-secret\n";
-        std::fs::write(root.path().join(".dev.vars.example"), example).unwrap();
+        let example = format!(
+            "# comment\nSTRIPE_SECRET_KEY=sk_example\nORDER_TOKEN_SECRET={EXAMPLE_SECRET}\n"
+        );
+        std::fs::write(root.path().join(".dev.vars.example"), &example).unwrap();
 
         let (secret, notes) = dev_vars(root.path()).unwrap();
-        assert_eq!((secret.as_str(), notes.len()), ("sk_example", 1));
+        assert_eq!((secret.as_str(), notes.len()), ("sk_example", 2));
         let vars = root.path().join(".dev.vars");
-        assert_eq!(std::fs::read_to_string(&vars).unwrap(), example);
+        let made = std::fs::read_to_string(&vars).unwrap();
+        let token_secret = dev_var(&made, "ORDER_TOKEN_SECRET").unwrap();
+        assert_ne!(token_secret, EXAMPLE_SECRET);
+        assert_eq!(token_secret.len(), 64);
+        assert!(made.starts_with("# comment\nSTRIPE_SECRET_KEY=sk_example\n"));
+        // Kept from then on.
+        assert!(dev_vars(root.path()).unwrap().1.is_empty());
+        assert_eq!(std::fs::read_to_string(&vars).unwrap(), made);
 
         // An old .dev.vars: its own key, no order-token secret, no final newline.
         std::fs::write(&vars, "STRIPE_SECRET_KEY=\"sk_mine\"").unwrap();
         let (secret, notes) = dev_vars(root.path()).unwrap();
         assert_eq!((secret.as_str(), notes.len()), ("sk_mine", 1));
-        assert_eq!(
-            std::fs::read_to_string(&vars).unwrap(),
-            "STRIPE_SECRET_KEY=\"sk_mine\"\nORDER_TOKEN_SECRET=token-secret\n"
-        );
-        assert!(dev_vars(root.path()).unwrap().1.is_empty());
+        let completed = std::fs::read_to_string(&vars).unwrap();
+        assert!(completed.starts_with("STRIPE_SECRET_KEY=\"sk_mine\"\nORDER_TOKEN_SECRET="));
 
         std::fs::write(&vars, "ORDER_TOKEN_SECRET=x\n").unwrap();
         assert!(dev_vars(root.path()).is_err());
+    }
+
+    #[test]
+    fn the_example_holds_the_secret_the_edge_refuses() {
+        let example = std::fs::read_to_string(workspace_root().join(".dev.vars.example")).unwrap();
+        assert_eq!(
+            dev_var(&example, "ORDER_TOKEN_SECRET").as_deref(),
+            Some(EXAMPLE_SECRET)
+        );
     }
 }

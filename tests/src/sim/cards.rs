@@ -24,6 +24,8 @@ pub(crate) struct Decline {
     pub code: &'static str,
     pub decline_code: Option<&'static str>,
     pub message: &'static str,
+    /// The last four digits of the test card's number in that table.
+    pub last4: &'static str,
 }
 
 /// The outcome of confirming with `payment_method`, or `None` for a method paysim does not know.
@@ -52,24 +54,28 @@ pub(crate) fn outcome(payment_method: &str) -> Option<CardOutcome> {
             code: "card_declined",
             decline_code: Some("generic_decline"),
             message: "Your card was declined.",
+            last4: "0002",
         }),
         // "Insufficient funds decline | 4000000000009995 | card_declined | insufficient_funds".
         "pm_card_visa_chargeDeclinedInsufficientFunds" => CardOutcome::Declines(Decline {
             code: "card_declined",
             decline_code: Some("insufficient_funds"),
             message: "Your card has insufficient funds.",
+            last4: "9995",
         }),
         // "Expired card decline | 4000000000000069 | expired_card | n/a".
         "pm_card_chargeDeclinedExpiredCard" => CardOutcome::Declines(Decline {
             code: "expired_card",
             decline_code: None,
             message: "Your card has expired.",
+            last4: "0069",
         }),
         // "Processing error decline | 4000000000000119 | processing_error | n/a".
         "pm_card_chargeDeclinedProcessingError" => CardOutcome::Declines(Decline {
             code: "processing_error",
             decline_code: None,
             message: "An error occurred while processing your card. Try again in a little bit.",
+            last4: "0119",
         }),
         _ => return None,
     })

@@ -5,10 +5,11 @@
 //! endpoint, kept for `key_retention_ms`) that can be switched off to play a naive backend, a
 //! record of every PaymentIntent it created that two lookups search, a log of those lookups, and
 //! injectable faults (latency, slow requests, 503s and saved 500s, responses lost after commit,
-//! keys in use, rate limiting; lookups that lag, fail or are slow, an account without Search),
-//! all inspectable and resettable under `/__sim/*`. It must not depend on the edge or the
-//! protocol crate: it stands in for the real payment provider, and tests prove the edge's
-//! behaviour by reading this ledger.
+//! keys in use, rate limiting; lookups that lag, fail or are slow, an account without Search;
+//! and a misbehaving backend's: payments redirected to another host, answers that never end,
+//! lookups that ignore their filter), all inspectable and resettable under `/__sim/*`. It must
+//! not depend on the edge or the protocol crate: it stands in for the real payment provider, and
+//! tests prove the edge's behaviour by reading this ledger.
 //!
 //! Endpoints, all answering JSON:
 //!
@@ -24,9 +25,14 @@
 //!   with that `Idempotency-Key`, newest first.
 //! - `POST /__sim/payment_intents/{id}/authenticate` with `{"outcome": "succeed" | "fail"}`: the
 //!   bank's 3-D Secure challenge that Stripe.js would show, for an intent in `requires_action`.
+//! - `POST /__sim/elsewhere`: "another host", where the `redirect_next` fault's 307 sends a
+//!   payment. It answers 200 with a `succeeded` PaymentIntent, `pi_elsewhere`, charging nothing,
+//!   and counts the POSTs it received, so a test can prove a client never followed.
 //! - `GET /__sim/ledger`, `GET /__sim/lookups`, `GET`/`POST /__sim/faults`, `POST /__sim/reset`:
-//!   inspection and control, without authentication. `/__sim/lookups` lists every lookup answered
-//!   since the last reset, `{"lookups":[{"path","query","status","at_ms"}]}`, oldest first.
+//!   inspection and control, without authentication. `/__sim/ledger` is
+//!   `{"charges":[...],"redirected_posts":N}`, N the POSTs `/__sim/elsewhere` received.
+//!   `/__sim/lookups` lists every lookup answered since the last reset,
+//!   `{"lookups":[{"path","query","status","at_ms"}]}`, oldest first.
 //!
 //! The five `/v1` endpoints need `Authorization: Bearer <secret>`. The lookups exist so that an
 //! edge that lost a payment's outcome can ask whether it was charged before forwarding it again;
@@ -45,7 +51,7 @@ mod wire;
 
 pub use server::{serve, RunningSim, MAX_BODY_BYTES};
 pub use state::{
-    Begin, Charge, Endpoint, Executed, Faults, FaultsPatch, Ledger, Lookup, LookupCall,
+    Begin, Charge, Delivery, Endpoint, Executed, Faults, FaultsPatch, Ledger, Lookup, LookupCall,
     LookupEntry, LookupLog, LookupTicket, PaymentCall, Reply, Simulator, Ticket,
     STRIPE_KEY_RETENTION_MS,
 };

@@ -1,21 +1,27 @@
 //! The HTTP shell: accepts connections, routes requests, sleeps injected delays and moves bytes.
 //!
-//! It holds no payment rule; those are in `state`. It owns the two things `state` cannot do: the
-//! clock and closing a connection without a response. hyper is used directly, not a framework,
-//! because the only way to lose a response on purpose is for the service to return an error, which
-//! makes hyper drop the connection before writing anything.
+//! It holds no payment rule; those are in `state`. It owns what `state` cannot do: the clock,
+//! closing a connection without a response, spelling a redirect's `Location` from the `Host` a
+//! request came to, and a body that never ends. hyper is used directly, not a framework, because
+//! the only way to lose a response on purpose is for the service to return an error, which makes
+//! hyper drop the connection before writing anything.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE,
+    HeaderMap, HeaderName, HeaderValue, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST,
+    LOCATION,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -23,10 +29,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Sleep;
 
 use super::ids;
 use super::state::{
-    Begin, Endpoint, FaultsPatch, Lookup, LookupCall, PaymentCall, Reply, Simulator,
+    Begin, Delivery, Endpoint, Executed, FaultsPatch, Lookup, LookupCall, PaymentCall, Reply,
+    Simulator,
 };
 use super::wire::{json_bytes, status, ApiError};
 use super::SimConfig;
@@ -36,11 +44,24 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// How much of an oversized body is read and discarded before answering 413.
 const DRAIN_LIMIT_BYTES: usize = 16 << 20;
 
+/// How many spaces each frame of an [`EndlessBody`] carries.
+const ENDLESS_CHUNK_BYTES: usize = 16 << 10;
+/// The pause before each further frame of an [`EndlessBody`], so that a client reading as fast
+/// as it can gets at most 16 KiB a millisecond and does not keep a core busy.
+const ENDLESS_PAUSE: Duration = Duration::from_millis(1);
+static SPACES: [u8; ENDLESS_CHUNK_BYTES] = [b' '; ENDLESS_CHUNK_BYTES];
+
+/// The path of "another host", where the `redirect_next` fault sends payments.
+const ELSEWHERE: &str = "/__sim/elsewhere";
+
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const REQUEST_ID: &str = "request-id";
 const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 type SharedSim = Arc<Mutex<Simulator>>;
+
+/// Every response's body: complete, or endless for the `oversized_next` fault.
+type SimBody = Either<Full<Bytes>, EndlessBody>;
 
 /// Why a connection is closed without a response. hyper only sees that the service failed.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +160,7 @@ fn lock(sim: &SharedSim) -> MutexGuard<'_, Simulator> {
 async fn handle(
     sim: SharedSim,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, NoResponse> {
+) -> Result<Response<SimBody>, NoResponse> {
     let mut response = route(&sim, request).await?;
     let request_id = HeaderValue::from_str(&ids::request_id())
         .expect("request ids are ASCII alphanumerics and underscores");
@@ -147,15 +168,26 @@ async fn handle(
     Ok(response)
 }
 
+/// Payments, whose answer a fault may make endless, and everything else, answered whole.
 async fn route(
+    sim: &SharedSim,
+    request: Request<Incoming>,
+) -> Result<Response<SimBody>, NoResponse> {
+    if let (&Method::POST, Some(endpoint)) =
+        (request.method(), Endpoint::from_path(request.uri().path()))
+    {
+        return payment(sim, endpoint, request).await;
+    }
+    let response = route_complete(sim, request).await?;
+    Ok(response.map(Either::Left))
+}
+
+async fn route_complete(
     sim: &SharedSim,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, NoResponse> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    if let (&Method::POST, Some(endpoint)) = (&method, Endpoint::from_path(&path)) {
-        return payment(sim, endpoint, request).await;
-    }
     if let (&Method::GET, Some(lookup)) = (&method, Lookup::from_path(&path)) {
         return lookup_request(sim, lookup, &request).await;
     }
@@ -197,12 +229,23 @@ async fn route(
                     status::BAD_REQUEST,
                     &ApiError::invalid_request(format!(
                         "Invalid faults: {e}. Send a JSON object with any of honor_idempotency, \
-                         lookups_down, search_enabled (bools), fail_next, fail_saved_next, \
-                         drop_after_commit_next, latency_ms, slow_next, slow_ms, search_lag_ms, \
-                         lookup_slow_next, lookup_slow_ms, key_retention_ms, in_use_next, \
-                         rate_limit_next (non-negative integers)."
+                         lookups_down, search_enabled, lookups_ignore_filter (bools), fail_next, \
+                         fail_saved_next, drop_after_commit_next, latency_ms, slow_next, slow_ms, \
+                         search_lag_ms, lookup_slow_next, lookup_slow_ms, key_retention_ms, \
+                         in_use_next, rate_limit_next, redirect_next, oversized_next \
+                         (non-negative integers)."
                     )),
                 ),
+            }
+        }
+        (&Method::POST, ELSEWHERE) => {
+            // Counted whatever the body: a client that followed a redirect sent the payment again.
+            let (parts, body) = request.into_parts();
+            let body = read_body(&parts.headers, body).await?;
+            let reply = lock(sim).elsewhere(unix_now_ms());
+            match body {
+                Ok(_) => reply_response(reply),
+                Err(too_large) => too_large,
             }
         }
         (&Method::POST, "/__sim/reset") => {
@@ -234,7 +277,7 @@ async fn route(
 
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
-        "/v1/payment_intents" | "/__sim/reset" => Some("POST"),
+        "/v1/payment_intents" | "/__sim/reset" | ELSEWHERE => Some("POST"),
         "/v1/payment_intents/search" | "/__sim/ledger" | "/__sim/lookups" => Some("GET"),
         "/v1/orders" | "/__sim/faults" => Some("GET, POST"),
         // Stripe also updates an intent with POST here; paysim does not.
@@ -262,11 +305,11 @@ async fn payment(
     sim: &SharedSim,
     endpoint: Endpoint,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, NoResponse> {
+) -> Result<Response<SimBody>, NoResponse> {
     let (parts, body) = request.into_parts();
     let body = match read_body(&parts.headers, body).await? {
         Ok(body) => body,
-        Err(too_large) => return Ok(too_large),
+        Err(too_large) => return Ok(too_large.map(Either::Left)),
     };
     // The idempotency key is taken as is, even when it is not visible ASCII, unlike other headers.
     let header = |name| header_str(&parts.headers, name);
@@ -283,14 +326,14 @@ async fn payment(
     };
     let begin = lock(sim).begin(call, unix_now_ms());
     let ticket = match begin {
-        Begin::Respond(reply) => return Ok(reply_response(reply)),
+        Begin::Respond(reply) => return Ok(reply_response(reply).map(Either::Left)),
         Begin::Execute(ticket) => ticket,
     };
 
     // A separate task, so that a client hanging up during the latency cannot cancel a request the
     // backend already accepted: it still commits (and releases its key), like a real server.
     let sim = Arc::clone(sim);
-    let executed = tokio::spawn(async move {
+    let Executed { reply, delivery } = tokio::spawn(async move {
         let latency = ticket.latency();
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
@@ -300,10 +343,64 @@ async fn payment(
     .await
     .map_err(NoResponse::Execution)?;
 
-    if executed.drop_connection {
-        return Err(NoResponse::DroppedAfterCommit);
+    let mut response = reply_response(reply);
+    match delivery {
+        Delivery::Send => {}
+        Delivery::DropConnection => return Err(NoResponse::DroppedAfterCommit),
+        Delivery::RedirectElsewhere => {
+            let location = elsewhere_location(&parts.headers);
+            response.headers_mut().insert(LOCATION, location);
+        }
+        // The status and headers stay; the body the state decided on is never sent.
+        Delivery::EndlessBody => {
+            return Ok(response.map(|_complete| Either::Right(EndlessBody::new())));
+        }
     }
-    Ok(reply_response(executed.reply))
+    Ok(response.map(Either::Left))
+}
+
+/// Where the `redirect_next` fault sends a payment: paysim's own [`ELSEWHERE`] at the `Host` the
+/// request came to, as `http://HOST/__sim/elsewhere`. Without a usable `Host` (HTTP/1.0), the
+/// path alone, which a client resolves against the URL it asked to the same place.
+fn elsewhere_location(headers: &HeaderMap) -> HeaderValue {
+    header_str(headers, HOST)
+        .and_then(|host| HeaderValue::from_str(&format!("http://{host}{ELSEWHERE}")).ok())
+        .unwrap_or_else(|| HeaderValue::from_static(ELSEWHERE))
+}
+
+/// The body of an `oversized_next` answer: spaces, [`ENDLESS_CHUNK_BYTES`] a frame, without end
+/// and without a `Content-Length` (it goes out chunked).
+///
+/// No task feeds it, so none can outlive the client: hyper polls it for a frame only when the
+/// connection can take one, waits on the socket while a client that stopped reading leaves it
+/// full, and drops it with the connection once a write fails because the client went away.
+#[derive(Debug)]
+struct EndlessBody {
+    /// The wait before the next frame; the first frame goes at once.
+    pause: Pin<Box<Sleep>>,
+}
+
+impl EndlessBody {
+    fn new() -> Self {
+        Self {
+            pause: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+impl Body for EndlessBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        ready!(self.pause.as_mut().poll(cx));
+        let next = tokio::time::Instant::now() + ENDLESS_PAUSE;
+        self.pause.as_mut().reset(next);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&SPACES)))))
+    }
 }
 
 async fn lookup_request(

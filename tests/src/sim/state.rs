@@ -12,7 +12,7 @@
 //! from the state at that moment. Retrieval and the 3-D Secure hook are one step each. This
 //! module reads no clock and sleeps nowhere: the shell passes the time in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,8 +23,8 @@ use super::cards::{self, CardOutcome};
 use super::ids;
 use super::params::{self, Fingerprint, PaymentParams};
 use super::wire::{
-    json_bytes, raw_json, status, ApiError, List, NextAction, PaymentError, PaymentIntent,
-    SearchResult,
+    json_bytes, raw_json, status, ApiError, CardMethod, List, NextAction, PaymentError,
+    PaymentIntent, SearchResult,
 };
 use super::SimConfig;
 
@@ -174,8 +174,26 @@ impl Ticket {
 pub struct Executed {
     /// The answer, already stored under the idempotency key where one was claimed.
     pub reply: Reply,
-    /// Set by the `drop_after_commit_next` fault: close the connection without sending `reply`.
-    pub drop_connection: bool,
+    /// How the shell is to deliver `reply`: as it is, unless a fault picked this request to lose,
+    /// redirect or never finish its answer.
+    pub delivery: Delivery,
+}
+
+/// How the shell delivers an [`Executed`] answer: the ways other than [`Delivery::Send`] are
+/// faults that only the shell can play, since they concern the connection, the request's `Host`
+/// or a body that is never complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Send the reply as it is.
+    Send,
+    /// The `drop_after_commit_next` fault: close the connection without sending the reply.
+    DropConnection,
+    /// The `redirect_next` fault: send the reply, a 307, with a `Location` naming paysim's own
+    /// `/__sim/elsewhere` at the `Host` the request came to.
+    RedirectElsewhere,
+    /// The `oversized_next` fault: send the reply's status with a JSON `Content-Type` and, instead
+    /// of its body, one that never ends.
+    EndlessBody,
 }
 
 /// A lookup that [`Simulator::begin_lookup`] took in: answer it with [`Simulator::lookup`] after
@@ -313,6 +331,39 @@ pub struct Faults {
     /// replayed. <https://docs.stripe.com/rate-limits>: "If you send many requests in quick
     /// succession, you might receive 429 error responses."
     pub rate_limit_next: u32,
+    /// How many of the next executing requests (on both payment endpoints) answer
+    /// `307 Temporary Redirect` with `Location: http://HOST/__sim/elsewhere`, `HOST` being the
+    /// `Host` the request came to, without charging or saving anything under their key: a failure
+    /// before execution began, like `fail_next`, which picks a request first, so a retry with the
+    /// key executes. Stripe answers an API request itself: "Codes in the `2xx` range indicate
+    /// success", and its "HTTP Status Code Summary" lists no 3xx
+    /// (<https://docs.stripe.com/api/errors>). This plays a misbehaving backend, or a proxy, load
+    /// balancer or moved deployment in front of it, that sends the payment to another host. A
+    /// client that follows re-sends the payment there, to a host it never chose, and
+    /// `/__sim/elsewhere`, that other host, answers a `succeeded` PaymentIntent without charging;
+    /// [`Ledger::redirected_posts`] counts what it received, so a test can prove that an edge
+    /// never followed.
+    pub redirect_next: u32,
+    /// How many of the next executing requests execute as usual (charged, recorded for the
+    /// lookups and saved under their key, so a replay or a lookup finds them) and then answer
+    /// with their status and `Content-Type: application/json` but, instead of their body, one
+    /// that never ends: 16 KiB of spaces at a time, chunked, until the client goes away. Stripe
+    /// answers a payment with the one PaymentIntent it made, whose example response in
+    /// <https://docs.stripe.com/api/payment_intents/create> is that object alone; this plays a
+    /// misbehaving backend (or a proxy in front of it) whose answer is far too large, on which a
+    /// client that reads bodies whole waits until its own timeout, if it has one, with the
+    /// payment made. A request picked by `drop_after_commit_next` is not picked by this.
+    pub oversized_next: u32,
+    /// While true, both lookups ignore their filter: every well-formed, authenticated Search
+    /// lists every PaymentIntent created through `/v1/payment_intents`, and every
+    /// `GET /v1/orders?idempotency_key=` every PaymentIntent created through `/v1/orders`,
+    /// whatever their metadata or key, newest first and still hidden for `search_lag_ms`.
+    /// Stripe's Search returns the objects that match its query
+    /// (<https://docs.stripe.com/search>); this plays a misbehaving backend whose list drops its
+    /// filter (a parameter it does not know, silently skipped; a query built wrong), which an edge
+    /// that takes any element of the answer for its own payment reads as "charged" for a payment
+    /// that never happened, or for someone else's.
+    pub lookups_ignore_filter: bool,
 }
 
 /// Stripe's idempotency key retention, 24 hours, the default of [`Faults::key_retention_ms`].
@@ -336,6 +387,9 @@ impl Default for Faults {
             key_retention_ms: STRIPE_KEY_RETENTION_MS,
             in_use_next: 0,
             rate_limit_next: 0,
+            redirect_next: 0,
+            oversized_next: 0,
+            lookups_ignore_filter: false,
         }
     }
 }
@@ -389,6 +443,15 @@ pub struct FaultsPatch {
     /// New value of [`Faults::rate_limit_next`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit_next: Option<u32>,
+    /// New value of [`Faults::redirect_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_next: Option<u32>,
+    /// New value of [`Faults::oversized_next`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversized_next: Option<u32>,
+    /// New value of [`Faults::lookups_ignore_filter`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups_ignore_filter: Option<bool>,
 }
 
 /// One executed charge: a PaymentIntent that succeeded.
@@ -415,6 +478,14 @@ pub struct Charge {
 pub struct Ledger {
     /// The charges, oldest first.
     pub charges: Vec<Charge>,
+    /// How many payment requests executed since the last reset, whatever their outcome: a card
+    /// charged, declined or sent to 3-D Secure, or a saved 500. Declines are not charges, so
+    /// only this shows how many cards a client got to try.
+    pub payments_executed: u64,
+    /// How many POSTs `/__sim/elsewhere` received since the last reset: payments a client sent
+    /// again to where a [`Faults::redirect_next`] 307 pointed. None of them was charged; an edge
+    /// that never follows a backend's redirect leaves this at 0.
+    pub redirected_posts: u64,
 }
 
 /// A PaymentIntent the simulator created, kept for the lookups, retrieval and authentication.
@@ -502,6 +573,10 @@ pub struct Simulator {
     /// Every lookup answered since the last reset, oldest first.
     lookups: Vec<LookupEntry>,
     keys: HashMap<(Endpoint, String), StoredKey>,
+    /// How many payment requests executed since the last reset.
+    payments_executed: u64,
+    /// How many POSTs `/__sim/elsewhere` received since the last reset.
+    redirected_posts: u64,
     /// Bumped by [`Simulator::reset`] so that a request in flight across a reset cannot write
     /// into the fresh state.
     epoch: u64,
@@ -518,6 +593,8 @@ impl Simulator {
             by_id: HashMap::new(),
             lookups: Vec::new(),
             keys: HashMap::new(),
+            payments_executed: 0,
+            redirected_posts: 0,
             epoch: 0,
         }
     }
@@ -547,6 +624,11 @@ impl Simulator {
         faults.key_retention_ms = patch.key_retention_ms.unwrap_or(faults.key_retention_ms);
         faults.in_use_next = patch.in_use_next.unwrap_or(faults.in_use_next);
         faults.rate_limit_next = patch.rate_limit_next.unwrap_or(faults.rate_limit_next);
+        faults.redirect_next = patch.redirect_next.unwrap_or(faults.redirect_next);
+        faults.oversized_next = patch.oversized_next.unwrap_or(faults.oversized_next);
+        faults.lookups_ignore_filter = patch
+            .lookups_ignore_filter
+            .unwrap_or(faults.lookups_ignore_filter);
         *faults
     }
 
@@ -554,6 +636,8 @@ impl Simulator {
     pub fn ledger(&self) -> Ledger {
         Ledger {
             charges: self.ledger.clone(),
+            payments_executed: self.payments_executed,
+            redirected_posts: self.redirected_posts,
         }
     }
 
@@ -564,8 +648,8 @@ impl Simulator {
         }
     }
 
-    /// Empties the ledger, the record of created PaymentIntents, the lookup log and the
-    /// idempotency store, and restores the default faults.
+    /// Empties the ledger (and its count of redirected POSTs), the record of created
+    /// PaymentIntents, the lookup log and the idempotency store, and restores the default faults.
     ///
     /// Requests in flight at that moment answer 503 and charge nothing when they reach
     /// [`Simulator::execute`]; lookups in flight are answered from the fresh state and not logged.
@@ -576,6 +660,8 @@ impl Simulator {
         self.by_id.clear();
         self.lookups.clear();
         self.keys.clear();
+        self.payments_executed = 0;
+        self.redirected_posts = 0;
         self.epoch += 1;
     }
 
@@ -661,8 +747,8 @@ impl Simulator {
         })
     }
 
-    /// Second step: the `fail_next` and `fail_saved_next` faults, the payment itself, storing,
-    /// and `drop_after_commit_next`.
+    /// Second step: the `fail_next`, `redirect_next` and `fail_saved_next` faults, the payment
+    /// itself, storing, and `drop_after_commit_next` or `oversized_next`.
     ///
     /// `now_ms` is the execution time in Unix milliseconds: in seconds it is the intent's
     /// `created`, and `search_lag_ms` counts from it.
@@ -679,7 +765,7 @@ impl Simulator {
             );
             return Executed {
                 reply: Reply::error(status::SERVICE_UNAVAILABLE, &error),
-                drop_connection: false,
+                delivery: Delivery::Send,
             };
         }
         if self.faults.fail_next > 0 {
@@ -695,10 +781,26 @@ impl Simulator {
             );
             return Executed {
                 reply: Reply::error(status::SERVICE_UNAVAILABLE, &error),
-                drop_connection: false,
+                delivery: Delivery::Send,
+            };
+        }
+        if self.faults.redirect_next > 0 {
+            self.faults.redirect_next -= 1;
+            if let (true, Some(scope)) = (ticket.claimed, &scope) {
+                // Sent elsewhere before execution began: nothing is saved here either.
+                self.keys.remove(scope);
+            }
+            let error = ApiError::api(
+                "This request is served elsewhere (injected redirect_next fault): see the Location \
+                 header. Nothing was charged or saved here.",
+            );
+            return Executed {
+                reply: Reply::error(status::TEMPORARY_REDIRECT, &error),
+                delivery: Delivery::RedirectElsewhere,
             };
         }
 
+        self.payments_executed = self.payments_executed.saturating_add(1);
         let (status, body) = if self.faults.fail_saved_next > 0 {
             self.faults.fail_saved_next -= 1;
             let error = ApiError::api(
@@ -715,13 +817,18 @@ impl Simulator {
                 stored.result = Some((status, body.clone()));
             }
         }
-        let drop_connection = self.faults.drop_after_commit_next > 0;
-        if drop_connection {
+        let delivery = if self.faults.drop_after_commit_next > 0 {
             self.faults.drop_after_commit_next -= 1;
-        }
+            Delivery::DropConnection
+        } else if self.faults.oversized_next > 0 {
+            self.faults.oversized_next -= 1;
+            Delivery::EndlessBody
+        } else {
+            Delivery::Send
+        };
         Executed {
             reply: Reply::fresh(status, body),
-            drop_connection,
+            delivery,
         }
     }
 
@@ -766,7 +873,8 @@ impl Simulator {
     /// response reached the client or not, and whatever `honor_idempotency` says; a request still
     /// waiting to execute is not there yet. Matches come newest first, as Stripe orders search
     /// results, each element byte for byte the intent's JSON in the response that created it.
-    /// Under `lookups_down` every lookup that got this far answers 503 instead.
+    /// Under `lookups_down` every lookup that got this far answers 503 instead; under
+    /// `lookups_ignore_filter` it lists every intent of its endpoint, whatever it asked for.
     #[must_use]
     pub fn lookup(&mut self, ticket: LookupTicket, now_ms: u64) -> Reply {
         let LookupTicket {
@@ -814,8 +922,9 @@ impl Simulator {
         Reply::fresh(status::OK, body)
     }
 
-    /// The intents created through `endpoint` that match, newest first, each in the newest state
-    /// `search_lag_ms` lets the lookups see at `now_ms`; those not visible yet are left out.
+    /// The intents created through `endpoint` that match (all of them under
+    /// `lookups_ignore_filter`), newest first, each in the newest state `search_lag_ms` lets the
+    /// lookups see at `now_ms`; those not visible yet are left out.
     fn visible_newest_first(
         &self,
         endpoint: Endpoint,
@@ -823,10 +932,11 @@ impl Simulator {
         matches: impl Fn(&CreatedIntent) -> bool,
     ) -> Vec<&RawValue> {
         let lag = self.faults.search_lag_ms;
+        let ignore_filter = self.faults.lookups_ignore_filter;
         self.created
             .iter()
             .rev()
-            .filter(|created| created.endpoint == endpoint && matches(created))
+            .filter(|created| created.endpoint == endpoint && (ignore_filter || matches(created)))
             .filter_map(|created| created.visible(now_ms, lag))
             .collect()
     }
@@ -849,6 +959,34 @@ impl Simulator {
             }
             None => Reply::error(status::NOT_FOUND, &ApiError::no_such_payment_intent(id)),
         }
+    }
+
+    /// `POST /__sim/elsewhere`: the other host a [`Faults::redirect_next`] 307 points at, which a
+    /// client that follows the redirect sends the payment to again.
+    ///
+    /// It counts the POST in [`Ledger::redirected_posts`] and answers 200 with a `succeeded`
+    /// PaymentIntent, `pi_elsewhere`, without charging or recording anything: a client that
+    /// followed takes it for its payment while the ledger has nothing. It looks at neither the
+    /// request's body nor its `Authorization`, as another host would not know this account.
+    #[must_use]
+    pub fn elsewhere(&mut self, now_ms: u64) -> Reply {
+        self.redirected_posts = self.redirected_posts.saturating_add(1);
+        let id = "pi_elsewhere";
+        let intent = PaymentIntent {
+            id: id.to_owned(),
+            object: "payment_intent",
+            amount: 0,
+            currency: "usd".to_owned(),
+            status: "succeeded",
+            payment_method: None,
+            metadata: BTreeMap::new(),
+            created: now_ms / 1000,
+            client_secret: ids::client_secret(id),
+            last_payment_error: None,
+            next_action: None,
+            idempotency_key: None,
+        };
+        Reply::fresh(status::OK, json_bytes(&intent))
     }
 
     /// `POST /__sim/payment_intents/{id}/authenticate`: plays the bank's 3-D Secure challenge
@@ -908,6 +1046,7 @@ impl Simulator {
                     message: "The provided payment method has failed authentication. Provide a \
                               new payment method to attempt to fulfill this PaymentIntent again."
                         .to_owned(),
+                    payment_method: None,
                 });
             }
         }
@@ -970,6 +1109,10 @@ impl Simulator {
             created: now_ms / 1000,
             last_payment_error: None,
             next_action: None,
+            idempotency_key: match ticket.endpoint {
+                Endpoint::Orders => ticket.idempotency_key.clone(),
+                Endpoint::PaymentIntents => None,
+            },
         };
         if !params.confirm {
             return (status::OK, self.record(ticket, intent, now_ms));
@@ -999,6 +1142,7 @@ impl Simulator {
                     code: decline.code,
                     decline_code: decline.decline_code,
                     message: decline.message.to_owned(),
+                    payment_method: Some(CardMethod::visa(method, decline.last4)),
                 });
                 self.record(ticket, intent.clone(), now_ms);
                 // Serialized again inside the error, by the same serializer: the same bytes.
@@ -1124,12 +1268,12 @@ mod tests {
     }
 
     /// Runs both steps back to back, as the shell does with zero latency.
-    fn run(sim: &mut Simulator, call: PaymentCall<'_>) -> (Reply, bool) {
+    fn run(sim: &mut Simulator, call: PaymentCall<'_>) -> (Reply, Delivery) {
         match sim.begin(call, NOW_MS) {
-            Begin::Respond(reply) => (reply, false),
+            Begin::Respond(reply) => (reply, Delivery::Send),
             Begin::Execute(ticket) => {
                 let executed = sim.execute(ticket, NOW_MS);
-                (executed.reply, executed.drop_connection)
+                (executed.reply, executed.delivery)
             }
         }
     }
@@ -1148,9 +1292,9 @@ mod tests {
     #[test]
     fn confirmed_visa_succeeds_and_is_charged() {
         let mut sim = sim();
-        let (reply, dropped) = run(&mut sim, call(VISA, Some("k1")));
+        let (reply, delivery) = run(&mut sim, call(VISA, Some("k1")));
         assert_eq!(reply.status, 200);
-        assert!(!dropped);
+        assert_eq!(delivery, Delivery::Send);
         let intent = json(&reply);
         assert_eq!(intent["status"], "succeeded");
         assert_eq!(intent["amount"], 1999);
@@ -1327,11 +1471,11 @@ mod tests {
             drop_after_commit_next: Some(1),
             ..FaultsPatch::default()
         });
-        let (lost, dropped) = run(&mut sim, call(VISA, Some("k")));
-        assert!(dropped);
+        let (lost, delivery) = run(&mut sim, call(VISA, Some("k")));
+        assert_eq!(delivery, Delivery::DropConnection);
         assert_eq!(sim.ledger().charges.len(), 1);
-        let (replay, dropped_again) = run(&mut sim, call(VISA, Some("k")));
-        assert!(!dropped_again);
+        let (replay, delivery_again) = run(&mut sim, call(VISA, Some("k")));
+        assert_eq!(delivery_again, Delivery::Send);
         assert_eq!(
             replay,
             Reply {
@@ -1385,10 +1529,14 @@ mod tests {
             key_retention_ms: Some(1),
             in_use_next: Some(6),
             rate_limit_next: Some(7),
+            redirect_next: Some(8),
+            oversized_next: Some(9),
+            lookups_ignore_filter: Some(true),
         });
+        let _ = sim.elsewhere(NOW_MS);
         sim.reset();
         assert_eq!(sim.faults(), Faults::default());
-        assert!(sim.ledger().charges.is_empty());
+        assert_eq!(sim.ledger(), Ledger::default());
         assert!(!run(&mut sim, call(VISA, Some("k"))).0.replayed);
     }
 
@@ -1523,6 +1671,24 @@ mod tests {
         r#"{"order_ref":"ord_1","amount":5,"currency":"usd","payment_method":"pm_card_visa"}"#;
 
     #[test]
+    fn order_intents_show_their_key_and_every_executed_payment_is_counted() {
+        let mut sim = sim();
+        let (order, _) = run(&mut sim, order_call(ORDER, Some("k-order")));
+        assert_eq!(json(&order)["idempotency_key"], "k-order");
+        // Stripe's intents have no such member.
+        let (intent, _) = run(&mut sim, call(VISA, Some("k-stripe")));
+        assert!(json(&intent).get("idempotency_key").is_none());
+        let (declined, _) = run(&mut sim, call(DECLINED, Some("k-declined")));
+        assert_eq!(declined.status, 402);
+        // A replay executes nothing.
+        let _ = run(&mut sim, call(DECLINED, Some("k-declined")));
+        let ledger = sim.ledger();
+        assert_eq!((ledger.charges.len(), ledger.payments_executed), (2, 3));
+        sim.reset();
+        assert_eq!(sim.ledger().payments_executed, 0);
+    }
+
+    #[test]
     fn every_created_intent_is_recorded_with_its_request_and_answered_bytes() {
         let mut sim = sim();
         let succeeded = run(&mut sim, call(VISA, Some("k1"))).0;
@@ -1580,10 +1746,22 @@ mod tests {
         }
         // A decline answers an error; the intent inside it is what was stored, byte for byte.
         let stored = created[2].current().get();
-        assert!(text(&declined).contains(&format!(r#""payment_intent":{stored}}}"#)));
+        assert!(
+            text(&declined).contains(&format!(r#""payment_intent":{stored},"payment_method":{{"#))
+        );
         let stored: Value = serde_json::from_str(stored).unwrap();
         assert_eq!(stored, json(&declined)["error"]["payment_intent"]);
         assert_eq!(stored["status"], "requires_payment_method");
+        // The card rides along, as in Stripe's error object, and in the intent's last error.
+        let card = &json(&declined)["error"]["payment_method"]["card"];
+        assert_eq!(
+            (card["brand"].as_str(), card["last4"].as_str()),
+            (Some("visa"), Some("0002"))
+        );
+        assert_eq!(
+            stored["last_payment_error"]["payment_method"]["card"],
+            *card
+        );
     }
 
     #[test]
@@ -1644,20 +1822,20 @@ mod tests {
             ..FaultsPatch::default()
         });
         let form = format!("{VISA}&metadata[chargeonce_key]=ck_lost");
-        let (lost, dropped) = run(&mut sim, call(&form, Some("ck_lost")));
-        assert!(dropped);
+        let (lost, delivery) = run(&mut sim, call(&form, Some("ck_lost")));
+        assert_eq!(delivery, Delivery::DropConnection);
         assert_eq!(
             found(&search(&mut sim, "chargeonce_key", "ck_lost")),
             [text(&lost)]
         );
-        let (lost_order, dropped) = {
+        let (lost_order, delivery) = {
             sim.apply_faults(FaultsPatch {
                 drop_after_commit_next: Some(1),
                 ..FaultsPatch::default()
             });
             run(&mut sim, order_call(ORDER, Some("ck_lost")))
         };
-        assert!(dropped);
+        assert_eq!(delivery, Delivery::DropConnection);
         assert_eq!(
             found(&orders_by_key(&mut sim, "ck_lost")),
             [text(&lost_order)]
@@ -2001,7 +2179,8 @@ mod tests {
                 "drop_after_commit_next": 0, "latency_ms": 0, "slow_next": 0, "slow_ms": 0, "search_lag_ms": 1500,
                 "lookups_down": true, "lookup_slow_next": 2, "lookup_slow_ms": 300,
                 "search_enabled": true, "key_retention_ms": 86_400_000, "in_use_next": 0,
-                "rate_limit_next": 0
+                "rate_limit_next": 0, "redirect_next": 0, "oversized_next": 0,
+                "lookups_ignore_filter": false
             })
         );
         let patch = FaultsPatch {
@@ -2532,5 +2711,159 @@ mod tests {
         sim.reset();
         assert_eq!(sim.faults(), Faults::default());
         assert!(sim.faults().search_enabled);
+    }
+
+    #[test]
+    fn redirect_next_answers_307_on_both_endpoints_without_charging_or_saving() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            redirect_next: Some(2),
+            ..FaultsPatch::default()
+        });
+        // Refused before execution: not counted.
+        assert_eq!(run(&mut sim, call("amount=1", Some("k"))).0.status, 400);
+        for payment in [call(VISA, Some("k")), order_call(ORDER, Some("k"))] {
+            let (moved, delivery) = run(&mut sim, payment);
+            assert_eq!((moved.status, moved.replayed), (307, false));
+            assert_eq!(delivery, Delivery::RedirectElsewhere);
+            let error = &json(&moved)["error"];
+            assert_eq!(error["type"], "api_error");
+            assert!(error["message"].as_str().unwrap().contains("redirect_next"));
+        }
+        assert_eq!(sim.faults().redirect_next, 0);
+        assert!(sim.ledger().charges.is_empty());
+        assert!(found(&search(&mut sim, "customer", "cus_1")).is_empty());
+        assert!(found(&orders_by_key(&mut sim, "k")).is_empty());
+        // Nothing was saved under the key: the retry executes.
+        let (retried, delivery) = run(&mut sim, call(VISA, Some("k")));
+        assert_eq!((retried.status, retried.replayed), (200, false));
+        assert_eq!(delivery, Delivery::Send);
+        assert_eq!(sim.ledger().charges.len(), 1);
+        // fail_next picks a request first.
+        sim.apply_faults(FaultsPatch {
+            fail_next: Some(1),
+            redirect_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(run(&mut sim, call(VISA, None)).0.status, 503);
+        assert_eq!(run(&mut sim, call(VISA, None)).0.status, 307);
+        assert_eq!(sim.ledger().redirected_posts, 0);
+    }
+
+    #[test]
+    fn elsewhere_counts_posts_answers_a_succeeded_intent_and_charges_nothing() {
+        let mut sim = sim();
+        for count in 1..=2 {
+            let reply = sim.elsewhere(NOW_MS);
+            assert_eq!((reply.status, reply.replayed), (200, false));
+            let intent = json(&reply);
+            assert_eq!(intent["id"], "pi_elsewhere");
+            assert_eq!(intent["object"], "payment_intent");
+            assert_eq!(intent["status"], "succeeded");
+            assert_eq!(intent["created"], NOW);
+            assert_eq!(sim.ledger().redirected_posts, count);
+        }
+        assert!(sim.ledger().charges.is_empty());
+        assert_eq!(retrieve(&mut sim, "pi_elsewhere").status, 404);
+        sim.reset();
+        assert_eq!(sim.ledger(), Ledger::default());
+    }
+
+    #[test]
+    fn oversized_next_commits_and_saves_as_usual_and_asks_for_an_endless_body() {
+        let mut sim = sim();
+        sim.apply_faults(FaultsPatch {
+            oversized_next: Some(1),
+            drop_after_commit_next: Some(1),
+            ..FaultsPatch::default()
+        });
+        // drop_after_commit_next picks a request first.
+        let (_, delivery) = run(&mut sim, call(VISA, Some("k0")));
+        assert_eq!(delivery, Delivery::DropConnection);
+        assert_eq!(sim.faults().oversized_next, 1);
+        let (paid, delivery) = run(&mut sim, order_call(ORDER, Some("k")));
+        assert_eq!(delivery, Delivery::EndlessBody);
+        assert_eq!((paid.status, paid.replayed), (200, false));
+        assert_eq!(sim.faults().oversized_next, 0);
+        assert_eq!(sim.ledger().charges.len(), 2);
+        assert_eq!(sim.ledger().charges[1].id, id_of(&paid));
+        // The answer it could not send is saved and found.
+        let (replay, delivery) = run(&mut sim, order_call(ORDER, Some("k")));
+        assert_eq!((replay.body, replay.replayed), (paid.body.clone(), true));
+        assert_eq!(delivery, Delivery::Send);
+        assert_eq!(found(&orders_by_key(&mut sim, "k")), [text(&paid)]);
+    }
+
+    #[test]
+    fn lookups_ignore_filter_lists_every_intent_of_the_endpoint_still_lagged() {
+        let mut sim = sim();
+        let tagged = |tag: &str| format!("{VISA}&metadata[chargeonce_key]={tag}");
+        let a = text(&run(&mut sim, call(&tagged("a"), Some("a"))).0);
+        let b = text(&run(&mut sim, call(&tagged("b"), Some("b"))).0);
+        let order_a = text(&run(&mut sim, order_call(ORDER, Some("a"))).0);
+        let order_b = text(&run(&mut sim, order_call(ORDER, Some("b"))).0);
+        assert_eq!(search_at(&mut sim, "a", NOW_MS), [a.as_str()]);
+        sim.apply_faults(FaultsPatch {
+            lookups_ignore_filter: Some(true),
+            ..FaultsPatch::default()
+        });
+        for value in ["a", "b", "nobody"] {
+            assert_eq!(search_at(&mut sim, value, NOW_MS), [b.as_str(), a.as_str()]);
+            assert_eq!(
+                orders_at(&mut sim, value, NOW_MS),
+                [order_b.as_str(), order_a.as_str()]
+            );
+        }
+        // A question it cannot parse is still refused; lookups_down still wins.
+        assert_eq!(lookup(&mut sim, Lookup::OrdersByKey, "key=a").status, 400);
+        sim.apply_faults(FaultsPatch {
+            search_lag_ms: Some(1_000),
+            ..FaultsPatch::default()
+        });
+        assert!(search_at(&mut sim, "a", NOW_MS + 999).is_empty());
+        assert_eq!(
+            orders_at(&mut sim, "a", NOW_MS + 1_000),
+            [order_b.as_str(), order_a.as_str()]
+        );
+        sim.apply_faults(FaultsPatch {
+            lookups_down: Some(true),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(orders_by_key(&mut sim, "a").status, 503);
+        sim.apply_faults(FaultsPatch {
+            lookups_down: Some(false),
+            search_lag_ms: Some(0),
+            lookups_ignore_filter: Some(false),
+            ..FaultsPatch::default()
+        });
+        assert_eq!(orders_at(&mut sim, "a", NOW_MS), [order_a.as_str()]);
+    }
+
+    #[test]
+    fn misbehaving_backend_faults_parse_merge_and_reset() {
+        for bad in [
+            r#"{"redirect_next":true}"#,
+            r#"{"oversized_next":-1}"#,
+            r#"{"lookups_ignore_filter":1}"#,
+            r#"{"redirect":1}"#,
+        ] {
+            assert!(serde_json::from_str::<FaultsPatch>(bad).is_err(), "{bad}");
+        }
+        let mut sim = sim();
+        let patch = r#"{"redirect_next":1,"oversized_next":2,"lookups_ignore_filter":true}"#;
+        let faults = sim.apply_faults(serde_json::from_str(patch).unwrap());
+        assert_eq!(
+            faults,
+            Faults {
+                redirect_next: 1,
+                oversized_next: 2,
+                lookups_ignore_filter: true,
+                ..Faults::default()
+            }
+        );
+        let _ = sim.elsewhere(NOW_MS);
+        sim.reset();
+        assert_eq!(sim.faults(), Faults::default());
+        assert_eq!(sim.ledger().redirected_posts, 0);
     }
 }

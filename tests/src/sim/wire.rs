@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 /// Status codes the simulator answers with, named so the state machine reads like the spec.
 pub(crate) mod status {
     pub const OK: u16 = 200;
+    pub const TEMPORARY_REDIRECT: u16 = 307;
     pub const BAD_REQUEST: u16 = 400;
     pub const UNAUTHORIZED: u16 = 401;
     pub const PAYMENT_REQUIRED: u16 = 402;
@@ -42,6 +43,12 @@ pub(crate) struct PaymentIntent {
     pub client_secret: String,
     pub last_payment_error: Option<PaymentError>,
     pub next_action: Option<NextAction>,
+    /// Only on intents created through `/v1/orders`: the `Idempotency-Key` it was created under.
+    /// Not a Stripe field: the passthrough backend's contract (README, "The passthrough
+    /// backend") asks each intent its lookup lists to show its key, so that an edge can tell a
+    /// list that ignored its filter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Why the last payment attempt failed: an intent's `last_payment_error`, and the fields a
@@ -54,6 +61,56 @@ pub(crate) struct PaymentError {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decline_code: Option<&'static str>,
     pub message: String,
+    /// The card that failed, as Stripe's error object carries it: "payment_method: The
+    /// PaymentMethod object for errors returned on a request involving a PaymentMethod"
+    /// (<https://docs.stripe.com/api/errors>). What a card tester reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<CardMethod>,
+}
+
+/// A card PaymentMethod, reduced to what a decline shows of it
+/// (<https://docs.stripe.com/api/payment_methods/object>: `card.brand`, `card.country`,
+/// `card.last4`, `card.checks`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CardMethod {
+    pub id: String,
+    pub object: &'static str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub card: Card,
+}
+
+/// The card of a [`CardMethod`].
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Card {
+    pub brand: &'static str,
+    pub country: &'static str,
+    pub last4: &'static str,
+    pub checks: CardChecks,
+}
+
+/// Which of the card's checks passed: "If a CVC was provided, results of the check, one of
+/// `pass`, `fail`, `unavailable`, or `unchecked`" (`card.checks.cvc_check`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct CardChecks {
+    pub cvc_check: &'static str,
+}
+
+impl CardMethod {
+    /// The test card `id`, a Visa ending in `last4`, whose CVC check passed.
+    pub fn visa(id: &str, last4: &'static str) -> Self {
+        Self {
+            id: id.to_owned(),
+            object: "payment_method",
+            kind: "card",
+            card: Card {
+                brand: "visa",
+                country: "US",
+                last4,
+                checks: CardChecks { cvc_check: "pass" },
+            },
+        }
+    }
 }
 
 /// What the customer must do before the payment can go on: an intent's `next_action`.
@@ -132,6 +189,9 @@ pub(crate) struct ApiError {
     #[serde(skip_serializing_if = "Option::is_none")]
     // Boxed: only declines carry it, and it would triple the size of every `Result<_, ApiError>`.
     pub payment_intent: Option<Box<PaymentIntent>>,
+    /// The card that failed, for a decline (see [`PaymentError::payment_method`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_method: Option<Box<CardMethod>>,
 }
 
 #[derive(Serialize)]
@@ -148,6 +208,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             payment_intent: None,
+            payment_method: None,
         }
     }
 
@@ -185,6 +246,7 @@ impl ApiError {
         Self {
             code: Some(error.code),
             decline_code: error.decline_code,
+            payment_method: error.payment_method.clone().map(Box::new),
             payment_intent: Some(Box::new(intent)),
             ..Self::new(error.kind, error.message)
         }
