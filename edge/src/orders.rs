@@ -10,10 +10,17 @@ use crate::key_lock::{self, KeyLockClient};
 use crate::order_lock::OrderLockClient;
 use crate::replay_cache;
 use crate::timing::Steps;
-use chargeonce_protocol::flow::{self, Done, Reply, Secrets, StatusHead, StoreFailure};
+use chargeonce_protocol::flow::{self, Done, Limiter, Reply, Secrets, StatusHead, StoreFailure};
 use chargeonce_protocol::{EdgeConfig, IdempotencyKey, RequestHead, Step, UnixMs};
 use futures_util::StreamExt;
 use worker::{console_warn, Context, Date, Env, Request, Response, Result};
+
+/// The rate-limit binding counting requests per client address
+/// (wrangler.toml `[[ratelimits]]`).
+pub const CLIENT_LIMIT: &str = "CLIENT_LIMIT";
+
+/// The rate-limit binding counting forwards per customer.
+pub const CUSTOMER_LIMIT: &str = "CUSTOMER_LIMIT";
 
 /// The Worker secret the storefront's server signs order tokens with.
 pub const ORDER_TOKEN_SECRET: &str = "ORDER_TOKEN_SECRET";
@@ -26,11 +33,13 @@ pub async fn handle(
     config: &EdgeConfig,
 ) -> Result<Response> {
     let header = |name: &str| req.headers().get(name).ok().flatten();
-    let (content_type, content_length, key, authorization) = (
+    let (content_type, content_length, key, authorization, client) = (
         header("Content-Type"),
         header("Content-Length"),
         header("Idempotency-Key"),
         header("Authorization"),
+        // Set by Cloudflare from the connection; a client cannot forge it.
+        header("CF-Connecting-IP"),
     );
     let method = req.method().to_string();
     let customer = req
@@ -47,7 +56,7 @@ pub async fn handle(
             authorization: authorization.as_deref(),
             customer: customer.as_deref(),
         };
-        flow::status(head, config, &secrets, now())
+        flow::status(head, client.as_deref(), config, &secrets, now())
     } else {
         let head = RequestHead {
             method: &method,
@@ -55,7 +64,7 @@ pub async fn handle(
             content_length: content_length.as_deref(),
             idempotency_key: key.as_deref(),
         };
-        flow::order(head, config, secrets)
+        flow::order(head, client.as_deref(), config, secrets)
     };
     let mut steps = Steps::start();
     let Done { reply, cache } = drive(step, &mut req, env, &mut steps).await;
@@ -88,6 +97,25 @@ async fn drive(mut step: Step, req: &mut Request, env: &Env, steps: &mut Steps) 
         let name = step.name();
         step = match step {
             Step::Done(done) => return done,
+            Step::Limit(s) => {
+                let binding = match s.limiter() {
+                    Limiter::Client => CLIENT_LIMIT,
+                    Limiter::Customer => CUSTOMER_LIMIT,
+                };
+                let allowed = match env.rate_limiter(binding) {
+                    Ok(limiter) => limiter
+                        .limit(s.key().to_owned())
+                        .await
+                        .map(|outcome| outcome.success),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = &allowed {
+                    console_warn!(
+                        "the rate limit {binding} could not be asked ({e}); the request goes on"
+                    );
+                }
+                s.handle_limit(allowed.map_err(|e| StoreFailure(e.to_string())), now())
+            }
             Step::ReadBody(s) => {
                 let body = read_at_most(req, s.limit()).await;
                 s.handle_body(body.map_err(|e| e.to_string()))

@@ -193,6 +193,9 @@ impl Checkout {
             dev_simulator_url: None,
             demo_storefront: false,
             max_attempts_per_order: 5,
+            // The limits refuse requests before anything is claimed or
+            // forwarded; the property test drives them.
+            rate_limits: false,
         };
         // The widget's budget outlasts a lease, the settle window and two
         // backend calls, and a second: the longest a key whose answer was
@@ -796,7 +799,7 @@ impl Checkout {
                     content_length: None,
                     idempotency_key: Some(&name),
                 };
-                match flow::order(head, &self.config, self.secrets()) {
+                match flow::order(head, None, &self.config, self.secrets()) {
                     Step::ReadBody(s) => s.handle_body(Ok(order_body(expires))),
                     other => other,
                 }
@@ -808,7 +811,7 @@ impl Checkout {
                     authorization: Some(&bearer),
                     customer: None,
                 };
-                flow::status(head, &self.config, &self.secrets(), now)
+                flow::status(head, None, &self.config, &self.secrets(), now)
             }
         };
         let step = match step {

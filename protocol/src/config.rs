@@ -62,6 +62,11 @@ pub struct EdgeConfig {
     /// order may have while a token that authorised one is alive
     /// (`MAX_ATTEMPTS_PER_ORDER`).
     pub max_attempts_per_order: u32,
+    /// Whether the Worker's rate limits are asked (`RATE_LIMITS`, `on` by
+    /// default): requests per client address, and forwards per customer.
+    /// `off` is for load tests, and for a deployment behind rate limits of
+    /// its own.
+    pub rate_limits: bool,
 }
 
 /// A setting the edge cannot run with.
@@ -177,7 +182,19 @@ impl EdgeConfig {
                 })
             }
         };
+        let rate_limits = match var("RATE_LIMITS").as_deref().map(str::trim) {
+            None | Some("" | "on") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "RATE_LIMITS",
+                    value: other.into(),
+                    expected: "\"on\" or \"off\"",
+                })
+            }
+        };
         let config = Self {
+            rate_limits,
             dev_simulator_url,
             demo_storefront,
             backend,
@@ -351,6 +368,13 @@ mod tests {
         let c = config(&[("MAX_ATTEMPTS_PER_ORDER", "2")]).unwrap();
         assert_eq!(c.order_policy().max_refused, 2);
         assert!(config(&[("MAX_ATTEMPTS_PER_ORDER", "0")]).is_err());
+    }
+
+    #[test]
+    fn rate_limits_are_on_unless_turned_off() {
+        assert!(config(&[]).unwrap().rate_limits);
+        assert!(!config(&[("RATE_LIMITS", "off")]).unwrap().rate_limits);
+        assert!(config(&[("RATE_LIMITS", "no")]).is_err());
     }
 
     #[test]

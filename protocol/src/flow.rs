@@ -14,7 +14,7 @@
 //! type.
 //!
 //! ```text
-//! POST /v1/orders:
+//! POST /v1/orders (each request first asks the client's rate limit, Limit):
 //!   ReadBody ─▶ ReadCache ─▶ Claim ─┬────────────────────────┬─▶ BeginOrder ─┬───────────────────────────┬─▶ Forward
 //!                   │            │  └─▶ Lookup ─▶ Settle ────┘       │       └▶ AskAttempt ─▶ SettleOrder ┤
 //!                   │            │                                   │          (another key's attempt)  │
@@ -26,11 +26,12 @@
 //!   any replay of an intent that may have changed:
 //!                                      Refresh ─┬─ unchanged ─▶ Done
 //!                                               └─ changed ─▶ SaveRefresh ─▶ Done
+//!   (BeginOrder or SettleOrder says attempt ─▶ Limit, the customer's ─▶ Forward, or Release)
 //!   Forward ─┬─▶ Complete ─▶ Done
 //!            ├─▶ Release ─▶ Done   (nothing was charged)
 //!            └─▶ Abandon ─▶ Done   (the outcome is unknown)
 //! GET /v1/orders (status lookup, never forwards):
-//!   ReadCache ─▶ QueryStatus ─▶ Done
+//!   Limit ─▶ ReadCache ─▶ QueryStatus ─▶ Done
 //! ```
 
 use crate::backend::{
@@ -126,6 +127,8 @@ pub struct CacheWrite {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum Step {
+    /// Ask one of the Worker's rate limits whether the request may go on.
+    Limit(Limit),
     /// Read at most [`ReadBody::limit`] bytes of the body.
     ReadBody(ReadBody),
     /// Read the KV copy of the key's final answer.
@@ -168,6 +171,7 @@ impl Step {
     /// The step's name in `Server-Timing`.
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Limit(_) => "limit",
             Self::ReadBody(_) => "read",
             Self::ReadCache(_) => "kv",
             Self::Claim(_) => "claim",
@@ -293,8 +297,32 @@ impl Head {
     }
 }
 
-/// Starts the flow of `POST /v1/orders` (any method but OPTIONS and GET).
-pub fn order(head: RequestHead<'_>, config: &EdgeConfig, secrets: Secrets) -> Step {
+/// Starts the flow of `POST /v1/orders` (any method but OPTIONS and GET)
+/// from the client at `client` (`CF-Connecting-IP`).
+pub fn order(
+    head: RequestHead<'_>,
+    client: Option<&str>,
+    config: &EdgeConfig,
+    secrets: Secrets,
+) -> Step {
+    limit_client(client, config, checked_head(head, config, secrets))
+}
+
+/// The first step of every request when rate limits are on: the client's
+/// limit, counting every request, well formed or not, before anything else
+/// is done for it.
+fn limit_client(client: Option<&str>, config: &EdgeConfig, then: Step) -> Step {
+    if !config.rate_limits {
+        return then;
+    }
+    Step::Limit(Limit {
+        limiter: Limiter::Client,
+        key: format!("client:{}", client.unwrap_or("unknown")),
+        then: Then::Start(Box::new(then)),
+    })
+}
+
+fn checked_head(head: RequestHead<'_>, config: &EdgeConfig, secrets: Secrets) -> Step {
     if let Err(refused) = check_head(&head) {
         return problem(refused);
     }
@@ -330,7 +358,22 @@ pub struct StatusHead<'a> {
 /// naming the customer (`?customer=`), and gets the backend's answer whole.
 /// It never forwards anything; a stored intent that may have changed is
 /// refreshed, as for an order.
-pub fn status(head: StatusHead<'_>, config: &EdgeConfig, secrets: &Secrets, now: UnixMs) -> Step {
+pub fn status(
+    head: StatusHead<'_>,
+    client: Option<&str>,
+    config: &EdgeConfig,
+    secrets: &Secrets,
+    now: UnixMs,
+) -> Step {
+    limit_client(client, config, status_lookup(head, config, secrets, now))
+}
+
+fn status_lookup(
+    head: StatusHead<'_>,
+    config: &EdgeConfig,
+    secrets: &Secrets,
+    now: UnixMs,
+) -> Step {
     let key = match IdempotencyKey::parse(head.idempotency_key) {
         Ok(key) => key,
         Err(e) => {
@@ -397,6 +440,74 @@ pub fn status(head: StatusHead<'_>, config: &EdgeConfig, secrets: &Secrets, now:
 /// time taken says nothing of how much of it matched.
 fn same_secret(secret: &str, presented: &str) -> bool {
     Sha256::digest(secret.as_bytes()) == Sha256::digest(presented.as_bytes())
+}
+
+/// The Worker's rate limits (README, "Security"); the shell names the
+/// binding of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limiter {
+    /// Requests to `/v1/orders` per client address, counted first.
+    Client,
+    /// Forwards to the backend per customer, counted just before one.
+    Customer,
+}
+
+/// How long a client told "too many requests" waits: the period of the
+/// limits (60 s in wrangler.toml; Cloudflare allows 10 or 60).
+pub const RATE_LIMIT_RETRY_AFTER_SECS: u32 = 60;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Then {
+    /// A request's first step.
+    Start(Box<Step>),
+    /// The forward of a held claim, whose lease is checked again after the
+    /// limit answered.
+    Forward { held: Box<Held>, asked_at: UnixMs },
+}
+
+/// Asking a rate limit; then [`Limit::handle_limit`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Limit {
+    limiter: Limiter,
+    key: String,
+    then: Then,
+}
+
+impl Limit {
+    /// Which limit to ask.
+    pub fn limiter(&self) -> Limiter {
+        self.limiter
+    }
+
+    /// What it counts by: `client:<address>` or `customer:<id>`.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Goes on if the limit allows the request; otherwise 429 `rate-limited`
+    /// with `Retry-After`, and a claim held for a forward is given back.
+    /// A limit that cannot be asked lets the request through: it guards
+    /// against abuse, not against double charges, and its outage must not
+    /// stop checkout.
+    pub fn handle_limit(self, allowed: Result<bool, StoreFailure>, now: UnixMs) -> Step {
+        let limited = || {
+            Problem::new(
+                ProblemType::RateLimited,
+                match self.limiter {
+                    Limiter::Client => "too many requests from this address; nothing was done; retry after Retry-After",
+                    Limiter::Customer => "too many payments for this customer in a short time; nothing was forwarded; retry with the same key after Retry-After",
+                },
+            )
+            .retry_after(RATE_LIMIT_RETRY_AFTER_SECS)
+        };
+        let allowed = allowed.unwrap_or(true);
+        match self.then {
+            Then::Start(step) if allowed => *step,
+            Then::Start(_) => problem(limited()),
+            Then::Forward { held, asked_at } if allowed => held.forward(asked_at, now),
+            Then::Forward { held, .. } => held.release(Reply::Problem(limited())),
+        }
+    }
 }
 
 /// Reading the body; then [`ReadBody::handle_body`].
@@ -689,7 +800,7 @@ impl Held {
     /// give the key back with the order's answer.
     fn follow_order(self, decided: OrderDecision, asked_at: UnixMs, now: UnixMs) -> Step {
         match decided {
-            OrderDecision::Attempt => self.forward(asked_at, now),
+            OrderDecision::Attempt => self.limit_customer(asked_at, now),
             OrderDecision::Ask { attempt } => {
                 let key = match IdempotencyKey::parse(Some(&attempt.key)) {
                     Ok(key) => key,
@@ -722,6 +833,23 @@ impl Held {
                 ),
             ))),
         }
+    }
+
+    /// Asks the customer's rate limit, which counts forwards, before the
+    /// forward: a customer's retries that are answered without one, and
+    /// another device waiting on the order, cost it nothing.
+    fn limit_customer(self, asked_at: UnixMs, now: UnixMs) -> Step {
+        if !self.checked.config.rate_limits {
+            return self.forward(asked_at, now);
+        }
+        Step::Limit(Limit {
+            limiter: Limiter::Customer,
+            key: format!("customer:{}", self.checked.claims.customer),
+            then: Then::Forward {
+                held: Box::new(self),
+                asked_at,
+            },
+        })
     }
 
     /// Forwards under a lease asked for at `asked_at`, unless the order
@@ -1316,5 +1444,94 @@ impl QueryStatus {
                 "nothing is recorded under this Idempotency-Key for this customer: no order was placed with it, or its answer has expired",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> EdgeConfig {
+        EdgeConfig::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+        .unwrap()
+    }
+
+    fn head() -> RequestHead<'static> {
+        RequestHead {
+            method: "POST",
+            content_type: Some("application/json"),
+            content_length: None,
+            idempotency_key: Some("rate-limit-key-000001"),
+        }
+    }
+
+    fn limit(step: Step) -> Limit {
+        match step {
+            Step::Limit(limit) => limit,
+            other => panic!("expected the client's limit first, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_request_first_asks_the_clients_limit() {
+        let on = config(&[]);
+        let asked = limit(order(head(), Some("203.0.113.9"), &on, Secrets::default()));
+        assert_eq!(asked.limiter(), Limiter::Client);
+        assert_eq!(asked.key(), "client:203.0.113.9");
+        // Allowed, or the limit cannot answer: the request goes on.
+        assert!(matches!(
+            asked.clone().handle_limit(Ok(true), UnixMs(0)),
+            Step::ReadBody(_)
+        ));
+        assert!(matches!(
+            asked
+                .clone()
+                .handle_limit(Err(StoreFailure("down".into())), UnixMs(0)),
+            Step::ReadBody(_)
+        ));
+        // Refused: 429 with the limits' period as Retry-After.
+        let Step::Done(Done {
+            reply: Reply::Problem(refused),
+            cache: None,
+        }) = asked.handle_limit(Ok(false), UnixMs(0))
+        else {
+            panic!("a refusal ends the request")
+        };
+        assert_eq!(refused.kind, ProblemType::RateLimited);
+        assert_eq!(refused.retry_after_secs, Some(RATE_LIMIT_RETRY_AFTER_SECS));
+        // A malformed request is counted too, before its refusal.
+        let bad = RequestHead {
+            method: "PUT",
+            ..head()
+        };
+        let asked = limit(order(bad, None, &on, Secrets::default()));
+        assert_eq!(asked.key(), "client:unknown");
+        assert!(matches!(
+            asked.handle_limit(Ok(true), UnixMs(0)),
+            Step::Done(_)
+        ));
+        // A status lookup too.
+        let lookup = StatusHead::default();
+        let asked = limit(status(
+            lookup,
+            Some("203.0.113.9"),
+            &on,
+            &Secrets::default(),
+            UnixMs(0),
+        ));
+        assert_eq!(asked.limiter(), Limiter::Client);
+    }
+
+    #[test]
+    fn without_rate_limits_nothing_is_asked() {
+        let off = config(&[("RATE_LIMITS", "off")]);
+        assert!(matches!(
+            order(head(), Some("203.0.113.9"), &off, Secrets::default()),
+            Step::ReadBody(_)
+        ));
     }
 }

@@ -42,9 +42,10 @@
 //! # let order = Object;
 //! let config = EdgeConfig::from_vars(|name| std::env::var(name).ok()).expect("valid settings");
 //! let head = RequestHead { method: "POST", content_type: Some("application/json"), ..Default::default() };
-//! let mut step = flow::order(head, &config, flow::Secrets::default());
+//! let mut step = flow::order(head, Some("198.51.100.7"), &config, flow::Secrets::default());
 //! let done = loop {
 //!     step = match step {
+//!         Step::Limit(s) => s.handle_limit(Ok(true), now()),
 //!         Step::ReadBody(s) => { let body = read_body(s.limit()); s.handle_body(body) }
 //!         Step::ReadCache(s) => s.handle_cached(None, now()),
 //!         Step::Claim(s) => s.handle_claim(object.ask("claim"), now()),

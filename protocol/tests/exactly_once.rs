@@ -328,7 +328,7 @@ impl World {
             content_length: None,
             idempotency_key: Some(KEY),
         };
-        let step = flow::order(head, &self.config, secrets());
+        let step = flow::order(head, Some("198.51.100.7"), &self.config, secrets());
         self.workers.push(Worker {
             step,
             body: body(amount, expires),
@@ -392,6 +392,16 @@ impl World {
                 self.workers[i].granted_at = now;
                 s.handle_claim(decided, now)
             }
+            // The rate limits: a reply lost stands for a refusal, an
+            // unreachable limiter for one that cannot answer (the request
+            // goes on).
+            Step::Limit(s) => match store {
+                StoreCall::Ok => s.handle_limit(Ok(true), now),
+                StoreCall::ReplyLost => s.handle_limit(Ok(false), now),
+                StoreCall::Unreachable => {
+                    s.handle_limit(Err(StoreFailure("unreachable".into())), now)
+                }
+            },
             Step::Peek(s) => {
                 let fp = s.fingerprint().clone();
                 let peeked = self.object(store, |r, now, _, p| r.peek(&fp, now, p));

@@ -2675,6 +2675,85 @@ fn the_public_example_secret_is_refused(_: &Suite) {
     });
 }
 
+/// The Worker's rate limits (wrangler.toml): 120 requests a minute per
+/// client address, counted before anything else, and 10 forwards a minute
+/// per customer, counted just before each. Over either: 429 `rate-limited`
+/// with `Retry-After`, and nothing forwarded.
+fn the_rate_limits_answer_429_past_their_counts(_: &Suite) {
+    let options = StackOptions {
+        vars: vec![("RATE_LIMITS".into(), "on".into())],
+        ..StackOptions::default()
+    };
+    let s = Suite::new(Stack::start(paysim(), DEFAULT_SECRET, &options).expect("a stack"));
+    s.block_on(async {
+        s.reset(json!({})).await;
+        // The limits count in windows of a minute: start early in one, so
+        // that the counts below fall in the same window.
+        let into_window = now_secs() % 60;
+        if into_window > 40 {
+            tokio::time::sleep(Duration::from_secs(61 - into_window)).await;
+        }
+        let customer = "cus_rate_limited";
+        let placed = |n: usize| signed_order_for(&format!("limited-{n}"), 1300, customer);
+        for n in 0..10 {
+            let reply = s.post(&format!("limited-key-{n:07}"), &placed(n)).await;
+            assert_eq!(reply.status, 200, "forward {n}");
+        }
+        // Answered without a forward: not counted.
+        let replay = s.post("limited-key-0000000", &placed(0)).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true));
+        let limited = s.post("limited-key-0000010", &placed(10)).await;
+        let problem = limited.problem(429);
+        assert_eq!(
+            problem["type"],
+            "tag:chargeonce.dev,2026:problem:rate-limited"
+        );
+        assert_eq!(limited.header("Retry-After"), Some("60"));
+        assert_eq!(
+            timing_steps(&limited).last().map(String::as_str),
+            Some("release"),
+            "the claim was given back: {:?}",
+            timing_steps(&limited)
+        );
+        let ledger = s.ledger().await;
+        assert_eq!(
+            ledger.payments_executed, 10,
+            "the eleventh was not forwarded"
+        );
+        // Another customer is not limited by this one.
+        let other = s
+            .post(
+                "limited-other-0001",
+                &signed_order_for("limited-other", 1300, "cus_not_limited"),
+            )
+            .await;
+        assert_eq!(other.status, 200);
+
+        // 120 requests from one address, whatever they are, then 429;
+        // another address is counted apart.
+        let from = |address: &str| {
+            s.http
+                .get(format!("{}/v1/orders", s.stack.edge_url))
+                .header("CF-Connecting-IP", address)
+        };
+        for n in 0..120 {
+            let reply = s.send(from("203.0.113.9")).await;
+            assert_eq!(
+                reply.status, 400,
+                "request {n} is refused for its missing key"
+            );
+        }
+        let flooded = s.send(from("203.0.113.9")).await;
+        flooded.problem(429);
+        assert_eq!(
+            timing_steps(&flooded),
+            ["limit"],
+            "nothing else was done for it"
+        );
+        assert_eq!(s.send(from("203.0.113.10")).await.status, 400);
+    });
+}
+
 fn main() {
     let args = Arguments::from_args();
     let options = StackOptions {
@@ -2741,6 +2820,7 @@ fn main() {
         an_endless_backend_answer_is_cut_off_and_reconciled,
         a_lookup_that_ignores_its_filter_never_answers_with_another_charge,
         the_public_example_secret_is_refused,
+        the_rate_limits_answer_429_past_their_counts,
         // Last: it searches everything the suite left behind.
         secrets_never_reach_a_response_a_log_or_the_store,
     ];
