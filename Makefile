@@ -8,7 +8,8 @@ export CHARGEONCE_TOOLS := $(TOOLS)
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 ## The stack binary (tests/src/bin/stack.rs) runs them; EDGE_PORT, SIM_PORT,
-## INSPECTOR_PORT and STATE_DIR move them (`target/debug/stack --help`).
+## INSPECTOR_PORT and STATE_DIR move them (`target/debug/stack --help`);
+## RATE_LIMITS=off runs the Worker without its rate limits.
 dev: build
 	@"$${CARGO_TARGET_DIR:-target}/debug/stack" --dev
 

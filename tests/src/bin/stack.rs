@@ -36,6 +36,7 @@ const USAGE: &str =
   --inspector-port N    wrangler's inspector port (env INSPECTOR_PORT, default 9229)
   --state-dir DIR       local KV and Durable Object state, relative to the repository root
                         (env STATE_DIR, default .wrangler/state)
+                        env RATE_LIMITS=off: the Worker without its rate limits (on by default)
 The environment is read with --dev only. Ctrl-C stops both processes.";
 
 /// Where `make dev` runs the stack.
@@ -212,8 +213,17 @@ fn run_dev(paysim: &Path, args: DevArgs, stop: Arc<AtomicBool>) -> ExitCode {
          127.0.0.1:{}; wrangler's output follows (also in {wrangler_log}), paysim's goes to {paysim_log}",
         dev.sim_port, dev.edge_port
     );
+    // The Worker's own setting, passed on: with the limits on (wrangler.toml's
+    // counts), a quick series of orders for one customer, or a storm from one
+    // address, meets 429s.
+    let vars = std::env::var("RATE_LIMITS")
+        .ok()
+        .map(|value| ("RATE_LIMITS".to_owned(), value))
+        .into_iter()
+        .collect();
     let options = StackOptions {
         dev_simulator_routes: true,
+        vars,
         ..StackOptions::default()
     };
     let stack = match Stack::start_dev(paysim, &secret, &options, &dev) {
