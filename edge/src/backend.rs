@@ -3,6 +3,7 @@
 //! stored intent. What to send and what the answers mean are decided in
 //! `chargeonce_protocol::backend`.
 
+use crate::http;
 use chargeonce_protocol::{
     backend::{
         classify_failure, classify_lookup, classify_lookup_failure, classify_response,
@@ -11,7 +12,6 @@ use chargeonce_protocol::{
     flow, BackendOutcome, BackendResponse, LookupOutcome, TransportFailure,
 };
 use futures_util::future::{select, Either};
-use futures_util::StreamExt;
 use std::time::Duration;
 use worker::{
     console_warn, wasm_bindgen, AbortController, Delay, Fetch, Headers, Method, Request,
@@ -115,7 +115,11 @@ async fn send(
         let header = |name: &str| res.headers().get(name).ok().flatten();
         let (content_type, retry_after) = (header("Content-Type"), header("Retry-After"));
         let replayed = header("Idempotent-Replayed").is_some_and(|v| v.trim() == "true");
-        let body = read_capped(&mut res).await?;
+        // A body-less answer (a 204, a bare redirect) is not streamable.
+        let body = match res.stream() {
+            Ok(stream) => http::read_capped(stream, MAX_BACKEND_READ_BYTES).await?,
+            Err(_) => Vec::new(),
+        };
         Ok::<_, worker::Error>(BackendResponse {
             status: res.status_code(),
             content_type,
@@ -139,19 +143,4 @@ async fn send(
         console_warn!("the backend call to {url} failed: {failure:?}");
     }
     sent
-}
-
-/// The body, up to [`MAX_BACKEND_READ_BYTES`]: the protocol refuses to
-/// store anything longer, so nothing past that is read.
-async fn read_capped(res: &mut worker::Response) -> worker::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    let mut stream = res.stream()?;
-    while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk?);
-        if body.len() >= MAX_BACKEND_READ_BYTES {
-            body.truncate(MAX_BACKEND_READ_BYTES);
-            break;
-        }
-    }
-    Ok(body)
 }

@@ -1,11 +1,12 @@
 //! Responses: problem+json, stored responses, and the headers every response
-//! carries (the echoed key, CORS).
+//! carries (the echoed key, CORS); and bodies read with a cap.
 
 use chargeonce_protocol::{
     EdgeConfig, IdempotencyKey, Problem, ProblemType, StoredResponse, ORDERS_PATH,
     PROBLEM_CONTENT_TYPE,
 };
-use worker::{Headers, Response, Result};
+use futures_util::StreamExt;
+use worker::{ByteStream, Headers, Response, Result};
 
 /// The methods of the orders route: placing an order, and its status lookup.
 const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
@@ -17,6 +18,22 @@ const EXPOSED_HEADERS: &str =
 /// The header of an order's paid answer replayed to another key: the key it
 /// was paid under.
 pub const ORIGINAL_KEY: &str = "Original-Idempotency-Key";
+
+/// Reads a body from its stream but stops after `limit` bytes, so a body of
+/// any length (a 10 MB request, a backend's answer that never ends) costs
+/// no more than the limit. The protocol reads one byte past what it takes
+/// as "too long".
+pub async fn read_capped(mut stream: ByteStream, limit: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk?);
+        if body.len() >= limit {
+            body.truncate(limit);
+            break;
+        }
+    }
+    Ok(body)
+}
 
 /// A problem+json response, with `Retry-After` when the problem has one.
 pub fn problem(problem: &Problem) -> Result<Response> {

@@ -12,7 +12,6 @@ use crate::replay_cache;
 use crate::timing::Steps;
 use chargeonce_protocol::flow::{self, Done, Limiter, Reply, Secrets, StatusHead, StoreFailure};
 use chargeonce_protocol::{EdgeConfig, IdempotencyKey, RequestHead, Step, UnixMs};
-use futures_util::StreamExt;
 use worker::{console_warn, Context, Date, Env, Request, Response, Result};
 
 /// The rate-limit binding counting requests per client address
@@ -269,20 +268,11 @@ pub(crate) fn order_token_secret(env: &Env) -> Option<Vec<u8>> {
         .map(|s| s.to_string().into_bytes())
 }
 
-/// Reads the body but stops after `limit` bytes, so a 10 MB body costs no
-/// more than a 16 KiB one.
+/// Reads the request's body but stops after `limit` bytes, so a 10 MB body
+/// costs no more than a 16 KiB one.
 pub(crate) async fn read_at_most(req: &mut Request, limit: usize) -> Result<Vec<u8>> {
-    let mut body = Vec::new();
     if req.inner().body().is_none() {
-        return Ok(body);
+        return Ok(Vec::new());
     }
-    let mut stream = req.stream()?;
-    while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk?);
-        if body.len() >= limit {
-            body.truncate(limit);
-            break;
-        }
-    }
-    Ok(body)
+    http::read_capped(req.stream()?, limit).await
 }
