@@ -171,28 +171,30 @@ impl EdgeConfig {
         };
         let dev_simulator_url =
             url("DEV_SIMULATOR_URL")?.map(|u| u.trim_end_matches('/').to_owned());
-        let demo_storefront = match var("DEMO_STOREFRONT").as_deref().map(str::trim) {
-            None | Some("" | "false") => false,
-            Some("true") => true,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "DEMO_STOREFRONT",
+        // A two-valued setting: `on` or `off` (and `default` when unset).
+        let switch = |name: &'static str,
+                      [on, off]: [&str; 2],
+                      expected: &'static str,
+                      default: bool|
+         -> Result<bool, ConfigError> {
+            match var(name).as_deref().map(str::trim) {
+                None | Some("") => Ok(default),
+                Some(v) if v == on => Ok(true),
+                Some(v) if v == off => Ok(false),
+                Some(other) => Err(ConfigError::Invalid {
+                    name,
                     value: other.into(),
-                    expected: "\"true\" or \"false\"",
-                })
+                    expected,
+                }),
             }
         };
-        let rate_limits = match var("RATE_LIMITS").as_deref().map(str::trim) {
-            None | Some("" | "on") => true,
-            Some("off") => false,
-            Some(other) => {
-                return Err(ConfigError::Invalid {
-                    name: "RATE_LIMITS",
-                    value: other.into(),
-                    expected: "\"on\" or \"off\"",
-                })
-            }
-        };
+        let demo_storefront = switch(
+            "DEMO_STOREFRONT",
+            ["true", "false"],
+            "\"true\" or \"false\"",
+            false,
+        )?;
+        let rate_limits = switch("RATE_LIMITS", ["on", "off"], "\"on\" or \"off\"", true)?;
         let config = Self {
             rate_limits,
             dev_simulator_url,

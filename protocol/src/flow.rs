@@ -253,6 +253,14 @@ fn mismatch() -> Step {
     ))
 }
 
+/// Another request's claim holds the key.
+fn key_held(retry_after_secs: u32) -> Step {
+    in_flight(
+        "another request with this Idempotency-Key is being processed; retry with the same key",
+        retry_after_secs,
+    )
+}
+
 fn in_flight(detail: &str, retry_after_secs: u32) -> Step {
     problem(Problem::new(ProblemType::RequestInFlight, detail).retry_after(retry_after_secs))
 }
@@ -689,10 +697,7 @@ impl PeekKey {
                 replay_or_refresh(self.checked.refresh_target(), response)
             }
             Ok(Peek::Mismatch) => mismatch(),
-            Ok(Peek::InFlight { retry_after_secs }) => in_flight(
-                "another request with this Idempotency-Key is being processed; retry with the same key",
-                retry_after_secs,
-            ),
+            Ok(Peek::InFlight { retry_after_secs }) => key_held(retry_after_secs),
             Ok(Peek::Nothing) => problem(self.expired),
         }
     }
@@ -750,10 +755,7 @@ impl Claim {
                 replay_or_refresh(self.checked.refresh_target(), response)
             }
             Ok(Decision::Mismatch) => mismatch(),
-            Ok(Decision::InFlight { retry_after_secs }) => in_flight(
-                "another request with this Idempotency-Key is being processed; retry with the same key",
-                retry_after_secs,
-            ),
+            Ok(Decision::InFlight { retry_after_secs }) => key_held(retry_after_secs),
         }
     }
 }
