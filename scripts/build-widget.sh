@@ -1,20 +1,66 @@
 #!/usr/bin/env bash
-# Builds the Place Order widget into www/pkg/ (chargeonce.js + chargeonce_bg.wasm,
-# loaded by a page as an ES module) with the offline toolchain from
-# scripts/setup.sh: the cached wasm-bindgen (the version in Cargo.lock) and npm
-# binaryen's wasm-opt. Skips the build when the wasm is newer than every input.
+# Builds the Place Order widget: chargeonce.js (the JS glue, an ES module)
+# and chargeonce_bg.wasm, with the offline toolchain from scripts/setup.sh:
+# the cached wasm-bindgen (the version in Cargo.lock) and npm binaryen's
+# wasm-opt. Skips the compile when the files are newer than every input.
+#
+# What it writes (README, "Embedding from another origin"):
+#   build-widget/       what `wrangler deploy` uploads as static assets
+#                       (wrangler.toml's [assets]): the widget and nothing else
+#     _headers          widget/_headers: CORS and cache headers for /pkg/*
+#     pkg/<version>/    the bundle under an immutable path; <version> is the
+#                       first 16 hex digits of the script's SHA-256
+#     pkg/chargeonce.js a short-cached alias: re-exports pkg/<version>/
+#     pkg/embed.json    the script's and the wasm's URLs and SRI hashes
+#   www/pkg, www/_headers  the same files, for the demo shop that `make dev`
+#                       serves from www/ (never deployed)
+# and prints the embed snippet with the script's SRI hash.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-out=www/pkg
+out=build-widget
+stamp=$out/pkg/embed.json
 
-if [ -f "$out/chargeonce_bg.wasm" ] && [ -f "$out/chargeonce.js" ] &&
-  [ -z "$(find widget protocol Cargo.toml Cargo.lock -newer "$out/chargeonce_bg.wasm" -type f -print -quit)" ]; then
-  echo "widget: $out is up to date"
+# sri FILE: FILE's Subresource Integrity value (sha384, base64).
+sri() {
+  "$node_bin/node" -e 'const { createHash } = require("node:crypto");
+    const bytes = require("node:fs").readFileSync(process.argv[1]);
+    console.log("sha384-" + createHash("sha384").update(bytes).digest("base64"));' "$1"
+}
+
+# The embed snippet for the built version, from embed.json.
+print_embed() {
+  local script integrity
+  script=$(sed -n 's/.*"script": *"\([^"]*\)".*/\1/p' "$stamp")
+  integrity=$(sed -n 's/.*"script_integrity": *"\([^"]*\)".*/\1/p' "$stamp")
+  echo "widget: embed it from your edge (the path is immutable; integrity is the script's SRI hash):"
+  echo "  <script type=\"module\" src=\"https://<your edge>$script\""
+  echo "          integrity=\"$integrity\" crossorigin=\"anonymous\"></script>"
+}
+
+# The headers in the deploy folder, and the demo shop's copy of it all:
+# checked on every run, so an edit to widget/_headers reaches both without a
+# rebuild, and rewritten only when they differ (`wrangler dev` runs this as
+# its build command, and may be serving www/ meanwhile).
+publish() {
+  cmp -s widget/_headers "$out/_headers" || cp widget/_headers "$out/_headers"
+  cmp -s widget/_headers www/_headers || cp widget/_headers www/_headers
+  if ! diff -rq "$out/pkg" www/pkg >/dev/null 2>&1; then
+    rm -rf www/pkg
+    cp -R "$out/pkg" www/pkg
+  fi
+}
+
+if [ -f "$stamp" ] &&
+  [ -z "$(find widget protocol Cargo.toml Cargo.lock scripts/build-widget.sh -newer "$stamp" -type f \
+    ! -name _headers -print -quit)" ]; then
+  publish
+  echo "widget: $out/pkg is up to date"
+  print_embed
   exit 0
 fi
 
 use_tools
-require widget wasm-bindgen wasm-opt esbuild
+require widget wasm-bindgen wasm-opt esbuild node
 # wasm-bindgen refuses a module built against another version; say what to do.
 locked=$(locked_version wasm-bindgen)
 if [ "$(wasm-bindgen --version)" != "wasm-bindgen $locked" ]; then
@@ -22,12 +68,14 @@ if [ "$(wasm-bindgen --version)" != "wasm-bindgen $locked" ]; then
   exit 1
 fi
 
-echo "widget: building www/pkg (release wasm, wasm-bindgen, wasm-opt -Oz; about 1-2 min from clean)"
+echo "widget: building $out/pkg (release wasm, wasm-bindgen, wasm-opt -Oz; about 1-2 min from clean)"
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
 # `cargo rustc --crate-type cdylib` rather than `wasm-pack build`: the crate
 # is also an rlib (for its browser tests), and cargo skips LTO for a crate
 # built as both (rust-lang/cargo#9672), which costs about a fifth of the size.
 cargo rustc --quiet -p chargeonce-widget --release --target wasm32-unknown-unknown --crate-type cdylib
-wasm-bindgen --target web --out-dir "$out" --out-name chargeonce \
+wasm-bindgen --target web --out-dir "$stage" --out-name chargeonce \
   "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/chargeonce_widget.wasm"
 # The features rustc 1.9x emits for wasm32 must be named, or wasm-opt refuses
 # the module; npm binaryen 132 only (Debian's wasm-opt 108 miscompiles; see
@@ -40,19 +88,53 @@ wasm-bindgen --target web --out-dir "$out" --out-name chargeonce \
 wasm-opt -Oz --converge --strip-producers --low-memory-unused --flatten --rereloop -Oz \
   --enable-bulk-memory --enable-bulk-memory-opt --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-  "$out/chargeonce_bg.wasm" -o "$out/chargeonce_bg.wasm"
+  "$stage/chargeonce_bg.wasm" -o "$stage/chargeonce_bg.wasm"
 # `--target web` leaves initialisation to the page; the contract is one
-# <script type="module" src="/pkg/chargeonce.js"> and nothing else, so the
-# module initialises itself (the start function then mounts every
-# [data-chargeonce] element). Top-level await keeps `mount` usable by importers.
-grep -q '^export { initSync, __wbg_init as default };$' "$out/chargeonce.js" || {
+# <script type="module"> and nothing else, so the module initialises itself
+# (the start function then mounts every [data-chargeonce] element).
+# Top-level await keeps `mount` usable by importers. The wasm is fetched
+# from beside the module (import.meta.url: the edge it came from, whatever
+# the page's origin) with the wasm's SRI hash, so a page that pinned the
+# script's hash has pinned the wasm too. Other bytes are blocked by the
+# browser, which says so on the console ("Failed to find a valid digest in
+# the 'integrity' attribute …"), and the module fails to load; a message of
+# our own would cost about 70 bytes of the 60 KB budget and say no more.
+grep -q '^export { initSync, __wbg_init as default };$' "$stage/chargeonce.js" || {
   echo "widget: wasm-bindgen's glue no longer exports __wbg_init; update this script" >&2
   exit 1
 }
-printf '\n// Added by scripts/build-widget.sh: load the wasm and mount the widgets.\nawait __wbg_init();\n' >> "$out/chargeonce.js"
+wasm_integrity=$(sri "$stage/chargeonce_bg.wasm")
+cat >> "$stage/chargeonce.js" <<JS
+
+// Added by scripts/build-widget.sh: fetch the wasm (only the bytes this
+// script was built with) and mount the widgets.
+await __wbg_init({
+  module_or_path: fetch(new URL("chargeonce_bg.wasm", import.meta.url), { integrity: "$wasm_integrity" }),
+});
+JS
 # The glue wasm-bindgen writes is readable rather than small; minified it
 # loads about 2 KB less (brotli). esbuild keeps the module's exports and
 # never renames properties, so the import names the wasm looks up survive.
-esbuild "$out/chargeonce.js" --minify --format=esm --log-level=warning \
-  --allow-overwrite --outfile="$out/chargeonce.js"
-ls -l "$out"
+esbuild "$stage/chargeonce.js" --minify --format=esm --log-level=warning \
+  --allow-overwrite --outfile="$stage/chargeonce.js"
+
+version=$(sha256sum "$stage/chargeonce.js" | cut -c1-16)
+rm -rf "$out"
+mkdir -p "$out/pkg/$version"
+mv "$stage"/* "$out/pkg/$version/"
+# The alias names the version rather than copying it: a cache holding an
+# old alias still gets a script and wasm that match each other.
+printf 'export * from "./%s/chargeonce.js";\nexport { default } from "./%s/chargeonce.js";\n' \
+  "$version" "$version" | tee "$out/pkg/chargeonce.js" > "$out/pkg/chargeonce.d.ts"
+cat > "$stamp" <<JSON
+{
+  "version": "$version",
+  "script": "/pkg/$version/chargeonce.js",
+  "script_integrity": "$(sri "$out/pkg/$version/chargeonce.js")",
+  "wasm": "/pkg/$version/chargeonce_bg.wasm",
+  "wasm_integrity": "$wasm_integrity"
+}
+JSON
+publish
+ls -l "$out/pkg" "$out/pkg/$version"
+print_embed

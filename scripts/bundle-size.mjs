@@ -1,13 +1,15 @@
 // Prints the widget bundle's size (the wasm and its JS glue, what a page
 // loads): raw, gzip -9 and brotli (max quality), each file and the total.
-// Usage: node scripts/bundle-size.mjs [www/pkg]
+// Usage: node scripts/bundle-size.mjs [DIR]; DIR defaults to the version
+// scripts/build-widget.sh built last (build-widget/pkg/<version>).
 import { readFileSync } from "node:fs";
 import { gzipSync, brotliCompressSync, constants } from "node:zlib";
 import { join } from "node:path";
 
-const dir = process.argv[2] ?? "www/pkg";
+const dir = process.argv[2] ??
+  join("build-widget/pkg", JSON.parse(readFileSync("build-widget/pkg/embed.json", "utf8")).version);
 const files = ["chargeonce_bg.wasm", "chargeonce.js"];
-const kb = (n) => (n / 1000).toFixed(1).padStart(7) + " KB";
+const kb = (n) => (n / 1000).toFixed(2).padStart(7) + " KB";
 const rows = files.map((name) => {
   const bytes = readFileSync(join(dir, name));
   return {

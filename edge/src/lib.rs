@@ -60,11 +60,15 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
     let origin = req.headers().get("Origin").ok().flatten();
     let own_origin = req.url()?.origin().ascii_serialization();
     let response = match (path.as_str(), req.method()) {
-        (ORDERS_PATH, Method::Options) => http::preflight(&config, origin.as_deref()),
-        // A page on another site may not place orders here, even though the
-        // browser would hide our answer from it: refusing keeps the order
-        // from reaching the backend at all.
-        (ORDERS_PATH, Method::Post) if !config.may_post_from(origin.as_deref(), &own_origin) => {
+        // Every origin's preflight is answered, so that a page on a site the
+        // edge does not take orders from sends its request and can read the
+        // 403 below, and its widget can say what is wrong, where a refused
+        // preflight would be a bare network error, retried in vain.
+        (ORDERS_PATH, Method::Options) => http::preflight(),
+        // A page on another site may neither place orders here nor ask
+        // about them: refused before anything else, nothing reaches the
+        // backend.
+        (ORDERS_PATH, _) if !config.accepts_requests_from(origin.as_deref(), &own_origin) => {
             http::problem(&Problem::new(
                 ProblemType::OriginNotAllowed,
                 format!(
@@ -83,5 +87,11 @@ pub async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
         }
         _ => http::not_found(&path),
     }?;
-    http::with_cors(http::not_cached(response)?, &config, origin.as_deref())
+    // On the orders route every origin reads the answer: one not allowed
+    // only ever gets the preflight and the refusal. Elsewhere, only the
+    // allowed ones.
+    let readable_by = origin
+        .as_deref()
+        .filter(|o| path == ORDERS_PATH || config.allows_origin(o));
+    http::with_cors(http::not_cached(response)?, readable_by)
 }

@@ -44,6 +44,11 @@ pub const MAX_ACTIONS: u32 = 2;
 pub const NO_ACTION_HANDLER: &str =
     "The card needs confirming with the bank, and this page has no handleAction.";
 
+/// What a refused attempt says when the edge takes no orders from the
+/// page's origin (403 `origin-not-allowed`): the store's setup must change,
+/// not the customer's order.
+pub const ORIGIN_NOT_ALLOWED: &str = "This store is not set up to take orders here.";
+
 /// How a client retries. The defaults follow Stripe's clients: 0.5 s
 /// doubling to 5 s, with full jitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -485,6 +490,13 @@ impl Attempt {
             // Another request holds the key: its `Retry-After` is when its
             // lease ends, and waiting it out is not a failed retry.
             409 => self.schedule(wait(false), now_ms, jitter, policy),
+            // The edge takes no orders from this page's origin
+            // (ALLOWED_ORIGINS). Nothing was sent on, and no retry can help;
+            // the edge's words are for the merchant, not the customer.
+            403 if response.problem == Some(ProblemType::OriginNotAllowed) => {
+                self.refuse(403, Some(ORIGIN_NOT_ALLOWED));
+                Next::Stop
+            }
             // Refused as often as the store allows: no retry can help.
             429 if response.problem == Some(ProblemType::OrderAttemptsExhausted) => {
                 self.refuse(429, response.message);
@@ -1517,6 +1529,24 @@ mod tests {
         };
         assert_eq!(a.handle_response(&paid, 0, 0.0, &policy()), Next::Stop);
         assert!(matches!(a.phase(), Phase::Refused { status: 409, .. }));
+    }
+
+    #[test]
+    fn an_origin_the_edge_does_not_take_orders_from_is_a_final_refusal_in_the_customers_words() {
+        let mut a = fresh(0);
+        let foreign = EdgeResponse {
+            problem: Some(ProblemType::OriginNotAllowed),
+            message: Some("orders from https://evil.example are not accepted; add the origin to ALLOWED_ORIGINS"),
+            ..EdgeResponse::new(403, "{}")
+        };
+        assert_eq!(a.handle_response(&foreign, 0, 0.0, &policy()), Next::Stop);
+        assert_eq!(
+            a.phase(),
+            &Phase::Refused {
+                status: 403,
+                message: ORIGIN_NOT_ALLOWED.into()
+            }
+        );
     }
 
     #[test]

@@ -253,11 +253,12 @@ impl EdgeConfig {
         self.allowed_origins.iter().any(|o| o == "*" || o == origin)
     }
 
-    /// Whether a browser at `origin` may place an order at the Worker whose
-    /// own origin is `own_origin`: its own pages always may, other sites only
-    /// if listed. Requests without an `Origin` come from servers and tools,
-    /// not from a browser on another site, and are not refused here.
-    pub fn may_post_from(&self, origin: Option<&str>, own_origin: &str) -> bool {
+    /// Whether a browser at `origin` may place an order, or ask about one,
+    /// at the Worker whose own origin is `own_origin`: its own pages always
+    /// may, other sites only if listed. Requests without an `Origin` come
+    /// from servers and tools, not from a browser on another site, and are
+    /// not refused here.
+    pub fn accepts_requests_from(&self, origin: Option<&str>, own_origin: &str) -> bool {
         origin.is_none_or(|o| o == own_origin || self.allows_origin(o))
     }
 }
@@ -307,12 +308,12 @@ mod tests {
         )])
         .unwrap();
         let own = "https://edge.example";
-        assert!(c.may_post_from(Some(own), own));
-        assert!(c.may_post_from(Some("https://shop.example"), own));
-        assert!(c.may_post_from(Some("https://b.example"), own));
-        assert!(c.may_post_from(None, own));
-        assert!(!c.may_post_from(Some("https://evil.example"), own));
-        assert!(!c.may_post_from(Some("null"), own));
+        assert!(c.accepts_requests_from(Some(own), own));
+        assert!(c.accepts_requests_from(Some("https://shop.example"), own));
+        assert!(c.accepts_requests_from(Some("https://b.example"), own));
+        assert!(c.accepts_requests_from(None, own));
+        assert!(!c.accepts_requests_from(Some("https://evil.example"), own));
+        assert!(!c.accepts_requests_from(Some("null"), own));
     }
 
     #[test]

@@ -9,63 +9,24 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { mkdirSync } from "node:fs";
-import { createHash, createHmac } from "node:crypto";
+import {
+  ARTIFACTS, backendKey, launchChromium, signOrderToken, simulator as hook, startStack,
+} from "./support.mjs";
 
-const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
-const ARTIFACTS = new URL("../artifacts/", import.meta.url).pathname;
-mkdirSync(ARTIFACTS, { recursive: true });
-
-let stack, browser, edge, simUrl;
+let stack, browser, edge;
 
 before(async () => {
-  stack = spawn(process.env.STACK_BIN ?? "target/debug/stack", { stdio: ["pipe", "pipe", "inherit"] });
-  const [line] = await Promise.race([
-    new Promise((resolve) => createInterface({ input: stack.stdout }).once("line", (l) => resolve([l]))),
-    new Promise((_, reject) => stack.once("exit", (code) => reject(new Error(`stack exited with ${code}`)))),
-  ]);
-  ({ edge_url: edge, sim_url: simUrl } = JSON.parse(line));
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  stack = await startStack();
+  edge = stack.edge;
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  // Closing its stdin stops the stack, wrangler and workerd included.
-  stack?.stdin.end();
-  await new Promise((resolve) => (stack.exitCode === null ? stack.once("exit", resolve) : resolve()));
+  await stack?.stop();
 });
 
-async function simulator(path, body) {
-  const response = await fetch(`${simUrl}/__sim/${path}`, body === undefined ? {} :
-    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-  assert.ok(response.ok, `${path}: ${response.status}`);
-  return response.status === 204 ? null : response.json();
-}
-
-/** The key the edge sends the backend: scoped to the customer (ScopedKey::backend_key). */
-function backendKey(customer, key) {
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64BE(BigInt(Buffer.byteLength(customer)));
-  return "chargeonce_" + createHash("sha256").update(length).update(customer).update(key).digest("hex");
-}
-
-/**
- * An order token signed as the shop's server signs them (protocol/src/token.rs),
- * with the secret the `stack` binary gives its Worker
- * (ORDER_TOKEN_SECRET in tests/src/stack.rs).
- */
-function signOrderToken(claims) {
-  const payload = Buffer.from(JSON.stringify(claims)).toString("base64url");
-  const mac = createHmac("sha256", "chargeonce-test-order-token-secret-000001")
-    .update(`chargeonce-order-token.v1.${payload}`).digest("base64url");
-  return `v1.${payload}.${mac}`;
-}
+const simulator = (path, body) => hook(stack.simUrl, path, body);
 
 const chargesFor = async (orderRef) =>
   (await simulator("ledger")).charges.filter((c) => c.order_ref === orderRef);

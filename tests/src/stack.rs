@@ -25,6 +25,8 @@ use thiserror::Error;
 
 /// The dev build's entry point (scripts/build-edge.sh).
 const DEV_BUILD_ENTRY: &str = "build-dev/index.js";
+/// The static files `make dev` serves: the demo shop and the widget.
+const DEV_ASSETS: &str = "www";
 
 /// How long wrangler may take to answer its first request. Generous because
 /// a cold `wrangler dev` on a busy 2-core machine may also run the build.
@@ -622,8 +624,13 @@ impl<'a> WranglerLaunch<'a> {
             // route and the simulator's hooks, which the deploy build
             // (wrangler.toml's `main`) leaves out. wrangler runs the build
             // command with this variable, so it builds that variant.
+            // The demo shop is served with it (www/: the shop's page and
+            // the same widget files); a deployed Worker serves only the
+            // widget (wrangler.toml's [assets]).
             None => {
-                cmd.arg(DEV_BUILD_ENTRY).env("CHARGEONCE_EDGE_BUILD", "dev");
+                cmd.arg(DEV_BUILD_ENTRY)
+                    .args(["--assets", DEV_ASSETS])
+                    .env("CHARGEONCE_EDGE_BUILD", "dev");
             }
         }
         for (name, value) in self.vars {

@@ -1497,8 +1497,14 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
             .unwrap_or_default()
             .to_ascii_lowercase();
         assert!(headers.contains("idempotency-key"), "{headers}");
-        let denied = s.send(preflight("http://evil.test")).await;
-        assert_eq!(denied.header("Access-Control-Allow-Origin"), None);
+        // Another site's preflight is answered too, so that its page sends
+        // the request and reads the refusal below, not a network error.
+        let foreign_preflight = s.send(preflight("http://evil.test")).await;
+        assert_eq!(foreign_preflight.status, 204);
+        assert_eq!(
+            foreign_preflight.header("Access-Control-Allow-Origin"),
+            Some("http://evil.test")
+        );
 
         s.reset(json!({})).await;
         let post = s
@@ -1519,7 +1525,7 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
             assert!(exposed.contains(name), "{name} is not exposed: {exposed}");
         }
 
-        // A page on another site: no CORS headers, a 403, nothing forwarded.
+        // A page on another site: a 403 it can read, nothing forwarded.
         let foreign = s
             .send(
                 s.http
@@ -1535,8 +1541,40 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
             .as_str()
             .unwrap()
             .ends_with("origin-not-allowed"));
-        assert_eq!(foreign.header("Access-Control-Allow-Origin"), None);
+        assert_eq!(
+            foreign.header("Access-Control-Allow-Origin"),
+            Some("http://evil.test")
+        );
         assert!(s.charges("cors-2").await.is_empty());
+        assert_eq!(s.ledger().await.payments_executed, 1);
+
+        // Nor may it ask about an order: the lookup is refused before the
+        // token is even read.
+        let lookup = s
+            .send(
+                s.http
+                    .get(&url)
+                    .header("Origin", "http://evil.test")
+                    .header("Idempotency-Key", "cors-key-000000001")
+                    .header("Authorization", "Bearer v1.any.token"),
+            )
+            .await;
+        let problem = lookup.problem(403);
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("origin-not-allowed"));
+
+        // Off the orders route, another site reads nothing.
+        let health = s
+            .send(
+                s.http
+                    .get(format!("{}/healthz", s.stack.edge_url))
+                    .header("Origin", "http://evil.test"),
+            )
+            .await;
+        assert_eq!(health.status, 200);
+        assert_eq!(health.header("Access-Control-Allow-Origin"), None);
     });
 }
 

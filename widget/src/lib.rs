@@ -142,6 +142,7 @@ pub fn mount_with(
     }
     let label = options::label(&element);
     let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
+    view::style(&shadow)?;
     let widget = Widget::new(element, ports, hooks);
     let view_widget = Rc::clone(&widget);
     // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it

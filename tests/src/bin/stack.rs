@@ -36,8 +36,11 @@ const USAGE: &str =
   --inspector-port N    wrangler's inspector port (env INSPECTOR_PORT, default 9229)
   --state-dir DIR       local KV and Durable Object state, relative to the repository root
                         (env STATE_DIR, default .wrangler/state)
-                        env RATE_LIMITS=off: the Worker without its rate limits (on by default)
-The environment is read with --dev only. Ctrl-C stops both processes.";
+Either mode passes these Worker settings on from the environment (README, \"Configuration\"):
+  RATE_LIMITS=off       the Worker without its rate limits (on by default)
+  ALLOWED_ORIGINS=...   the storefront origins that may embed the widget and place orders
+The ports and state directory are read from the environment with --dev only.
+Ctrl-C stops both processes.";
 
 /// Where `make dev` runs the stack.
 #[derive(Debug, PartialEq)]
@@ -148,9 +151,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// The Worker settings passed on from the stack's environment, in either
+/// mode: with the rate limits on (wrangler.toml's counts), a quick series
+/// of orders for one customer, or a storm from one address, meets 429s; a
+/// storefront page on another origin needs its origin listed.
+const PASSED_SETTINGS: [&str; 2] = ["RATE_LIMITS", "ALLOWED_ORIGINS"];
+
+fn passed_settings(env: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    PASSED_SETTINGS
+        .iter()
+        .filter_map(|name| env(name).map(|value| ((*name).to_owned(), value)))
+        .collect()
+}
+
 fn run_for_tests(paysim: &Path, stop: &Arc<AtomicBool>) -> ExitCode {
     let options = StackOptions {
         dev_simulator_routes: true,
+        vars: passed_settings(|name| std::env::var(name).ok()),
         ..StackOptions::default()
     };
     let stack = match Stack::start(paysim, DEFAULT_SECRET, &options) {
@@ -213,17 +230,9 @@ fn run_dev(paysim: &Path, args: DevArgs, stop: Arc<AtomicBool>) -> ExitCode {
          127.0.0.1:{}; wrangler's output follows (also in {wrangler_log}), paysim's goes to {paysim_log}",
         dev.sim_port, dev.edge_port
     );
-    // The Worker's own setting, passed on: with the limits on (wrangler.toml's
-    // counts), a quick series of orders for one customer, or a storm from one
-    // address, meets 429s.
-    let vars = std::env::var("RATE_LIMITS")
-        .ok()
-        .map(|value| ("RATE_LIMITS".to_owned(), value))
-        .into_iter()
-        .collect();
     let options = StackOptions {
         dev_simulator_routes: true,
-        vars,
+        vars: passed_settings(|name| std::env::var(name).ok()),
         ..StackOptions::default()
     };
     let stack = match Stack::start_dev(paysim, &secret, &options, &dev) {
@@ -416,6 +425,22 @@ mod tests {
         assert_eq!(
             parse(&["--dev", "--edge-port=9000", "--state-dir", "st"], &env).unwrap(),
             dev(9000, 8001, 9229, "st")
+        );
+    }
+
+    #[test]
+    fn only_the_named_worker_settings_are_passed_on() {
+        let env = |name: &str| match name {
+            "ALLOWED_ORIGINS" => Some("http://127.0.0.1:8000".to_owned()),
+            "ORDER_TOKEN_SECRET" => Some("not passed".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            passed_settings(env),
+            [(
+                "ALLOWED_ORIGINS".to_owned(),
+                "http://127.0.0.1:8000".to_owned()
+            )]
         );
     }
 
