@@ -9,19 +9,22 @@ export CHARGEONCE_TOOLS := $(TOOLS)
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 ## The stack binary (tests/src/bin/stack.rs) runs them; EDGE_PORT, SIM_PORT,
 ## INSPECTOR_PORT and STATE_DIR move them (`target/debug/stack --help`);
-## RATE_LIMITS=off runs the Worker without its rate limits.
+## RATE_LIMITS=off runs the Worker without its rate limits, and
+## ALLOWED_ORIGINS=http://127.0.0.1:8000 lets a page on that origin embed
+## the widget from it and place orders.
 dev: build
 	@"$${CARGO_TARGET_DIR:-target}/debug/stack" --dev
 
 ## make test: lint, native tests (with 2 s of fuzzing per parser), the bounded
 ## model check, black-box tests against workerd (with a 300-attempt chaos
-## soak), widget tests in headless Chromium, the shop's end-to-end tests,
-## deploy dry run.
+## soak), the order-token signers of tokens/ in their runtimes, widget tests
+## in headless Chromium, the end-to-end tests, deploy dry run.
 test: build lint
 	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace
 	@echo "==> the bounded model check, optimised (about 1 min to build, 90 s to run)"
 	cargo test --release -p chargeonce-model
+	@bash scripts/test-tokens.sh
 	@bash scripts/test-widget.sh
 	@bash scripts/test-e2e.sh
 	@$(MAKE) --no-print-directory deploy-check

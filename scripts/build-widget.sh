@@ -27,14 +27,15 @@ sri() {
     console.log("sha384-" + createHash("sha384").update(bytes).digest("base64"));' "$1"
 }
 
-# The embed snippet for the built version, from embed.json.
+# The embed tags for the built version, from embed.json: the script, and the
+# optional preload of its wasm (README, "The Place Order widget").
 print_embed() {
-  local script integrity
-  script=$(sed -n 's/.*"script": *"\([^"]*\)".*/\1/p' "$stamp")
-  integrity=$(sed -n 's/.*"script_integrity": *"\([^"]*\)".*/\1/p' "$stamp")
-  echo "widget: embed it from your edge (the path is immutable; integrity is the script's SRI hash):"
-  echo "  <script type=\"module\" src=\"https://<your edge>$script\""
-  echo "          integrity=\"$integrity\" crossorigin=\"anonymous\"></script>"
+  field() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$stamp"; }
+  echo "widget: embed it from your edge (the paths are immutable; integrity is each file's SRI hash):"
+  echo "  <script type=\"module\" src=\"https://<your edge>$(field script)\""
+  echo "          integrity=\"$(field script_integrity)\" crossorigin=\"anonymous\"></script>"
+  echo "  <link rel=\"preload\" href=\"https://<your edge>$(field wasm)\" as=\"fetch\" type=\"application/wasm\""
+  echo "        crossorigin=\"anonymous\" integrity=\"$(field wasm_integrity)\">"
 }
 
 # The headers in the deploy folder, and the demo shop's copy of it all:

@@ -67,4 +67,13 @@ else
   bash scripts/apt-install.sh chromium chromium-driver
 fi
 
+# The storefront signers in tokens/ are tested in their own runtimes:
+# Python's standard library and PHP's command line (Debian's).
+if command -v python3 >/dev/null && command -v php >/dev/null; then
+  have "python3 + php-cli" "$(python3 --version | awk '{print $2}'), $(php -r 'echo PHP_VERSION;')"
+else
+  step "python3 + php-cli (apt-get, about 20 s)"
+  bash scripts/apt-install.sh python3 php-cli
+fi
+
 echo "==> setup: tools ready in $tools"

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod shop;
+pub mod signers;
 pub mod sim;
 pub mod stack;

@@ -15,6 +15,7 @@ use chargeonce_protocol::token::EXAMPLE_SECRET;
 use chargeonce_protocol::{Attempt, IdempotencyKey, OrderClaims, Phase, RetryPolicy, ScopedKey};
 use chargeonce_tests::client::{now_ms, Bank, CheckoutClient, PageOrder};
 use chargeonce_tests::shop::{self, now_secs, order_token, signed_order, signed_order_for};
+use chargeonce_tests::signers::Signer;
 use chargeonce_tests::sim::{Charge, Faults, Ledger, LookupLog, DEFAULT_SECRET};
 use chargeonce_tests::stack::{Stack, StackOptions};
 use futures_util::future::join_all;
@@ -1578,6 +1579,55 @@ fn cors_answers_allowed_origins_only(s: &Suite) {
     });
 }
 
+/// A storefront's server in JavaScript, Python or PHP signs with the
+/// signer of `tokens/` for its language: the edge takes each one's token,
+/// and each refuses a short secret and amounts the edge would never charge.
+fn orders_signed_by_each_storefront_signer_are_accepted_and_bad_claims_refused(s: &Suite) {
+    use chargeonce_tests::stack::ORDER_TOKEN_SECRET;
+    s.block_on(async {
+        s.reset(json!({})).await;
+        for signer in Signer::ALL {
+            let name = signer.name();
+            let order_ref = format!("signed-by-{name}");
+            let claims = json!({
+                "order_ref": order_ref, "amount": 1250, "currency": "usd",
+                "customer": shop::CUSTOMER, "expires_at": now_secs() + 600,
+            });
+            let token = signer
+                .sign(&claims, ORDER_TOKEN_SECRET)
+                .unwrap_or_else(|e| panic!("the {name} signer refused a good order: {e}"));
+            let body = json!({
+                "order_ref": order_ref, "amount": 1250, "currency": "usd",
+                "customer": shop::CUSTOMER, "payment_method": "pm_card_visa",
+                "order_token": token,
+            });
+            let reply = s.post(&format!("signer-key-{name}-000001"), &body).await;
+            assert_eq!(
+                reply.status,
+                200,
+                "{name}: {}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(s.charges(&order_ref).await.len(), 1, "{name}");
+
+            let short = &ORDER_TOKEN_SECRET[..31];
+            let refusal = signer
+                .sign(&claims, short)
+                .expect_err("a 31-byte secret is refused");
+            assert!(refusal.contains("secret"), "{name}: {refusal}");
+            for amount in [json!(0), json!(-1250), json!(12.5), json!("1250")] {
+                let mut bad = claims.clone();
+                bad["amount"] = amount.clone();
+                let refusal = signer
+                    .sign(&bad, ORDER_TOKEN_SECRET)
+                    .expect_err("a bad amount is refused");
+                assert!(refusal.contains("amount"), "{name}, {amount}: {refusal}");
+            }
+        }
+        assert_eq!(s.ledger().await.payments_executed, 3);
+    });
+}
+
 /// An order for [`shop::CUSTOMER`] paid with `payment_method` (which the
 /// order token does not sign).
 fn paid_with(order_ref: &str, amount: u64, payment_method: &str) -> Value {
@@ -2848,6 +2898,7 @@ fn main() {
         an_invalid_order_names_each_bad_field,
         unknown_paths_get_a_404_problem,
         cors_answers_allowed_origins_only,
+        orders_signed_by_each_storefront_signer_are_accepted_and_bad_claims_refused,
         the_passthrough_backend_gets_the_json_body_and_the_key,
         the_simulator_hooks_pass_through_the_edge_in_development,
         the_demo_storefront_prices_the_cart_and_signs_the_order,
