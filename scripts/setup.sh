@@ -12,6 +12,7 @@ mkdir -p "$tools/npm" "$tools/cargo"
 
 WORKER_BUILD_VERSION=0.8.7
 WASM_PACK_VERSION=0.15.1
+GECKODRIVER_VERSION=0.37.1
 # Must equal the wasm-bindgen version in Cargo.lock, or worker-build refuses it.
 WASM_BINDGEN_VERSION=$(locked_version wasm-bindgen)
 
@@ -57,6 +58,8 @@ cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build 7 --locked
 # Builds and tests the widget; with `--mode no-install` it uses the
 # wasm-bindgen above and never downloads.
 cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack 3 --locked
+# Firefox's WebDriver, for the widget's tests in Firefox (not in Debian).
+cargo_tool geckodriver "$GECKODRIVER_VERSION" geckodriver 2 --locked
 
 # The widget's browser tests drive Debian's Chromium through its chromedriver
 # (system packages: the test runner finds them on PATH in /usr/bin).
@@ -65,6 +68,15 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
 else
   step "chromium + chromium-driver (apt-get, about 1 min)"
   bash scripts/apt-install.sh chromium chromium-driver
+fi
+
+# The widget's tests also run in Firefox ESR and in WebKit (WebKitGTK's
+# MiniBrowser through its WebDriver, under a virtual X display).
+if [ -x /usr/bin/firefox-esr ] && [ -x /usr/bin/WebKitWebDriver ] && command -v xvfb-run >/dev/null; then
+  have "firefox-esr + WebKitWebDriver + xvfb" "$(/usr/bin/firefox-esr --version | awk '{print $3}'), $(dpkg-query -W -f '${Version}' webkit2gtk-driver)"
+else
+  step "firefox-esr, webkit2gtk-driver, xvfb (apt-get, about 1 min)"
+  bash scripts/apt-install.sh firefox-esr webkit2gtk-driver xvfb xauth
 fi
 
 # The storefront signers in tokens/ are tested in their own runtimes:
