@@ -4,7 +4,7 @@ SHELL := /bin/bash
 TOOLS ?= $(or $(CHARGEONCE_TOOLS),$(HOME)/.cache/chargeonce-tools)
 export CHARGEONCE_TOOLS := $(TOOLS)
 
-.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak bench model mutants
+.PHONY: dev test setup build lint fuzz deploy-check size screenshot soak bench model mutants package
 
 ## make dev: simulator on 127.0.0.1:8790, Worker on 127.0.0.1:8787; Ctrl-C stops both.
 ## The stack binary (tests/src/bin/stack.rs) runs them; EDGE_PORT, SIM_PORT,
@@ -37,6 +37,11 @@ build: setup
 	@bash scripts/build-widget.sh
 	@echo "==> building the payment simulator (paysim) and the stack launcher (make dev, e2e tests)"
 	@cargo build --quiet -p chargeonce-tests --bins
+
+## make package: the widget's npm package, `chargeonce`, in build-npm/
+## (the folder and the tarball `npm publish` would upload; scripts/package-widget.sh).
+package: setup
+	@bash scripts/package-widget.sh
 
 lint: setup
 	@echo "==> cargo fmt --check and clippy (native and wasm32)"

@@ -30,9 +30,9 @@ fi
 # npm tools come from ONE package.json: separate `npm i` calls remove each
 # other's packages. The stamp makes a rerun skip npm entirely.
 if npm_current "$tools/npm" tools; then
-  have "npm tools" "node $("$node_bin/node" --version), wrangler, binaryen, stripe"
+  have "npm tools" "node $("$node_bin/node" --version), wrangler, binaryen, esbuild, playwright-core, puppeteer-core, stripe, typescript, react"
 else
-  step "npm tools: Node 22, wrangler + workerd, binaryen, esbuild, playwright-core, stripe (the SDK test's client) (about 30 s)"
+  step "npm tools: Node 22, wrangler + workerd, binaryen, esbuild, playwright-core, puppeteer-core, stripe (the SDK test's client), typescript, React 19 (about 40 s)"
   # `npm ci` trips over workerd's optional per-platform packages (npm reports
   # them missing from a lockfile it wrote itself); `npm install` over the same
   # lockfile installs the same pinned versions.

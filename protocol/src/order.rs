@@ -216,7 +216,12 @@ impl Order {
     /// The canonical body: compact JSON with members in a fixed order and the
     /// optional members left out when absent.
     pub fn canonical_json(&self) -> String {
-        serde_json::to_string(self).expect("an Order holds only strings and integers")
+        match serde_json::to_string(self) {
+            Ok(json) => json,
+            // Not `expect`: its message would format the error, which puts
+            // serde_json's error formatting into the widget's bundle.
+            Err(_) => unreachable!("an Order holds only strings and integers"),
+        }
     }
 
     /// What is charged: the order without its token. Two bodies for the same

@@ -10,13 +10,12 @@
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
 import { createHash } from "node:crypto";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { extname, join } from "node:path";
+import { join } from "node:path";
 import {
-  ARTIFACTS, backendKey, launchChromium, signOrderToken, simulator as hook, startStack,
+  ARTIFACTS, backendKey, launchChromium, serve, signOrderToken, simulator as hook, startStack,
 } from "./support.mjs";
 
 const CUSTOMER = "cus_embed";
@@ -55,43 +54,6 @@ const simulator = (path, body) => hook(stack.simUrl, path, body);
 const chargesFor = async (orderRef) =>
   (await simulator("ledger")).charges.filter((c) => c.order_ref === orderRef);
 const sri = (bytes) => `sha384-${createHash("sha384").update(bytes).digest("base64")}`;
-
-/**
- * A local server on a free port: `pages` maps a path to a page's HTML, served
- * with `csp` as its Content-Security-Policy; with `files` set, other paths
- * are that folder's files, for any origin (as the edge serves the widget's).
- */
-function serve() {
-  const server = createServer((req, res) => {
-    const path = new URL(req.url, "http://x").pathname;
-    const page = state.pages.get(path);
-    if (page) {
-      res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", "Content-Security-Policy": page.csp });
-      return res.end(page.html);
-    }
-    if (state.files && !path.includes("..")) {
-      try {
-        const body = readFileSync(join(state.files, path));
-        const type = { ".js": "text/javascript", ".wasm": "application/wasm" }[extname(path)] ?? "text/plain";
-        res.writeHead(200, { "Content-Type": type, "Access-Control-Allow-Origin": "*" });
-        return res.end(body);
-      } catch {
-        // Not there: a 404, below.
-      }
-    }
-    res.writeHead(path === "/favicon.ico" ? 204 : 404).end();
-  });
-  const state = {
-    pages: new Map(),
-    files: null,
-    origin: null,
-    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); }),
-  };
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
-    state.origin = `http://127.0.0.1:${server.address().port}`;
-    resolve(state);
-  }));
-}
 
 /**
  * The README's policy for a page that embeds the widget from `assets` and

@@ -1,11 +1,14 @@
 // What the end-to-end tests share: the stack `make dev` runs (started by the
 // `stack` binary on free ports), headless Chromium, the simulator's hooks,
-// and the order tokens and backend keys the edge works with.
+// the order tokens and backend keys the edge works with, and storefront
+// servers on other origins.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { extname, join } from "node:path";
 import { createHash, createHmac } from "node:crypto";
 
 const { chromium } = await import(process.env.PLAYWRIGHT_CORE ?? "playwright-core");
@@ -50,6 +53,26 @@ export function launchChromium() {
   });
 }
 
+/**
+ * A headless browser of `engine`, driven by puppeteer-core: "chromium"
+ * (Debian's, over CDP) or "firefox" (Debian's Firefox ESR, over WebDriver
+ * BiDi). shop.test.mjs runs its stories in both.
+ */
+export async function launchBrowser(engine) {
+  const { default: puppeteer } = await import(process.env.PUPPETEER_CORE ?? "puppeteer-core");
+  const options = {
+    chromium: {
+      browser: "chrome",
+      executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+      args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    },
+    firefox: { browser: "firefox", executablePath: process.env.FIREFOX ?? "/usr/bin/firefox-esr" },
+  }[engine];
+  assert.ok(options, `no such engine: ${engine} (chromium or firefox)`);
+  return puppeteer.launch({ ...options, headless: true });
+}
+
 /** Calls the simulator's hook `path` at `simUrl`: a GET, or a POST of `body`. */
 export async function simulator(simUrl, path, body) {
   const response = await fetch(`${simUrl}/__sim/${path}`, body === undefined ? {} :
@@ -75,4 +98,44 @@ export function signOrderToken(claims) {
   const mac = createHmac("sha256", "chargeonce-test-order-token-secret-000001")
     .update(`chargeonce-order-token.v1.${payload}`).digest("base64url");
   return `v1.${payload}.${mac}`;
+}
+
+/**
+ * A local server on 127.0.0.1 and a free port, standing for a storefront (or
+ * a CDN): `pages` maps a path to `{html, csp}`, a page served with `csp` (if
+ * set) as its Content-Security-Policy; with `files` set, other paths are
+ * that folder's files, for any origin (as the edge serves the widget's).
+ * Resolves to that state, with `origin` and `close()`.
+ */
+export function serve() {
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, "http://x").pathname;
+    const page = state.pages.get(path);
+    if (page) {
+      const policy = page.csp ? { "Content-Security-Policy": page.csp } : {};
+      res.writeHead(200, { "Content-Type": "text/html; charset=utf-8", ...policy });
+      return res.end(page.html);
+    }
+    if (state.files && !path.includes("..")) {
+      try {
+        const body = readFileSync(join(state.files, path));
+        const type = { ".js": "text/javascript", ".wasm": "application/wasm" }[extname(path)] ?? "text/plain";
+        res.writeHead(200, { "Content-Type": type, "Access-Control-Allow-Origin": "*" });
+        return res.end(body);
+      } catch {
+        // Not there: a 404, below.
+      }
+    }
+    res.writeHead(path === "/favicon.ico" ? 204 : 404).end();
+  });
+  const state = {
+    pages: new Map(),
+    files: null,
+    origin: null,
+    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve); }),
+  };
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
+    state.origin = `http://127.0.0.1:${server.address().port}`;
+    resolve(state);
+  }));
 }

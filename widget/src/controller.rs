@@ -6,9 +6,13 @@
 //!
 //! One driver task runs per attempt run; a click while it runs is refused by
 //! the attempt itself, which is what makes a double click send one request.
+//!
+//! A widget lives until the page destroys it ([`Widget::destroy`]), which
+//! stops its driver and takes its view, listeners and observer away; the
+//! attempt stays saved, so the next widget mounted for the order resumes it.
 
 use crate::events;
-use crate::options::{self, Checkout};
+use crate::options::{self, Checkout, Hooks};
 use crate::storage;
 use crate::transport::{HttpAnswer, OrderPost, Ports, StatusLookup};
 use crate::view::{self, ViewState, OTHER_DEVICE, OTHER_TAB, UNCONFIRMED};
@@ -16,9 +20,11 @@ use chargeonce_protocol::{
     Attempt, EdgeResponse, Exchange, Next, Phase, ProblemType, RetryPolicy, RetryReason,
     PROBLEM_CONTENT_TYPE,
 };
+use futures_channel::oneshot;
 use futures_util::future::{select, Either};
 use gloo_timers::future::TimeoutFuture;
 use leptos::prelude::*;
+use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use wasm_bindgen::{closure::Closure, JsCast, JsValue};
@@ -30,21 +36,12 @@ use web_sys::{HtmlElement, MutationObserver, MutationObserverInit};
 /// then left unconfirmed, with its key kept for the next click.
 pub const TOKEN_WAIT_MS: u32 = 10_000;
 
-/// The functions a page gives `mount()`.
-#[derive(Default)]
-pub struct Hooks {
-    /// `getOrderToken`: a fresh order token when the edge found one expired.
-    pub get_order_token: Option<js_sys::Function>,
-    /// `handleAction`: shows the bank's 3-D Secure challenge.
-    pub handle_action: Option<js_sys::Function>,
-}
-
 /// A mounted widget's state and ports.
 pub struct Widget {
     host: HtmlElement,
     ports: Ports,
     /// The page's functions, if it gave any.
-    hooks: Hooks,
+    hooks: RefCell<Hooks>,
     attempt: RefCell<Option<Attempt>>,
     /// Why the last retry was needed, for the status line of the next send.
     last_reason: RefCell<Option<RetryReason>>,
@@ -52,8 +49,18 @@ pub struct Widget {
     last_status: Cell<Option<u16>>,
     /// A token refresh waiting for the page to set a new `data-order-token`.
     token_wait: RefCell<Option<TokenWait>>,
-    view: RwSignal<ViewState>,
+    view: ArcRwSignal<ViewState>,
+    /// Dropping it stops the running driver, if any.
+    stop_driver: RefCell<Option<oneshot::Sender<()>>>,
+    observer: RefCell<Option<Observer>>,
+    /// The mounted view; dropping it removes the button and status line.
+    mounted: RefCell<Option<Box<dyn Any>>>,
+    destroyed: Cell<bool>,
 }
+
+/// The observer of the host's attributes, and the callback it calls (which
+/// must live as long as it observes).
+type Observer = (MutationObserver, Closure<dyn FnMut()>);
 
 /// A refresh waiting on the page: the token the edge refused, and the
 /// `resolve` of the promise the driver awaits.
@@ -74,12 +81,19 @@ impl Widget {
         let widget = Rc::new(Self {
             host,
             ports,
-            hooks,
+            hooks: RefCell::new(hooks),
             attempt: RefCell::new(attempt),
             last_reason: RefCell::new(None),
             last_status: Cell::new(None),
             token_wait: RefCell::new(None),
-            view: RwSignal::new(ViewState::default()),
+            // A reference-counted signal, not an arena one: it goes with
+            // the widget, so a page that mounts and destroys widgets for as
+            // long as it lives does not accumulate them.
+            view: ArcRwSignal::new(ViewState::default()),
+            stop_driver: RefCell::new(None),
+            observer: RefCell::new(None),
+            mounted: RefCell::new(None),
+            destroyed: Cell::new(false),
         });
         widget.render();
         widget.watch_attributes();
@@ -87,8 +101,55 @@ impl Widget {
     }
 
     /// The signal the view reads.
-    pub fn view(&self) -> RwSignal<ViewState> {
-        self.view
+    pub fn view(&self) -> ArcRwSignal<ViewState> {
+        self.view.clone()
+    }
+
+    /// Keeps the mounted view until [`Widget::destroy`]. The view holds the
+    /// widget too, so the two live together until then, whether or not the
+    /// page kept the handle `mount()` gave it.
+    pub fn hold_view(&self, mounted: Box<dyn Any>) {
+        *self.mounted.borrow_mut() = Some(mounted);
+    }
+
+    /// Applies `update()`'s options (see [`options::apply`]) and shows them.
+    ///
+    /// # Errors
+    ///
+    /// As [`options::apply`], or the widget was destroyed.
+    pub fn update(&self, options: &js_sys::Object) -> Result<(), JsValue> {
+        if self.destroyed.get() {
+            return Err("This ChargeOnce widget was destroyed; mount a new one".into());
+        }
+        options::apply(&self.host, options, &mut self.hooks.borrow_mut())?;
+        self.render();
+        Ok(())
+    }
+
+    /// Takes the widget off the page: stops its driver (which aborts a
+    /// request in flight, cancels its timers and releases its Web Lock),
+    /// disconnects its attribute observer and removes its view, listeners
+    /// and stylesheet from the shadow root (which stays, empty, for a later
+    /// `mount()` on the element: a shadow root cannot be removed). An
+    /// attempt in flight stays saved with its key; the next widget mounted
+    /// for the order looks it up first, as after a reload. Calling it again
+    /// does nothing.
+    pub fn destroy(&self) {
+        if self.destroyed.replace(true) {
+            return;
+        }
+        self.stop_driver.take();
+        if let Some((observer, _callback)) = self.observer.take() {
+            observer.disconnect();
+        }
+        self.token_wait.take();
+        // Dropped outside the borrow: unmounting drops the view's closures,
+        // which hold this widget.
+        let mounted = self.mounted.take();
+        drop(mounted);
+        if let Some(shadow) = self.host.shadow_root() {
+            shadow.set_adopted_style_sheets(&js_sys::Array::new());
+        }
     }
 
     /// Picks up an attempt a reload interrupted, with its key: the edge's
@@ -113,6 +174,7 @@ impl Widget {
             Ok(checkout) => checkout,
             Err(problem) => {
                 self.view.set(ViewState {
+                    label: options::label(&self.host),
                     status: format!("This button is misconfigured: {problem}"),
                     alert: true,
                     ..ViewState::default()
@@ -154,7 +216,15 @@ impl Widget {
     fn spawn(self: &Rc<Self>, checkout: Checkout, next: Next) {
         let widget = Rc::clone(self);
         self.save_and_render();
-        leptos::task::spawn_local(async move { widget.drive(checkout, next).await });
+        let (stop, stopped) = oneshot::channel::<()>();
+        // One driver runs at a time (the attempt refuses a click while one
+        // does), so this is the one `destroy` must stop, by dropping `stop`.
+        *self.stop_driver.borrow_mut() = Some(stop);
+        leptos::task::spawn_local(async move {
+            // Stopping drops the driver's future where it awaits, and with
+            // it its request (aborted), timer (cleared) and Web Lock.
+            select(Box::pin(widget.drive(checkout, next)), stopped).await;
+        });
     }
 
     /// Carries out the attempt's requests until it stops. `checkout` is the
@@ -297,7 +367,8 @@ impl Widget {
             }) => options::order_token(&self.host),
             _ => checkout.order.order_token.clone(),
         };
-        let asked = match &self.hooks.get_order_token {
+        let get_order_token = self.hooks.borrow().get_order_token.clone();
+        let asked = match get_order_token {
             Some(get) => get
                 .call1(&JsValue::UNDEFINED, &detail)
                 .map(|token| js_sys::Promise::resolve(&token)),
@@ -377,7 +448,7 @@ impl Widget {
                 ("next_action", member("next_action")),
             ]),
         );
-        let Some(handler) = &self.hooks.handle_action else {
+        let Some(handler) = self.hooks.borrow().handle_action.clone() else {
             return self.step(Attempt::handle_no_action_handler);
         };
         if let Ok(settles) = handler.call1(&JsValue::UNDEFINED, &client_secret) {
@@ -510,12 +581,15 @@ impl Widget {
             options::checkout(&self.host).is_ok_and(|c| c.fingerprint.as_str() == a.fingerprint())
         });
         let reason = *self.last_reason.borrow();
-        self.view.set(view::view_state(
-            attempt.as_ref(),
-            same_payload,
-            reason,
-            &options::retry_policy(&self.host),
-        ));
+        self.view.set(ViewState {
+            label: options::label(&self.host),
+            ..view::view_state(
+                attempt.as_ref(),
+                same_payload,
+                reason,
+                &options::retry_policy(&self.host),
+            )
+        });
     }
 
     /// Loads the attempt saved for the order when the page names the order
@@ -535,7 +609,7 @@ impl Widget {
     }
 
     /// Re-renders whenever the page changes the host's attributes (the
-    /// cart's amount, say), for as long as the element lives, and hands a
+    /// cart's amount, say), until the widget is destroyed, and hands a
     /// new order token to a refresh waiting for one.
     fn watch_attributes(self: &Rc<Self>) {
         let widget = Rc::downgrade(self);
@@ -552,8 +626,7 @@ impl Widget {
         let init = MutationObserverInit::new();
         init.set_attributes(true);
         if observer.observe_with_options(&self.host, &init).is_ok() {
-            // The observer calls it for the element's lifetime.
-            on_change.forget();
+            *self.observer.borrow_mut() = Some((observer, on_change));
         }
     }
 }

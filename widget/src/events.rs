@@ -53,3 +53,22 @@ pub fn dispatch(host: &HtmlElement, name: &str, detail: &JsValue) {
         let _ = host.dispatch_event(&event);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::tests::declared;
+
+    #[test]
+    fn every_event_is_declared_for_typescript() {
+        let declared = declared("interface HTMLElementEventMap {");
+        let events = [ATTEMPT, RETRY, SUCCESS, TOKEN_NEEDED, ACTION, FAILURE];
+        for name in events {
+            assert!(
+                declared.contains(&format!("\"{name}\": CustomEvent<")),
+                "{name} is not in chargeonce.d.ts's HTMLElementEventMap"
+            );
+        }
+        assert_eq!(declared.matches("CustomEvent<").count(), events.len());
+    }
+}

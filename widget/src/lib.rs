@@ -5,7 +5,8 @@
 //! [`Attempt`](chargeonce_protocol::Attempt), which holds every rule (when a
 //! key is made, kept or replaced; when to retry and how long to wait). Here:
 //!
-//! - [`options`]: the order, read from the host's `data-*` attributes.
+//! - [`options`]: the order, read from the host's `data-*` attributes, and
+//!   the options of `mount()` and of its handle's `update()`.
 //! - [`controller`]: one widget, driving the attempt with real I/O.
 //! - [`transport`]: `fetch` with a timeout (the order and the status
 //!   lookup), and `navigator.onLine`.
@@ -22,8 +23,9 @@ pub mod storage;
 pub mod transport;
 pub mod view;
 
-use controller::{Hooks, Widget};
+use controller::Widget;
 use leptos::prelude::*;
+use options::Hooks;
 use std::rc::Rc;
 use transport::Ports;
 use wasm_bindgen::prelude::*;
@@ -55,56 +57,59 @@ pub fn mount_all() -> Result<(), JsValue> {
 }
 
 /// Mounts the widget on `element` (exported to JS as `mount(element,
-/// options)`), for hosts added after the page loaded. `options` may set any
-/// of `endpoint`, `orderRef`, `amount`, `currency`, `paymentMethod`,
-/// `customer`, `orderToken`, `label`, `retryBaseMs`, `retryCapMs`,
-/// `maxRetries` and `timeoutMs`, which are written to the element's `data-*`
-/// attributes (the widget reads them at each click); `getOrderToken`, an
-/// async function the widget calls with `{key, orderRef}` when the edge finds
-/// the order token expired, for a Promise of a fresh one; and
-/// `handleAction`, an async function the widget calls with a PaymentIntent's
-/// `client_secret` when the payment needs the customer to authenticate with
-/// their bank (3-D Secure), before it sends the order again with the same key.
+/// options)`), for hosts added after the page loaded and for frameworks that
+/// mount and unmount components, and returns the page's handle on it.
+/// `options` may set any of `endpoint`, `orderRef`, `amount`, `currency`,
+/// `paymentMethod`, `customer`, `orderToken`, `label`, `retryBaseMs`,
+/// `retryCapMs`, `maxRetries` and `timeoutMs`, which are written to the
+/// element's `data-*` attributes (the widget reads them at each click);
+/// `getOrderToken`, an async function the widget calls with `{key,
+/// orderRef}` when the edge finds the order token expired, for a Promise of
+/// a fresh one; and `handleAction`, an async function the widget calls with
+/// a PaymentIntent's `client_secret` when the payment needs the customer to
+/// authenticate with their bank (3-D Secure), before it sends the order
+/// again with the same key. `widget/chargeonce.d.ts` types them all.
 ///
 /// # Errors
 ///
-/// The browser's `NotSupportedError` if `element` cannot take a shadow root or
-/// already has one (a second mount on the same element).
+/// A hook that is not a function, or the browser's `NotSupportedError` if
+/// `element` cannot take a shadow root or already has a widget.
 #[wasm_bindgen]
 pub fn mount(
     element: HtmlElement,
-    #[wasm_bindgen(unchecked_optional_param_type = "MountOptions")] options: Option<js_sys::Object>,
-) -> Result<(), JsValue> {
-    mount_with(element, options, Ports::default())
+    options: Option<js_sys::Object>,
+) -> Result<WidgetHandle, JsValue> {
+    let widget = mount_with(element, options, Ports::default())?;
+    Ok(WidgetHandle { widget })
 }
 
-// For TypeScript users of `mount`: it goes to chargeonce.d.ts, not into the
-// bundle.
-#[wasm_bindgen(typescript_custom_section)]
-const MOUNT_OPTIONS: &str = r#"
-/** The options of `mount`; each but getOrderToken sets a data-* attribute. */
-export interface MountOptions {
-  endpoint?: string;
-  orderRef?: string;
-  amount?: number | string;
-  currency?: string;
-  paymentMethod?: string;
-  customer?: string;
-  orderToken?: string;
-  label?: string;
-  retryBaseMs?: number;
-  retryCapMs?: number;
-  maxRetries?: number;
-  timeoutMs?: number;
-  /** Called when the order token expired: resolve to a fresh one. */
-  getOrderToken?: (detail: { key: string; orderRef: string }) => Promise<string>;
-  /**
-   * Called when the payment needs 3-D Secure: show the bank's challenge
-   * (e.g. with Stripe.js's handleNextAction) and settle when it is done.
-   */
-  handleAction?: (clientSecret: string) => Promise<unknown>;
+/// The page's handle on one mounted widget (what `mount()` returns). The
+/// widget does not depend on it: a page that drops the handle keeps its
+/// widget for as long as the element lives.
+#[wasm_bindgen]
+pub struct WidgetHandle {
+    widget: Rc<Widget>,
 }
-"#;
+
+#[wasm_bindgen]
+impl WidgetHandle {
+    /// Changes the widget's options (those of `mount`): an option given
+    /// replaces the current value, `null` removes it, and one left out stays
+    /// as it is.
+    ///
+    /// # Errors
+    ///
+    /// A hook that is not a function, or the widget was destroyed.
+    pub fn update(&self, options: js_sys::Object) -> Result<(), JsValue> {
+        self.widget.update(&options)
+    }
+
+    /// Takes the widget off the page and stops all its work (see
+    /// [`Widget::destroy`]); the element can be mounted on again.
+    pub fn destroy(&self) {
+        self.widget.destroy();
+    }
+}
 
 /// Mounts the widget on `element` with `options` (as [`mount`]) and the given
 /// I/O ports; the browser tests pass scripted ones.
@@ -116,47 +121,31 @@ pub fn mount_with(
     element: HtmlElement,
     options: Option<js_sys::Object>,
     ports: Ports,
-) -> Result<(), JsValue> {
+) -> Result<Rc<Widget>, JsValue> {
     let mut hooks = Hooks::default();
-    if let Some(options) = options {
-        for (option, attribute) in options::ATTRIBUTES {
-            let value = js_sys::Reflect::get(&options, &JsValue::from_str(option))?;
-            if !value.is_undefined() && !value.is_null() {
-                // Numbers go through JS's own formatting: Rust's float
-                // formatting would cost the bundle about 12 KB.
-                let text = value
-                    .as_string()
-                    .or_else(|| js_sys::JSON::stringify(&value).ok().map(String::from))
-                    .unwrap_or_default();
-                element.set_attribute(attribute, &text)?;
-            }
-        }
-        let function = |name: &str| {
-            js_sys::Reflect::get(&options, &JsValue::from_str(name))
-                .map(|f| f.dyn_into::<js_sys::Function>().ok())
-        };
-        hooks = Hooks {
-            get_order_token: function(options::GET_ORDER_TOKEN)?,
-            handle_action: function(options::HANDLE_ACTION)?,
-        };
+    if let Some(options) = &options {
+        options::apply(&element, options, &mut hooks)?;
     }
-    let label = options::label(&element);
-    let shadow = element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?;
+    let shadow = match element.shadow_root() {
+        // A destroyed widget leaves its element's shadow root empty (a
+        // shadow root cannot be removed); a new widget takes it over, which
+        // is what a framework that unmounts and remounts a component does.
+        Some(shadow) if shadow.first_child().is_none() => shadow,
+        _ => element.attach_shadow(&ShadowRootInit::new(ShadowRootMode::Open))?,
+    };
     view::style(&shadow)?;
     let widget = Widget::new(element, ports, hooks);
     let view_widget = Rc::clone(&widget);
     // Leptos mounts into an `HtmlElement` but only calls `Node` methods on it
     // (insertBefore, appendChild), which a ShadowRoot has: its own `<Portal
     // use_shadow>` mounts into a shadow root with this same cast.
-    leptos::mount::mount_to(shadow.unchecked_into(), move || {
-        view! { <view::PlaceOrder widget=view_widget label /> }
-    })
-    // The widget lives as long as its element; unmounting would only empty
-    // the shadow root of an element the page owns.
-    .forget();
+    let mounted = leptos::mount::mount_to(shadow.unchecked_into(), move || {
+        view! { <view::PlaceOrder widget=view_widget /> }
+    });
+    widget.hold_view(Box::new(mounted));
     // After mounting: mount_to is what starts Leptos's task executor, and a
     // resumed attempt spawns its driver at once (on a freshly loaded page,
     // spawning first panics).
     widget.resume();
-    Ok(())
+    Ok(widget)
 }

@@ -1,8 +1,11 @@
 //! What one widget places: read from its host element's `data-*` attributes
 //! at the moment of the click, so a storefront that updates `data-amount`
-//! when the cart changes gets a new payload (and so a new key).
+//! when the cart changes gets a new payload (and so a new key). Also the
+//! options of `mount()` and `update()`, which write those attributes and
+//! give the page's functions ([`Hooks`]).
 
 use chargeonce_protocol::{Fingerprint, Order, OrderDraft, RetryPolicy, ORDERS_PATH};
+use wasm_bindgen::{JsCast, JsValue};
 use web_sys::HtmlElement;
 
 /// The button's text when the host has no `data-label`.
@@ -40,6 +43,64 @@ pub const GET_ORDER_TOKEN: &str = "getOrderToken";
 /// When it settles, the widget sends the order again with the same key and
 /// shows the outcome.
 pub const HANDLE_ACTION: &str = "handleAction";
+
+/// The functions a page gives `mount()` or `update()`.
+#[derive(Default)]
+pub struct Hooks {
+    /// `getOrderToken`: a fresh order token when the edge found one expired.
+    pub get_order_token: Option<js_sys::Function>,
+    /// `handleAction`: shows the bank's 3-D Secure challenge.
+    pub handle_action: Option<js_sys::Function>,
+}
+
+/// Applies `mount()`'s or `update()`'s `options` to `host` and `hooks`: an
+/// option given replaces the current value, `null` removes it, and one not
+/// given (`undefined`) is left as it is. Attributes are what the widget
+/// reads at each click, so an update is in the next order.
+///
+/// # Errors
+///
+/// A hook that is neither a function nor `null`, or an attribute the
+/// browser refuses to set.
+pub fn apply(
+    host: &HtmlElement,
+    options: &js_sys::Object,
+    hooks: &mut Hooks,
+) -> Result<(), JsValue> {
+    let get = |name: &str| js_sys::Reflect::get(options, &JsValue::from_str(name));
+    for (option, attribute) in ATTRIBUTES {
+        let value = get(option)?;
+        if value.is_null() {
+            host.remove_attribute(attribute)?;
+        } else if !value.is_undefined() {
+            // Numbers go through JS's own formatting: Rust's float
+            // formatting would cost the bundle about 12 KB.
+            let text = value
+                .as_string()
+                .or_else(|| js_sys::JSON::stringify(&value).ok().map(String::from))
+                .unwrap_or_default();
+            host.set_attribute(attribute, &text)?;
+        }
+    }
+    for (name, hook) in [
+        (GET_ORDER_TOKEN, &mut hooks.get_order_token),
+        (HANDLE_ACTION, &mut hooks.handle_action),
+    ] {
+        let value = get(name)?;
+        if !value.is_undefined() {
+            *hook = if value.is_null() {
+                None
+            } else {
+                Some(
+                    value
+                        .dyn_into()
+                        .map_err(|_| format!("{name} must be a function"))?,
+                )
+            };
+        }
+    }
+    Ok(())
+}
 
 /// One order, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +158,7 @@ pub fn checkout(host: &HtmlElement) -> Result<Checkout, String> {
     let amount =
         match attr(host, "data-amount") {
             Some(text) => Some(text.parse::<u64>().map_err(|_| {
-                format!("data-amount must be a whole number of cents, not {text:?}")
+                format!("data-amount must be a whole number of cents, not \"{text}\"")
             })?),
             None => None,
         };
@@ -131,5 +192,39 @@ pub fn retry_policy(host: &HtmlElement) -> RetryPolicy {
             .unwrap_or(defaults.max_retries),
         request_timeout_ms: number("data-timeout-ms").unwrap_or(defaults.request_timeout_ms),
         ..defaults
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The part of chargeonce.d.ts (what TypeScript users compile against)
+    /// from `start` to the next closing brace at the start of a line.
+    pub(crate) fn declared(start: &str) -> &'static str {
+        let declarations = include_str!("../chargeonce.d.ts");
+        let from = &declarations[declarations.find(start).unwrap()..];
+        &from[..from.find("\n}").unwrap()]
+    }
+
+    #[test]
+    fn every_option_is_declared_for_typescript() {
+        let declared = declared("export interface MountOptions {");
+        for name in ATTRIBUTES
+            .iter()
+            .map(|(option, _)| *option)
+            .chain([GET_ORDER_TOKEN, HANDLE_ACTION])
+        {
+            assert!(
+                declared.contains(&format!("\n  {name}?: ")),
+                "{name} is not in chargeonce.d.ts's MountOptions"
+            );
+        }
+        let options = declared.matches("?: ").count();
+        assert_eq!(
+            options,
+            ATTRIBUTES.len() + 2,
+            "chargeonce.d.ts declares an option the widget does not read"
+        );
     }
 }

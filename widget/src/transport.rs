@@ -83,7 +83,8 @@ pub trait Network {
     fn wait_online(&self) -> LocalBoxFuture<'static, ()>;
 }
 
-/// The real transport: `fetch`, aborted by an `AbortController` at the timeout.
+/// The real transport: `fetch`, aborted by an `AbortController` at the
+/// timeout or when dropped.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fetch;
 
@@ -122,6 +123,17 @@ fn network(e: JsValue) -> NoAnswer {
     NoAnswer::Network(js_error(&e))
 }
 
+/// Aborts its request when dropped: at the timeout, and when the widget that
+/// awaits it is destroyed, so no request outlives the widget. Aborting a
+/// request already answered and read does nothing.
+struct AbortOnDrop(AbortController);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// One request with its `Idempotency-Key`, read whole, or aborted at the
 /// timeout. One function for both kinds keeps one copy of this state
 /// machine in the bundle.
@@ -132,7 +144,7 @@ async fn fetch(
     timeout_ms: u64,
 ) -> Result<HttpAnswer, NoAnswer> {
     let window = web_sys::window().ok_or_else(|| NoAnswer::Network("no window".into()))?;
-    let controller = AbortController::new().map_err(network)?;
+    let controller = AbortOnDrop(AbortController::new().map_err(network)?);
     let headers = Headers::new().map_err(network)?;
     headers.set("Idempotency-Key", &key).map_err(network)?;
     let init = RequestInit::new();
@@ -153,7 +165,7 @@ async fn fetch(
         }
     }
     init.set_headers(&headers);
-    init.set_signal(Some(&controller.signal()));
+    init.set_signal(Some(&controller.0.signal()));
     let request = Request::new_with_str_and_init(&endpoint, &init).map_err(network)?;
     let exchange = Box::pin(async move {
         let response: Response = JsFuture::from(window.fetch_with_request(&request))
@@ -180,10 +192,8 @@ async fn fetch(
     let deadline = TimeoutFuture::new(u32::try_from(timeout_ms).unwrap_or(u32::MAX));
     match select(exchange, deadline).await {
         Either::Left((answer, _)) => answer,
-        Either::Right(((), _)) => {
-            controller.abort();
-            Err(NoAnswer::Timeout)
-        }
+        // `controller` aborts the request as this returns.
+        Either::Right(((), _)) => Err(NoAnswer::Timeout),
     }
 }
 

@@ -13,6 +13,9 @@ use web_sys::{CssStyleSheet, ShadowRoot};
 /// What the view shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ViewState {
+    /// The button's text (`data-label`); the controller sets it, since
+    /// [`view_state`] knows the attempt, not the page.
+    pub label: String,
     /// The status line.
     pub status: String,
     /// A request is in flight or scheduled: the button is disabled and busy.
@@ -168,6 +171,7 @@ pub fn view_state(
         Phase::OtherDevice => (OTHER_DEVICE.to_owned(), true),
     };
     ViewState {
+        label: String::new(),
         status,
         busy: attempt.is_busy(),
         placed: same_payload && matches!(attempt.phase(), Phase::Placed { .. }),
@@ -212,32 +216,37 @@ pub fn style(shadow: &ShadowRoot) -> Result<(), JsValue> {
 pub fn PlaceOrder(
     /// The widget the button drives.
     widget: Rc<Widget>,
-    /// The button's text.
-    label: String,
 ) -> impl IntoView {
+    // Each closure reads its own handle on the widget's signal.
     let state = widget.view();
-    let busy = move || state.with(|s| s.busy);
+    let (disabled, busy, label, alert, status) = (
+        state.clone(),
+        state.clone(),
+        state.clone(),
+        state.clone(),
+        state,
+    );
     view! {
         <button
             type="button"
             class="co-button"
             part="button"
-            prop:disabled=move || state.with(|s| s.busy || s.placed)
-            aria-busy=move || if busy() { "true" } else { "false" }
+            prop:disabled=move || disabled.with(|s| s.busy || s.placed)
+            aria-busy=move || if busy.with(|s| s.busy) { "true" } else { "false" }
             on:click=move |_| widget.click()
         >
             // Shown by the stylesheet while the button is aria-busy: one
             // reactive attribute instead of a <Show> and its two branches.
             <span class="co-spinner" aria-hidden="true"></span>
-            <span>{label}</span>
+            <span>{move || label.with(|s| s.label.clone())}</span>
         </button>
         <p
             class="co-status"
-            class:co-alert=move || state.with(|s| s.alert)
+            class:co-alert=move || alert.with(|s| s.alert)
             role="status"
             aria-live="polite"
         >
-            {move || state.with(|s| s.status.clone())}
+            {move || status.with(|s| s.status.clone())}
         </p>
     }
 }
@@ -302,6 +311,7 @@ mod tests {
         assert_eq!(
             shown(&sending()),
             ViewState {
+                label: String::new(),
                 status: PLACING.into(),
                 busy: true,
                 placed: false,
@@ -334,6 +344,7 @@ mod tests {
         assert_eq!(
             shown(&action),
             ViewState {
+                label: String::new(),
                 status: CONFIRM_WITH_BANK.into(),
                 busy: true,
                 placed: false,
@@ -405,6 +416,7 @@ mod tests {
         assert_eq!(
             shown(&answered(200, "{}")),
             ViewState {
+                label: String::new(),
                 status: PLACED.into(),
                 busy: false,
                 placed: true,
@@ -435,6 +447,7 @@ mod tests {
             assert_eq!(
                 shown(attempt),
                 ViewState {
+                    label: String::new(),
                     status: line.into(),
                     busy: false,
                     placed: false,
@@ -489,6 +502,7 @@ mod tests {
         assert_eq!(
             shown(&paid),
             ViewState {
+                label: String::new(),
                 status: ALREADY_PLACED.into(),
                 busy: false,
                 placed: true,
@@ -560,6 +574,7 @@ mod tests {
         assert_eq!(
             view_state(Some(&placed), false, None, &policy()),
             ViewState {
+                label: String::new(),
                 status: EARLIER_PLACED.into(),
                 busy: false,
                 placed: false,
@@ -589,6 +604,7 @@ mod tests {
             assert_eq!(
                 view_state(Some(&attempt), false, None, &policy()),
                 ViewState {
+                    label: String::new(),
                     status: EARLIER_NOT_CHARGED.into(),
                     busy: false,
                     placed: false,

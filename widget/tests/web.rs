@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 use chargeonce_protocol::{Problem, ProblemType, PROBLEM_CONTENT_TYPE};
+use chargeonce_widget::controller::Widget;
 use chargeonce_widget::transport::{
     HttpAnswer, Network, NoAnswer, OrderPost, Ports, StatusLookup, Transport, WebLocks,
 };
@@ -146,6 +147,8 @@ const OK: &str = r#"{"id":"pi_1","object":"payment_intent","status":"succeeded"}
 /// A mounted widget and its scripted world, read through small helpers.
 struct Page {
     host: HtmlElement,
+    widget: Rc<Widget>,
+    ports: Ports,
     transport: Rc<Scripted>,
     network: Rc<FakeNetwork>,
     events: Rc<RefCell<Vec<(String, Value)>>>,
@@ -243,9 +246,12 @@ impl Page {
             // for two tabs of one site.
             locks: Rc::new(WebLocks),
         };
-        chargeonce_widget::mount_with(host.clone(), setup.options, ports).unwrap();
+        let widget =
+            chargeonce_widget::mount_with(host.clone(), setup.options, ports.clone()).unwrap();
         Self {
             host,
+            widget,
+            ports,
             transport,
             network,
             events,
@@ -1080,4 +1086,106 @@ async fn a_reload_during_authentication_sends_the_order_again_before_asking_the_
         "the page was not asked to authenticate again"
     );
     reloaded.unmount();
+}
+
+/// A plain JS object with these members, as a page passes to `mount()` or
+/// `update()`.
+fn js_object(members: &[(&str, JsValue)]) -> js_sys::Object {
+    let object = js_sys::Object::new();
+    for (name, value) in members {
+        js_sys::Reflect::set(&object, &JsValue::from_str(name), value).unwrap();
+    }
+    object
+}
+
+#[wasm_bindgen_test]
+async fn destroy_stops_the_attempt_releases_the_lock_and_the_next_mount_resumes_the_key() {
+    let order_ref = unique_ref();
+    // Every order times out, so the attempt would retry for as long as it
+    // ran; the lock stays held while it does.
+    let first = Page::mount(&order_ref, vec![Script::Hang; 8]);
+    first.click_place_order();
+    first.until_sent(1).await;
+    let key = first.keys_sent()[0].clone();
+    first.widget.destroy();
+    let shadow = first.host.shadow_root().unwrap();
+    assert!(shadow.first_child().is_none(), "the view is gone");
+    assert_eq!(shadow.adopted_style_sheets().length(), 0);
+    let events_at_destroy = first.event_names().len();
+    // Past the timeout (100 ms) and any backoff (at most 40 ms): a live
+    // attempt would have sent again by now.
+    sleep(400).await;
+    assert_eq!(
+        first.keys_sent(),
+        std::slice::from_ref(&key),
+        "nothing sent after destroy"
+    );
+    assert_eq!(
+        first.event_names().len(),
+        events_at_destroy,
+        "no event after destroy"
+    );
+    // A second widget for the order takes the lock (no "another tab") and
+    // settles the saved attempt with its key: looked up, then sent.
+    let second = Page::mount(&order_ref, vec![Script::Answer(200, OK)]);
+    second.until_status("Order placed").await;
+    assert_eq!(second.keys_looked_up(), std::slice::from_ref(&key));
+    assert_eq!(second.keys_sent(), [key]);
+    first.unmount();
+    second.unmount();
+}
+
+#[wasm_bindgen_test]
+async fn a_destroyed_element_takes_a_new_widget_and_update_changes_the_order_and_label() {
+    let page = Page::mount(&unique_ref(), vec![]);
+    page.widget.destroy();
+    // Twice does nothing; an update after it says why it cannot.
+    page.widget.destroy();
+    let refused = page.widget.update(&js_object(&[("amount", 1.into())]));
+    assert!(
+        refused
+            .unwrap_err()
+            .as_string()
+            .unwrap()
+            .contains("destroyed"),
+        "an update after destroy is refused"
+    );
+    // What a framework does on remount: the same element, mounted again.
+    let widget =
+        chargeonce_widget::mount_with(page.host.clone(), None, page.ports.clone()).unwrap();
+    let shadow = page.host.shadow_root().unwrap();
+    assert_eq!(shadow.query_selector_all("button").unwrap().length(), 1);
+    assert_eq!(page.button().text_content().unwrap(), "Place order");
+
+    widget
+        .update(&js_object(&[
+            ("amount", 2500.into()),
+            ("label", "Pay $25.00".into()),
+        ]))
+        .unwrap();
+    leptos::task::tick().await;
+    assert_eq!(page.host.get_attribute("data-amount").unwrap(), "2500");
+    assert_eq!(page.button().text_content().unwrap(), "Pay $25.00");
+    page.click_place_order();
+    page.until_status("Order placed").await;
+    assert!(
+        page.bodies_sent()[0].contains("\"amount\":2500"),
+        "{:?}",
+        page.bodies_sent()
+    );
+
+    // `null` removes an option, and a function option must be a function.
+    widget
+        .update(&js_object(&[("label", JsValue::NULL)]))
+        .unwrap();
+    leptos::task::tick().await;
+    assert_eq!(page.host.get_attribute("data-label"), None);
+    assert_eq!(page.button().text_content().unwrap(), "Place order");
+    let refused = widget.update(&js_object(&[("getOrderToken", "token".into())]));
+    assert_eq!(
+        refused.unwrap_err().as_string().unwrap(),
+        "getOrderToken must be a function"
+    );
+    widget.destroy();
+    page.unmount();
 }
