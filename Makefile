@@ -18,7 +18,8 @@ dev: build
 ## make test: lint, native tests (with 2 s of fuzzing per parser), the bounded
 ## model check, black-box tests against workerd (with a 300-attempt chaos
 ## soak), the order-token signers of tokens/ in their runtimes, widget tests
-## in Chromium, Firefox ESR and WebKit, the end-to-end tests, deploy dry run.
+## in Chromium, Firefox ESR and WebKit, the end-to-end tests (the shop in
+## Chromium and Firefox, embedding, the npm package), deploy dry run.
 test: build lint
 	@echo "==> cargo test --workspace (protocol, fuzzing, simulator, black-box edge tests and a small chaos soak under workerd)"
 	cargo test --workspace

@@ -48,8 +48,9 @@ export interface MountOptions {
 /** The page's handle on one widget, as {@link mount} returns it. */
 export interface WidgetHandle {
   /**
-   * Changes the widget's options. Throws if a function option is not a
-   * function, or if the widget was destroyed.
+   * Changes the widget's options. Throws a `TypeError` if `options` is not
+   * an object or a function option is not a function, and an `Error` if
+   * the widget was destroyed.
    */
   update(options: MountOptions): void;
   /**
@@ -65,8 +66,10 @@ export interface WidgetHandle {
  * Mounts the Place Order button on `element`, in an open shadow root.
  * Elements marked `data-chargeonce` are mounted when the module loads;
  * call this for elements added later, and from framework components.
- * Throws if a function option is not a function, or if the element already
- * has a widget or cannot take a shadow root.
+ * Throws a `TypeError` if `element` is not an element, `options` is not an
+ * object or a function option is not a function, and the browser's
+ * `NotSupportedError` if the element already has a widget or cannot take a
+ * shadow root.
  */
 export function mount(element: HTMLElement, options?: MountOptions): WidgetHandle;
 

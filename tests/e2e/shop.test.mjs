@@ -59,6 +59,15 @@ async function openPage(browser) {
   return { context, page };
 }
 
+/**
+ * Waits until the shop shows the widget. Visible, not only present: the shop
+ * hides it until its server has priced the cart and set data-amount, and a
+ * story that edits the attributes before then would have its edit overwritten.
+ */
+function untilPriced(page) {
+  return page.waitForSelector("#checkout >>> button", { visible: true });
+}
+
 /** Waits until the text of `selector` (` >>> ` steps into a shadow root) includes `text`. */
 function waitForText(page, selector, text, timeout = 20_000) {
   return page.waitForFunction((selector, text) => {
@@ -279,7 +288,7 @@ shopTest("the same order on a second device waits for the first and is shown as 
   try {
     const phone = shop(other.page);
     await phone.page.goto(`${edge}/${link.search}`);
-    await phone.page.waitForSelector("#checkout >>> button");
+    await untilPriced(phone.page);
     assert.equal(await phone.orderRef(), orderRef);
     await recordKeys(phone.page);
     await s.placeOrder();
@@ -312,7 +321,7 @@ for (const engine of ENGINES) {
         page.on("pageerror", (e) => errors.push(e.message));
         try {
           await page.goto(edge);
-          await page.waitForSelector("#checkout >>> button");
+          await untilPriced(page);
           const agent = await page.evaluate(() => navigator.userAgent);
           assert.match(agent, { chromium: /Chrome\//, firefox: /Firefox\// }[engine], "the engine asked for");
           await body({ ...shop(page), engine, browser });

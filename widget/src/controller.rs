@@ -116,10 +116,13 @@ impl Widget {
     ///
     /// # Errors
     ///
-    /// As [`options::apply`], or the widget was destroyed.
+    /// As [`options::apply`], or an `Error` if the widget was destroyed.
     pub fn update(&self, options: &js_sys::Object) -> Result<(), JsValue> {
         if self.destroyed.get() {
-            return Err("This ChargeOnce widget was destroyed; mount a new one".into());
+            return Err(js_sys::Error::new(
+                "ChargeOnce: this widget was destroyed; mount a new one",
+            )
+            .into());
         }
         options::apply(&self.host, options, &mut self.hooks.borrow_mut())?;
         self.render();

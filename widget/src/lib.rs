@@ -72,13 +72,19 @@ pub fn mount_all() -> Result<(), JsValue> {
 ///
 /// # Errors
 ///
-/// A hook that is not a function, or the browser's `NotSupportedError` if
-/// `element` cannot take a shadow root or already has a widget.
+/// A `TypeError` for an `element` that is not an element, options that are
+/// not an object or a hook that is not a function; the browser's
+/// `NotSupportedError` if `element` cannot take a shadow root or already has
+/// a widget.
 #[wasm_bindgen]
 pub fn mount(
     element: HtmlElement,
     options: Option<js_sys::Object>,
 ) -> Result<WidgetHandle, JsValue> {
+    // JS may pass anything; say what is wrong before calling the element.
+    if !element.is_object() || !js_sys::Reflect::has(&element, &"attachShadow".into())? {
+        return Err(js_sys::TypeError::new("ChargeOnce: mount needs an HTML element").into());
+    }
     let widget = mount_with(element, options, Ports::default())?;
     Ok(WidgetHandle { widget })
 }
@@ -99,7 +105,7 @@ impl WidgetHandle {
     ///
     /// # Errors
     ///
-    /// A hook that is not a function, or the widget was destroyed.
+    /// As [`Widget::update`].
     pub fn update(&self, options: js_sys::Object) -> Result<(), JsValue> {
         self.widget.update(&options)
     }

@@ -56,18 +56,40 @@ pub struct Hooks {
 /// Applies `mount()`'s or `update()`'s `options` to `host` and `hooks`: an
 /// option given replaces the current value, `null` removes it, and one not
 /// given (`undefined`) is left as it is. Attributes are what the widget
-/// reads at each click, so an update is in the next order.
+/// reads at each click, so an update is in the next order. Options that are
+/// refused change nothing.
 ///
 /// # Errors
 ///
-/// A hook that is neither a function nor `null`, or an attribute the
-/// browser refuses to set.
+/// A `TypeError` for options that are not an object or a hook that is
+/// neither a function nor `null`, or an attribute the browser refuses to
+/// set.
 pub fn apply(
     host: &HtmlElement,
     options: &js_sys::Object,
     hooks: &mut Hooks,
 ) -> Result<(), JsValue> {
+    if !options.is_object() {
+        return Err(js_sys::TypeError::new("ChargeOnce: the options must be an object").into());
+    }
     let get = |name: &str| js_sys::Reflect::get(options, &JsValue::from_str(name));
+    // The hooks are checked before any attribute is written, so options
+    // that are refused change nothing.
+    let hook = |name: &str| -> Result<Option<Option<js_sys::Function>>, JsValue> {
+        let value = get(name)?;
+        if value.is_undefined() {
+            Ok(None)
+        } else if value.is_null() {
+            Ok(Some(None))
+        } else {
+            let function = value.dyn_into().map_err(|_| {
+                js_sys::TypeError::new(&format!("ChargeOnce: {name} must be a function"))
+            })?;
+            Ok(Some(Some(function)))
+        }
+    };
+    let get_order_token = hook(GET_ORDER_TOKEN)?;
+    let handle_action = hook(HANDLE_ACTION)?;
     for (option, attribute) in ATTRIBUTES {
         let value = get(option)?;
         if value.is_null() {
@@ -82,22 +104,11 @@ pub fn apply(
             host.set_attribute(attribute, &text)?;
         }
     }
-    for (name, hook) in [
-        (GET_ORDER_TOKEN, &mut hooks.get_order_token),
-        (HANDLE_ACTION, &mut hooks.handle_action),
-    ] {
-        let value = get(name)?;
-        if !value.is_undefined() {
-            *hook = if value.is_null() {
-                None
-            } else {
-                Some(
-                    value
-                        .dyn_into()
-                        .map_err(|_| format!("{name} must be a function"))?,
-                )
-            };
-        }
+    if let Some(function) = get_order_token {
+        hooks.get_order_token = function;
+    }
+    if let Some(function) = handle_action {
+        hooks.handle_action = function;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Browser tests of the widget, run in headless Chromium by
-//! `scripts/test-widget.sh` (`wasm-pack test --headless --chrome`). Each test
+//! Browser tests of the widget, run in Chromium, Firefox ESR and WebKit by
+//! `scripts/test-widget.sh` (`wasm-pack test`, one engine at a time). Each test
 //! mounts into a fresh element with a scripted transport and network, clicks
 //! the real button, and reads what a page would read: the DOM, the events,
 //! the requests sent.
@@ -1142,13 +1142,9 @@ async fn a_destroyed_element_takes_a_new_widget_and_update_changes_the_order_and
     // Twice does nothing; an update after it says why it cannot.
     page.widget.destroy();
     let refused = page.widget.update(&js_object(&[("amount", 1.into())]));
-    assert!(
-        refused
-            .unwrap_err()
-            .as_string()
-            .unwrap()
-            .contains("destroyed"),
-        "an update after destroy is refused"
+    assert_eq!(
+        error_message(refused),
+        "ChargeOnce: this widget was destroyed; mount a new one"
     );
     // What a framework does on remount: the same element, mounted again.
     let widget =
@@ -1183,9 +1179,54 @@ async fn a_destroyed_element_takes_a_new_widget_and_update_changes_the_order_and
     assert_eq!(page.button().text_content().unwrap(), "Place order");
     let refused = widget.update(&js_object(&[("getOrderToken", "token".into())]));
     assert_eq!(
-        refused.unwrap_err().as_string().unwrap(),
-        "getOrderToken must be a function"
+        error_message(refused),
+        "ChargeOnce: getOrderToken must be a function"
+    );
+    let refused = widget.update(&JsValue::from_str("amount=1").unchecked_into());
+    assert_eq!(
+        error_message(refused),
+        "ChargeOnce: the options must be an object"
     );
     widget.destroy();
     page.unmount();
+}
+
+/// The message of the JS error `result` failed with.
+fn error_message<T>(result: Result<T, JsValue>) -> String {
+    let error = result.err().expect("an error");
+    error.unchecked_into::<js_sys::Error>().message().into()
+}
+
+#[wasm_bindgen_test]
+fn mount_says_what_is_wrong_with_what_it_was_given() {
+    let not_an_element = chargeonce_widget::mount(JsValue::NULL.unchecked_into(), None);
+    assert_eq!(
+        error_message(not_an_element),
+        "ChargeOnce: mount needs an HTML element"
+    );
+    let host: HtmlElement = web_sys::window()
+        .unwrap()
+        .document()
+        .unwrap()
+        .create_element("div")
+        .unwrap()
+        .unchecked_into();
+    let bad_options =
+        chargeonce_widget::mount(host.clone(), Some(JsValue::from(42).unchecked_into()));
+    assert_eq!(
+        error_message(bad_options),
+        "ChargeOnce: the options must be an object"
+    );
+    let bad_hook = js_object(&[("amount", 2500.into()), ("handleAction", "stripe".into())]);
+    let bad_hook = chargeonce_widget::mount(host.clone(), Some(bad_hook));
+    assert_eq!(
+        error_message(bad_hook),
+        "ChargeOnce: handleAction must be a function"
+    );
+    assert!(host.shadow_root().is_none(), "nothing was mounted");
+    assert_eq!(
+        host.get_attribute("data-amount"),
+        None,
+        "refused options change nothing"
+    );
 }
