@@ -20,6 +20,41 @@ echo "==> setup: checking the toolchain in $tools"
 echo "    (a fresh machine installs everything in about 15 minutes, mostly cargo"
 echo "    compiling worker-build and wasm-pack; with everything cached this takes seconds)"
 
+# Debian's packages, in the background: apt waits on the network and the
+# disk while cargo below keeps both cores busy compiling, so the two overlap
+# instead of adding up. One apt-get for all of them (apt holds a lock, and
+# one index update serves every package); its output goes to a log that is
+# shown if it fails.
+apt_want=()
+# The widget's browser tests drive Debian's Chromium through its chromedriver
+# (the test runner finds them on PATH in /usr/bin).
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  have "chromium + chromedriver" "$(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"
+else
+  apt_want+=(chromium chromium-driver)
+fi
+# The widget's tests also run in Firefox ESR and in WebKit (WebKitGTK's
+# MiniBrowser through its WebDriver, under a virtual X display).
+if [ -x /usr/bin/firefox-esr ] && [ -x /usr/bin/WebKitWebDriver ] && command -v xvfb-run >/dev/null; then
+  have "firefox-esr + WebKitWebDriver + xvfb" "$(/usr/bin/firefox-esr --version | awk '{print $3}'), $(dpkg-query -W -f '${Version}' webkit2gtk-driver)"
+else
+  apt_want+=(firefox-esr webkit2gtk-driver xvfb xauth)
+fi
+# The storefront signers in tokens/ are tested in their own runtimes:
+# Python's standard library and PHP's command line (Debian's).
+if command -v python3 >/dev/null && command -v php >/dev/null; then
+  have "python3 + php-cli" "$(python3 --version | awk '{print $2}'), $(php -r 'echo PHP_VERSION;')"
+else
+  apt_want+=(python3 php-cli)
+fi
+apt_pid=
+if [ ${#apt_want[@]} -gt 0 ]; then
+  apt_log="$tools/apt-install.log"
+  step "Debian packages ${apt_want[*]} (apt-get, about 3 min, in the background; log: $apt_log)"
+  bash scripts/apt-install.sh "${apt_want[@]}" > "$apt_log" 2>&1 &
+  apt_pid=$!
+fi
+
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   step "Rust target wasm32-unknown-unknown (about 20 s)"
   rustup target add wasm32-unknown-unknown
@@ -49,7 +84,9 @@ cargo_tool() {
     return
   fi
   step "$name $version (cargo install, about $minutes min)"
-  cargo install "$@" --force --root "$tools/cargo" "$name@$version"
+  # One target folder for all of them: a dependency that two tools pin at
+  # the same version and features is compiled once.
+  cargo install "$@" --force --root "$tools/cargo" --target-dir "$tools/cargo-build" "$name@$version"
 }
 
 # No --locked: its lockfile pins a webpki-roots the registry mirror lacks.
@@ -61,31 +98,17 @@ cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack 3 --locked
 # Firefox's WebDriver, for the widget's tests in Firefox (not in Debian).
 cargo_tool geckodriver "$GECKODRIVER_VERSION" geckodriver 2 --locked
 
-# The widget's browser tests drive Debian's Chromium through its chromedriver
-# (system packages: the test runner finds them on PATH in /usr/bin).
-if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
-  have "chromium + chromedriver" "$(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"
-else
-  step "chromium + chromium-driver (apt-get, about 1 min)"
-  bash scripts/apt-install.sh chromium chromium-driver
-fi
+# Only the binaries are kept; the build folder is gigabytes.
+rm -rf "$tools/cargo-build"
 
-# The widget's tests also run in Firefox ESR and in WebKit (WebKitGTK's
-# MiniBrowser through its WebDriver, under a virtual X display).
-if [ -x /usr/bin/firefox-esr ] && [ -x /usr/bin/WebKitWebDriver ] && command -v xvfb-run >/dev/null; then
-  have "firefox-esr + WebKitWebDriver + xvfb" "$(/usr/bin/firefox-esr --version | awk '{print $3}'), $(dpkg-query -W -f '${Version}' webkit2gtk-driver)"
-else
-  step "firefox-esr, webkit2gtk-driver, xvfb (apt-get, about 1 min)"
-  bash scripts/apt-install.sh firefox-esr webkit2gtk-driver xvfb xauth
-fi
-
-# The storefront signers in tokens/ are tested in their own runtimes:
-# Python's standard library and PHP's command line (Debian's).
-if command -v python3 >/dev/null && command -v php >/dev/null; then
-  have "python3 + php-cli" "$(python3 --version | awk '{print $2}'), $(php -r 'echo PHP_VERSION;')"
-else
-  step "python3 + php-cli (apt-get, about 20 s)"
-  bash scripts/apt-install.sh python3 php-cli
+if [ -n "$apt_pid" ]; then
+  echo "    waiting for apt-get (${apt_want[*]})"
+  if ! wait "$apt_pid"; then
+    cat "$apt_log" >&2
+    echo "setup: installing Debian's ${apt_want[*]} failed (above)" >&2
+    exit 1
+  fi
+  echo "    Debian packages installed"
 fi
 
 echo "==> setup: tools ready in $tools"
