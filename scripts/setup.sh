@@ -17,8 +17,8 @@ GECKODRIVER_VERSION=0.37.1
 WASM_BINDGEN_VERSION=$(locked_version wasm-bindgen)
 
 echo "==> setup: checking the toolchain in $tools"
-echo "    (a fresh machine installs everything in about 15 minutes, mostly cargo"
-echo "    compiling worker-build and wasm-pack; with everything cached this takes seconds)"
+echo "    (a fresh machine installs everything in about 10 minutes, mostly cargo"
+echo "    compiling; with everything cached this takes seconds)"
 
 # Debian's packages, in the background: apt waits on the network and the
 # disk while cargo below keeps both cores busy compiling, so the two overlap
@@ -50,7 +50,7 @@ fi
 apt_pid=
 if [ ${#apt_want[@]} -gt 0 ]; then
   apt_log="$tools/apt-install.log"
-  step "Debian packages ${apt_want[*]} (apt-get, about 3 min, in the background; log: $apt_log)"
+  step "Debian packages ${apt_want[*]} (apt-get, about 6 min, in the background while the rest installs; log: $apt_log)"
   bash scripts/apt-install.sh "${apt_want[@]}" > "$apt_log" 2>&1 &
   apt_pid=$!
 fi
@@ -91,10 +91,10 @@ cargo_tool() {
 
 # No --locked: its lockfile pins a webpki-roots the registry mirror lacks.
 cargo_tool wasm-bindgen-cli "$WASM_BINDGEN_VERSION" wasm-bindgen 3
-cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build 7 --locked
+cargo_tool worker-build "$WORKER_BUILD_VERSION" worker-build 4 --locked
 # Builds and tests the widget; with `--mode no-install` it uses the
 # wasm-bindgen above and never downloads.
-cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack 3 --locked
+cargo_tool wasm-pack "$WASM_PACK_VERSION" wasm-pack 2 --locked
 # Firefox's WebDriver, for the widget's tests in Firefox (not in Debian).
 cargo_tool geckodriver "$GECKODRIVER_VERSION" geckodriver 2 --locked
 
