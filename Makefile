@@ -95,8 +95,9 @@ screenshot:
 	cp tests/artifacts/storefront.png docs/storefront.png
 
 ## make soak: the chaos soak with ATTEMPTS checkout attempts (default 10000,
-## about 4 minutes); prints the table the README quotes. Also CONCURRENCY,
-## FAULT_RATE, KILLS, SEED.
+## about 5 to 8 minutes); prints the table the README quotes. Also CONCURRENCY,
+## FAULT_RATE, KILLS, SEED. A failed run prints each failed order's exchanges
+## and keeps the Worker's and paysim's logs in tests/artifacts/.
 soak: build
 	ATTEMPTS=$${ATTEMPTS:-10000} cargo test -p chargeonce-tests --test soak
 

@@ -13,7 +13,9 @@
 use crate::shop::order_token;
 use chargeonce_protocol::{Attempt, EdgeResponse, Next, Phase, ProblemType, RetryPolicy};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the client counted, for reports.
@@ -172,6 +174,37 @@ pub struct CheckoutClient {
     /// The page's `handleAction`: without one, a payment that needs the
     /// customer to authenticate is refused, as the widget refuses it.
     pub bank: Option<Bank>,
+    /// Every exchange `drive` made, by order: what a failed check prints,
+    /// so that a rare failure in a long run says how it came about.
+    pub journal: Journal,
+}
+
+/// The exchanges of each order, one line each: when, the method and key,
+/// and what came back (status, problem type, replayed).
+#[derive(Debug, Default)]
+pub struct Journal(Mutex<HashMap<String, Vec<String>>>);
+
+impl Journal {
+    fn record(&self, order_ref: &str, method: &str, key: &str, received: Option<&Received>) {
+        let answer = match received {
+            None => "no answer".to_owned(),
+            Some(r) => format!(
+                "{}{}{}",
+                r.status,
+                r.problem().map_or(String::new(), |p| format!(" {p:?}")),
+                if r.replayed { " (replayed)" } else { "" }
+            ),
+        };
+        let line = format!("{} {method} {key} -> {answer}", now_ms());
+        let mut orders = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        orders.entry(order_ref.to_owned()).or_default().push(line);
+    }
+
+    /// The order's exchanges, in the order they were made.
+    pub fn of(&self, order_ref: &str) -> Vec<String> {
+        let orders = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        orders.get(order_ref).cloned().unwrap_or_default()
+    }
 }
 
 /// Unix milliseconds now.
@@ -190,6 +223,7 @@ impl CheckoutClient {
             policy,
             counters: Counters::default(),
             bank: None,
+            journal: Journal::default(),
         }
     }
 
@@ -264,6 +298,8 @@ impl CheckoutClient {
                         self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     }
                     let received = self.post(&key, &order.body()).await;
+                    self.journal
+                        .record(order.order_ref(), "POST", &key, received.as_ref());
                     match received {
                         Some(r) => attempt.handle_response(
                             &edge_response(&r, &r.message(), &r.payment_status()),
@@ -276,21 +312,26 @@ impl CheckoutClient {
                         }
                     }
                 }
-                Next::FetchStatus { key } => match self.status(&key, order.token()).await {
-                    Some(r) => {
-                        let same_payload = attempt.fingerprint() == order.order_ref();
-                        attempt.handle_status(
-                            &edge_response(&r, &r.message(), &r.payment_status()),
-                            now_ms(),
-                            jitter(),
-                            &self.policy,
-                            same_payload,
-                        )
+                Next::FetchStatus { key } => {
+                    let received = self.status(&key, order.token()).await;
+                    self.journal
+                        .record(order.order_ref(), "GET", &key, received.as_ref());
+                    match received {
+                        Some(r) => {
+                            let same_payload = attempt.fingerprint() == order.order_ref();
+                            attempt.handle_status(
+                                &edge_response(&r, &r.message(), &r.payment_status()),
+                                now_ms(),
+                                jitter(),
+                                &self.policy,
+                                same_payload,
+                            )
+                        }
+                        None => {
+                            attempt.handle_transport_failure(now_ms(), true, jitter(), &self.policy)
+                        }
                     }
-                    None => {
-                        attempt.handle_transport_failure(now_ms(), true, jitter(), &self.policy)
-                    }
-                },
+                }
                 Next::NeedToken => {
                     self.counters
                         .token_refreshes

@@ -524,6 +524,25 @@ async fn settle(
     by_itself
 }
 
+/// Copies the stack's logs into `tests/artifacts/`, where a failed run's
+/// evidence outlasts the stack's temporary folder.
+fn keep_logs(stack: &Stack) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("soak: could not keep the logs in {}: {e}", dir.display());
+        return;
+    }
+    for (from, name) in [
+        (stack.wrangler_log_path(), "soak-wrangler.log"),
+        (stack.paysim_log_path(), "soak-paysim.log"),
+    ] {
+        match std::fs::copy(&from, dir.join(name)) {
+            Ok(_) => eprintln!("soak: kept {}", dir.join(name).display()),
+            Err(e) => eprintln!("soak: could not keep {}: {e}", from.display()),
+        }
+    }
+}
+
 /// One of the simulator's inspection routes, `GET /__sim/{what}`, as JSON.
 async fn sim_get<T: serde::de::DeserializeOwned>(
     http: &reqwest::Client,
@@ -589,7 +608,7 @@ fn main() -> ExitCode {
         settings.seed
     );
     let run_started = Instant::now();
-    let (checkouts, ledger) = rt.block_on(async {
+    let (checkouts, ledger, client, kill_times) = rt.block_on(async {
         let injector = Arc::new(Injector {
             http: http.clone(),
             sim_url: sim_url.clone(),
@@ -775,7 +794,7 @@ fn main() -> ExitCode {
             format!("{unconfirmed}; after the settle wait the edge had settled {settled_by_edge} of them on its own"),
         );
         let ledger: Ledger = sim_get(&http, &sim_url, "ledger").await;
-        (checkouts, ledger)
+        (checkouts, ledger, client, kill_times)
     });
 
     // The ledger: the backend's own record of what it charged.
@@ -918,14 +937,21 @@ fn main() -> ExitCode {
     );
     println!();
     drop(rt);
-    drop(stack);
     if double == 0 && lost == 0 && unresolved == 0 && wrong.is_empty() {
         println!("soak: every attempt charged at most once and nothing was lost");
         ExitCode::SUCCESS
     } else {
+        // What each failed order went through, beside the Worker's kills and
+        // its log: a failure one run in many cannot be run again at will.
+        eprintln!("soak: the Worker was killed at (Unix ms) {kill_times:?}");
         for w in wrong.iter().take(20) {
             eprintln!("soak: {w}");
+            let order_ref = w.split(':').next().unwrap_or_default();
+            for exchange in client.journal.of(order_ref) {
+                eprintln!("soak:     {exchange}");
+            }
         }
+        keep_logs(&stack.lock().unwrap_or_else(|e| e.into_inner()));
         eprintln!(
             "soak: FAILED ({} problems, SEED={})",
             wrong.len(),
