@@ -48,7 +48,11 @@ else
   apt_want+=(python3 php-cli)
 fi
 apt_pid=
-if [ ${#apt_want[@]} -gt 0 ]; then
+if [ ${#apt_want[@]} -gt 0 ] && [ "$(id -u)" -ne 0 ]; then
+  # Not root: sudo may ask for a password, which a background job cannot.
+  step "Debian packages ${apt_want[*]} (apt-get through sudo, about 6 min)"
+  bash scripts/apt-install.sh "${apt_want[@]}"
+elif [ ${#apt_want[@]} -gt 0 ]; then
   apt_log="$tools/apt-install.log"
   step "Debian packages ${apt_want[*]} (apt-get, about 6 min, in the background while the rest installs; log: $apt_log)"
   bash scripts/apt-install.sh "${apt_want[@]}" > "$apt_log" 2>&1 &
