@@ -20,11 +20,11 @@ echo "==> setup: checking the toolchain in $tools"
 echo "    (a fresh machine installs everything in about 10 minutes, mostly cargo"
 echo "    compiling; with everything cached this takes seconds)"
 
-# Debian's packages, in the background: apt waits on the network and the
-# disk while cargo below keeps both cores busy compiling, so the two overlap
-# instead of adding up. One apt-get for all of them (apt holds a lock, and
-# one index update serves every package); its output goes to a log that is
-# shown if it fails.
+# Debian's packages, in the background when root: apt waits on the network
+# and the disk while cargo below keeps both cores busy compiling, so the two
+# overlap instead of adding up. One apt-get for all of them (apt holds a
+# lock, and one index update serves every package); its output goes to a log
+# that is shown if it fails.
 apt_want=()
 # The widget's browser tests drive Debian's Chromium through its chromedriver
 # (the test runner finds them on PATH in /usr/bin).
@@ -48,15 +48,18 @@ else
   apt_want+=(python3 php-cli)
 fi
 apt_pid=
-if [ ${#apt_want[@]} -gt 0 ] && [ "$(id -u)" -ne 0 ]; then
-  # Not root: sudo may ask for a password, which a background job cannot.
-  step "Debian packages ${apt_want[*]} (apt-get through sudo, about 6 min)"
-  bash scripts/apt-install.sh "${apt_want[@]}"
-elif [ ${#apt_want[@]} -gt 0 ]; then
-  apt_log="$tools/apt-install.log"
-  step "Debian packages ${apt_want[*]} (apt-get, about 6 min, in the background while the rest installs; log: $apt_log)"
-  bash scripts/apt-install.sh "${apt_want[@]}" > "$apt_log" 2>&1 &
-  apt_pid=$!
+if [ ${#apt_want[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    # Through sudo, which may ask for a password that a background job
+    # cannot read: in the foreground.
+    step "Debian packages ${apt_want[*]} (apt-get through sudo, about 6 min)"
+    bash scripts/apt-install.sh "${apt_want[@]}"
+  else
+    apt_log="$tools/apt-install.log"
+    step "Debian packages ${apt_want[*]} (apt-get, about 6 min, in the background while the rest installs; log: $apt_log)"
+    bash scripts/apt-install.sh "${apt_want[@]}" > "$apt_log" 2>&1 &
+    apt_pid=$!
+  fi
 fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
